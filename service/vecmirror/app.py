@@ -1,0 +1,121 @@
+"""The composition root: settings + config → connections, checked tables and indexes, workers.
+
+Everything that can be checked before the first change is processed is checked here, so a wrong
+config or a mismatching server stops start-up with a message instead of failing rows later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import asyncpg
+import redis.asyncio as redis
+
+from vecmirror.config import Config, MirrorConfig
+from vecmirror.errors import NotMigratedError, StartupError
+from vecmirror.index.manage import ensure_index
+from vecmirror.pipeline.embedder import Embedder, SentenceTransformerEmbedder
+from vecmirror.settings import Settings
+from vecmirror.sink.writer import RedisSink
+from vecmirror.source.sql import QUERIES
+from vecmirror.source.tables import inspect_table
+from vecmirror.sync import MirrorSync
+from vecmirror.worker import BatchCallback, Worker
+
+EmbedderFactory = Callable[[str], Embedder]
+
+
+@dataclass
+class App:
+    settings: Settings
+    config: Config
+    pool: asyncpg.Pool
+    redis: redis.Redis
+    syncs: list[MirrorSync]
+    embedders: dict[str, Embedder]
+
+    def worker(self, on_batch: BatchCallback | None = None) -> Worker:
+        return Worker(self.pool, self.syncs, backfill_page=self.settings.backfill_batch_size, on_batch=on_batch)
+
+
+def default_embedder_factory(settings: Settings) -> EmbedderFactory:
+    def load(model: str) -> Embedder:
+        return SentenceTransformerEmbedder(model, device=settings.device, batch_size=settings.embed_batch_size)
+
+    return load
+
+
+@asynccontextmanager
+async def redis_client(settings: Settings) -> AsyncIterator[redis.Redis]:
+    client = redis.Redis.from_url(settings.require_redis_url())
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@asynccontextmanager
+async def open_app(
+    settings: Settings, config: Config, embedder_factory: EmbedderFactory | None = None
+) -> AsyncIterator[App]:
+    pool = await asyncpg.create_pool(settings.require_database_url(), min_size=1, max_size=4)
+    try:
+        async with redis_client(settings) as client:
+            app = await _build(settings, config, pool, client, embedder_factory or default_embedder_factory(settings))
+            yield app
+    finally:
+        await pool.close()
+
+
+async def _build(
+    settings: Settings, config: Config, pool: asyncpg.Pool, client: redis.Redis, factory: EmbedderFactory
+) -> App:
+    embedders = load_embedders(config, factory)
+    syncs = []
+    async with pool.acquire() as conn:
+        await check_migrated(conn, config)
+        for mirror in config.mirrors:
+            table = await inspect_table(conn, mirror)
+            embedder = embedders.get(mirror.embed.model) if mirror.embed else None
+            syncs.append(MirrorSync(mirror, table, RedisSink(client, mirror), embedder, settings.batch_size))
+    for mirror in config.mirrors:
+        await ensure_index(client, mirror)
+    return App(settings, config, pool, client, syncs, embedders)
+
+
+def load_embedders(config: Config, factory: EmbedderFactory) -> dict[str, Embedder]:
+    """One model instance per distinct model name, checked against every field it feeds."""
+    embedders: dict[str, Embedder] = {}
+    for mirror in config.mirrors:
+        if mirror.embed is None:
+            continue
+        if mirror.embed.model not in embedders:
+            embedders[mirror.embed.model] = factory(mirror.embed.model)
+        check_dimension(mirror, embedders[mirror.embed.model])
+    return embedders
+
+
+def check_dimension(mirror: MirrorConfig, embedder: Embedder) -> None:
+    field = mirror.vector_field
+    assert field is not None and mirror.embed is not None
+    dims = int(field.attrs.dims)  # type: ignore[union-attr]
+    if embedder.dimension != dims:
+        raise StartupError(
+            f"mirror {mirror.name!r}: embed.model {mirror.embed.model!r} outputs {embedder.dimension}-"
+            f"dimensional vectors but index.fields.{field.name}.attrs.dims is {dims}"
+        )
+
+
+async def check_migrated(conn: asyncpg.Connection, config: Config) -> None:
+    if not await conn.fetchval("SELECT to_regclass('vecmirror.mirrors_v1') IS NOT NULL"):
+        raise NotMigratedError("the vecmirror schema is missing: run `vecmirror migrate` first")
+    installed = {r["name"]: r for r in await conn.fetch(QUERIES["installed_mirrors"])}
+    for mirror in config.mirrors:
+        row = installed.get(mirror.name)
+        if row is None or (row["table_schema"], row["table_name"]) != (mirror.schema_name, mirror.table_name):
+            raise NotMigratedError(
+                f"mirror {mirror.name!r}: its triggers on {mirror.table} are not installed: "
+                "run `vecmirror migrate` first"
+            )

@@ -1,0 +1,197 @@
+"""The `vecmirror` command line. Errors vecmirror expects print one clear message and exit non-zero."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from vecmirror import __version__
+from vecmirror.config import Config, load_config
+from vecmirror.errors import VecmirrorError
+from vecmirror.logging import configure_logging
+from vecmirror.settings import Settings
+
+T = TypeVar("T")
+EXIT_ERROR = 2
+
+
+def _settings(config_path: Path | None) -> Settings:
+    settings = Settings()
+    if config_path is not None:
+        settings = settings.model_copy(update={"config": config_path})
+    configure_logging(settings.log_format, settings.log_level)
+    return settings
+
+
+def _config(settings: Settings) -> Config:
+    return load_config(settings.config)
+
+
+def config_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--config", "config_path", type=click.Path(path_type=Path), default=None,
+        help="Mirrors file (default: $VECMIRROR_CONFIG, else ./vecmirror.yaml).",
+    )(command)
+
+
+def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
+    try:
+        return asyncio.run(coroutine)
+    except VecmirrorError as exc:
+        click.echo(f"vecmirror: {exc}", err=True)
+        sys.exit(EXIT_ERROR)
+
+
+def handles_errors(command: Callable[..., T]) -> Callable[..., T]:
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return command(*args, **kwargs)
+        except VecmirrorError as exc:
+            click.echo(f"vecmirror: {exc}", err=True)
+            sys.exit(EXIT_ERROR)
+
+    return wrapper
+
+
+@click.group()
+@click.version_option(__version__, prog_name="vecmirror")
+def main() -> None:
+    """Mirror PostgreSQL tables into Redis Query Engine indexes, embeddings included."""
+
+
+@main.command()
+@config_option
+@handles_errors
+def check(config_path: Path | None) -> None:
+    """Validate the mirrors file without touching any server."""
+    config = _config(_settings(config_path))
+    click.echo(f"ok: {len(config.mirrors)} mirror(s): " + ", ".join(m.name for m in config.mirrors))
+
+
+@main.command()
+@config_option
+@handles_errors
+def migrate(config_path: Path | None) -> None:
+    """Apply the vecmirror schema and install (or remove) the capture triggers."""
+    from vecmirror.commands import migrate_command
+
+    settings = _settings(config_path)
+    report = run_async(migrate_command(settings, _config(settings)))
+    click.echo(
+        f"migrations applied: {report.applied or 'none'}; triggers installed: {report.installed or 'none'}; "
+        f"unchanged: {report.unchanged or 'none'}; removed: {report.removed or 'none'}"
+    )
+
+
+@main.command()
+@config_option
+@click.option("--once", is_flag=True, help="Drain every pending change, then exit 0.")
+@handles_errors
+def run(config_path: Path | None, once: bool) -> None:
+    """Run the worker: LISTEN, catch up, then sync every change until SIGTERM/SIGINT."""
+    from vecmirror.commands import run_command
+
+    settings = _settings(config_path)
+    run_async(run_command(settings, _config(settings), once=once, stop_signals=_stop_signals()))
+
+
+@main.command()
+@config_option
+@click.argument("mirror", required=False)
+@handles_errors
+def backfill(config_path: Path | None, mirror: str | None) -> None:
+    """Queue every existing row of MIRROR (default: all mirrors) and sync it, with progress."""
+    from vecmirror.commands import backfill_command
+
+    settings = _settings(config_path)
+    run_async(backfill_command(settings, _config(settings), mirror))
+
+
+@main.command()
+@config_option
+@click.argument("mirror")
+@click.argument("text", required=False)
+@click.option("--k", "k", default=10, show_default=True, help="Number of nearest neighbours.")
+@click.option("--filter", "filter_expression", default=None, help="RediSearch filter, e.g. '@genre:{pets}'.")
+@click.option("--return", "return_fields", multiple=True, help="Field to return (repeatable).")
+@click.option("--vector", "vector_json", default=None, help="Query vector as a JSON array instead of TEXT.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON array and nothing else.")
+@handles_errors
+def query(
+    config_path: Path | None, mirror: str, text: str | None, k: int, filter_expression: str | None,
+    return_fields: tuple[str, ...], vector_json: str | None, as_json: bool,
+) -> None:
+    """Nearest neighbours of TEXT (embedded with the mirror's model) or of --vector."""
+    from vecmirror.commands import QueryRequest, print_hits, query_command
+
+    settings = _settings(config_path)
+    request = QueryRequest(mirror, text, _parse_vector(vector_json), k, filter_expression, list(return_fields))
+    hits = run_async(query_command(settings, _config(settings), request))
+    print_hits(hits, as_json=as_json)
+
+
+def _parse_vector(vector_json: str | None) -> list[float] | None:
+    if vector_json is None:
+        return None
+    try:
+        values = json.loads(vector_json)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--vector") from exc
+    if not isinstance(values, list) or not all(isinstance(v, int | float) for v in values):
+        raise click.BadParameter("expected a JSON array of numbers", param_hint="--vector")
+    return [float(v) for v in values]
+
+
+@main.group()
+def stack() -> None:
+    """Embedded Postgres + Redis (Query Engine, JSON) from pip packages, for demos and tests."""
+
+
+@stack.command("up")
+@click.option("--dir", "directory", type=click.Path(path_type=Path), default=None, help="State directory.")
+@handles_errors
+def stack_up_command(directory: Path | None) -> None:
+    """Start both servers (idempotent) and print their URLs as two shell assignments."""
+    from vecmirror.stack import DEFAULT_STACK_DIR, env_lines, stack_up
+
+    click.echo(env_lines(stack_up(directory or DEFAULT_STACK_DIR)))
+
+
+@stack.command("down")
+@click.option("--dir", "directory", type=click.Path(path_type=Path), default=None, help="State directory.")
+@handles_errors
+def stack_down_command(directory: Path | None) -> None:
+    """Stop both servers."""
+    from vecmirror.stack import DEFAULT_STACK_DIR, stack_down
+
+    stack_down(directory or DEFAULT_STACK_DIR)
+
+
+@main.command()
+@click.option("--dir", "directory", type=click.Path(path_type=Path), default=None, help="Stack directory.")
+@click.option("--rows", default=60, show_default=True, help="Demo rows to create.")
+@handles_errors
+def demo(directory: Path | None, rows: int) -> None:
+    """Stack up, create a demo table, migrate, sync and answer queries while you edit rows."""
+    from vecmirror.demo import run_demo
+    from vecmirror.stack import DEFAULT_STACK_DIR
+
+    configure_logging("console", "warning")
+    run_async(run_demo(directory or DEFAULT_STACK_DIR, rows, stop_signals=_stop_signals()))
+
+
+def _stop_signals() -> tuple[signal.Signals, ...]:
+    return (signal.SIGINT, signal.SIGTERM)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

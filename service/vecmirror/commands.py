@@ -1,0 +1,126 @@
+"""What each CLI command does, as coroutines the CLI runs and the tests can call directly."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg
+import click
+from tqdm import tqdm
+
+from vecmirror.app import App, EmbedderFactory, open_app, redis_client
+from vecmirror.config import Config
+from vecmirror.errors import QueryError
+from vecmirror.query.search import Hit, embed_query, knn
+from vecmirror.settings import Settings
+from vecmirror.source import changes
+from vecmirror.source.backfill import count_rows, queue_all_rows, restart_backfill
+from vecmirror.source.listener import ChangeListener
+from vecmirror.source.migrate import MigrateReport, migrate
+from vecmirror.sync import BatchStats
+from vecmirror.worker import DrainStats
+
+
+async def migrate_command(settings: Settings, config: Config) -> MigrateReport:
+    conn = await asyncpg.connect(settings.require_database_url())
+    try:
+        return await migrate(conn, config)
+    finally:
+        await conn.close()
+
+
+async def run_command(
+    settings: Settings,
+    config: Config,
+    *,
+    once: bool,
+    stop_signals: Sequence[signal.Signals] = (),
+    embedder_factory: EmbedderFactory | None = None,
+) -> DrainStats | None:
+    async with open_app(settings, config, embedder_factory) as app:
+        worker = app.worker()
+        if once:
+            return await worker.run_once()
+        stop = asyncio.Event()
+        for signum in stop_signals:
+            asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+        listener = ChangeListener(settings.require_database_url())
+        await worker.run_forever(listener, stop, settings.poll_interval, settings.error_backoff)
+        return None
+
+
+async def backfill_command(
+    settings: Settings, config: Config, mirror_name: str | None, embedder_factory: EmbedderFactory | None = None
+) -> None:
+    names = [mirror_name] if mirror_name else [m.name for m in config.mirrors]
+    for name in names:
+        config.mirror(name)  # unknown names fail before anything starts
+    async with open_app(settings, config, embedder_factory) as app:
+        for name in names:
+            await _backfill_one(app, name)
+
+
+async def _backfill_one(app: App, name: str) -> None:
+    sync = next(s for s in app.syncs if s.name == name)
+    async with app.pool.acquire() as conn:
+        await restart_backfill(conn, name)
+        total = await count_rows(conn, sync.table)
+        with tqdm(total=total, desc=f"{name}: queued", unit="row") as bar:
+            await queue_all_rows(conn, sync.table, app.settings.backfill_batch_size, bar.update)
+        remaining = await changes.pending(conn, name)
+    with tqdm(total=remaining, desc=f"{name}: synced", unit="change") as bar:
+        await app.worker(on_batch=lambda stats: _advance(bar, stats, name)).drain()
+
+
+def _advance(bar: tqdm[object], stats: BatchStats, name: str) -> None:
+    if stats.mirror == name:
+        bar.update(stats.changes)
+
+
+@dataclass(frozen=True)
+class QueryRequest:
+    mirror: str
+    text: str | None
+    vector: list[float] | None
+    k: int
+    filter_expression: str | None
+    return_fields: list[str]
+
+
+async def query_command(
+    settings: Settings, config: Config, request: QueryRequest, embedder_factory: EmbedderFactory | None = None
+) -> list[Hit]:
+    mirror = config.mirror(request.mirror)
+    if (request.text is None) == (request.vector is None):
+        raise QueryError("give either TEXT or --vector, not both and not neither")
+    vector = request.vector
+    if vector is None:
+        if mirror.embed is None:
+            raise QueryError(f"mirror {mirror.name!r} has no embed model: query it with --vector")
+        from vecmirror.app import default_embedder_factory
+
+        embedder = (embedder_factory or default_embedder_factory(settings))(mirror.embed.model)
+        vector = await embed_query(embedder, request.text or "")
+    async with redis_client(settings) as client:
+        return await knn(
+            client, mirror, vector, k=request.k, filter_expression=request.filter_expression,
+            return_fields=request.return_fields,
+        )
+
+
+def print_hits(hits: Sequence[Hit], *, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps([h.as_dict() for h in hits], ensure_ascii=False))
+        return
+    for rank, hit in enumerate(hits, start=1):
+        fields = "  ".join(f"{k}={_short(v)}" for k, v in hit.fields.items())
+        click.echo(f"{rank:>3}  {hit.distance:.4f}  {hit.id}  {fields}")
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = str(value).replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,48 @@
+"""One error root for everything vecmirror raises on purpose.
+
+Driver errors (asyncpg, redis) are translated at the stage boundary into these, so the CLI can print a
+message that says what to fix and exit non-zero without a traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class VecmirrorError(Exception):
+    """Base of every error vecmirror raises on purpose."""
+
+
+class ConfigError(VecmirrorError):
+    """The settings or the mirrors file are wrong; nothing has started."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in self.problems))
+
+
+class StartupError(VecmirrorError):
+    """The servers disagree with the configuration (missing table, index differs, wrong dims)."""
+
+
+class NotMigratedError(StartupError):
+    """The vecmirror schema or a mirror's trigger is missing: `vecmirror migrate` has not run."""
+
+
+class StackError(VecmirrorError):
+    """The embedded Postgres/Redis stack could not be started or stopped."""
+
+
+class QueryError(VecmirrorError):
+    """A query was rejected before Redis was called."""
+
+
+class RowError(VecmirrorError):
+    """One source row cannot be turned into a document; the rest of its batch still syncs."""
+
+    def __init__(self, mirror: str, key: Sequence[str], field: str, problem: str) -> None:
+        self.mirror = mirror
+        self.key = list(key)
+        self.field = field
+        self.problem = problem
+        super().__init__(f"mirror {mirror!r}, row key {self.key}, field {field!r}: {problem}")

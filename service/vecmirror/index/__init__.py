@@ -1,0 +1,1 @@
+"""Index management: create each mirror's index from its config, or check the existing one."""

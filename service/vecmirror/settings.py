@@ -1,0 +1,47 @@
+"""Process settings from the environment (`VECMIRROR_*`), read once and passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from vecmirror.errors import ConfigError
+
+
+class Settings(BaseSettings):
+    """Everything a vecmirror process is told by its environment.
+
+    The URLs are secrets: they carry passwords, so they never appear in a log line or an error.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="VECMIRROR_", extra="ignore")
+
+    database_url: SecretStr | None = None
+    redis_url: SecretStr | None = None
+    config: Path = Path("vecmirror.yaml")
+
+    batch_size: int = Field(default=256, ge=1, le=100_000, description="changes claimed per batch")
+    embed_batch_size: int = Field(default=64, ge=1, le=4096, description="texts per model call")
+    poll_interval: float = Field(
+        default=5.0, gt=0, description="seconds between polls when no notification arrives"
+    )
+    backfill_batch_size: int = Field(default=2000, ge=1, le=1_000_000)
+    error_backoff: float = Field(
+        default=2.0, gt=0, description="seconds to wait after a batch failed before retrying"
+    )
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    device: str | None = Field(default=None, description="torch device for the model, e.g. cpu")
+
+    def require_database_url(self) -> str:
+        if self.database_url is None:
+            raise ConfigError(["VECMIRROR_DATABASE_URL is not set"])
+        return self.database_url.get_secret_value()
+
+    def require_redis_url(self) -> str:
+        if self.redis_url is None:
+            raise ConfigError(["VECMIRROR_REDIS_URL is not set"])
+        return self.redis_url.get_secret_value()

@@ -1,0 +1,1 @@
+"""Redis side: document keys, encoding for HASH and JSON storage, pipelined writes."""

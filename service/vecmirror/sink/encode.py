@@ -1,0 +1,94 @@
+"""Documents as Redis stores them: flat string fields for HASH, a nested object for JSON."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from redisvl.schema.fields import BaseField
+
+from vecmirror.config import META_HASH_FIELD, META_KEY_FIELD, MirrorConfig, field_type
+from vecmirror.pipeline.documents import Document, FieldValue
+
+ARRAY_SUFFIX = "[*]"
+
+
+def tag_separator(field: BaseField) -> str:
+    return str(getattr(field.attrs, "separator", ","))
+
+
+def vector_bytes(vector: npt.NDArray[Any], datatype: str) -> bytes:
+    if datatype == "bfloat16":
+        import ml_dtypes
+
+        return vector.astype(ml_dtypes.bfloat16).tobytes()
+    return vector.astype(np.dtype(datatype)).tobytes()
+
+
+class HashEncoder:
+    def __init__(self, mirror: MirrorConfig) -> None:
+        self._fields = {f.name: f for f in mirror.value_fields}
+        self._vector = mirror.vector_field
+
+    def mapping(self, document: Document) -> dict[str, str | bytes | int | float]:
+        """Fields to HSET; vector only when the document carries one."""
+        mapping: dict[str, str | bytes | int | float] = {META_KEY_FIELD: json.dumps(list(document.key))}
+        if document.text_hash is not None:
+            mapping[META_HASH_FIELD] = document.text_hash
+        for name, value in document.fields.items():
+            if value is not None:
+                mapping[name] = self._scalar(self._fields[name], value)
+        if document.vector is not None and self._vector is not None:
+            datatype = str(self._vector.attrs.datatype.value).lower()  # type: ignore[union-attr]
+            mapping[self._vector.name] = vector_bytes(document.vector, datatype)
+        return mapping
+
+    @staticmethod
+    def removed(document: Document) -> list[str]:
+        """Fields whose column is NULL now: HDEL, or an old value would stay searchable."""
+        return [name for name, value in document.fields.items() if value is None]
+
+    @staticmethod
+    def _scalar(field: BaseField, value: FieldValue) -> str | int | float:
+        if isinstance(value, list):
+            return tag_separator(field).join(value)
+        return value
+
+
+class JsonEncoder:
+    def __init__(self, mirror: MirrorConfig) -> None:
+        self._fields = {f.name: f for f in mirror.value_fields}
+        self._vector = mirror.vector_field
+
+    def document(self, document: Document, *, with_nulls: bool) -> dict[str, Any]:
+        """The object to JSON.SET (nulls dropped) or JSON.MERGE (nulls delete fields)."""
+        body: dict[str, Any] = {META_KEY_FIELD: list(document.key)}
+        if document.text_hash is not None:
+            body[META_HASH_FIELD] = document.text_hash
+        for name, value in document.fields.items():
+            if value is not None or with_nulls:
+                field = self._fields[name]
+                _set_path(body, field.path or f"$.{name}", self._value(field, value))
+        if document.vector is not None and self._vector is not None:
+            _set_path(body, self._vector.path or f"$.{self._vector.name}", document.vector.tolist())
+        return body
+
+    @staticmethod
+    def _value(field: BaseField, value: FieldValue | None) -> Any:
+        as_array = (field.path or "").endswith(ARRAY_SUFFIX)
+        if value is None or field_type(field) != "tag":
+            return value
+        if as_array:
+            return value if isinstance(value, list) else [value]
+        return tag_separator(field).join(value) if isinstance(value, list) else value
+
+
+def _set_path(body: dict[str, Any], path: str, value: Any) -> None:
+    """Only paths like $.a.b or $.a[*] reach here (the config checks them)."""
+    parts = path.removesuffix(ARRAY_SUFFIX).removeprefix("$.").split(".")
+    node = body
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value

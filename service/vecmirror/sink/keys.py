@@ -1,0 +1,24 @@
+"""The one place that turns a row key into a Redis key, the way RedisVL formats keys."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from redisvl.index.storage import BaseStorage
+
+from vecmirror.config import MirrorConfig, index_prefix
+
+# Composite primary keys are joined with this, whatever the index's key separator is.
+KEY_PART_SEPARATOR = ":"
+
+
+def document_key(mirror: MirrorConfig, key_parts: Sequence[str]) -> str:
+    separator = mirror.index.index.key_separator
+    return BaseStorage._key(KEY_PART_SEPARATOR.join(key_parts), index_prefix(mirror), separator)
+
+
+def key_pattern(mirror: MirrorConfig) -> str:
+    """A SCAN pattern matching every key this mirror owns (glob characters in the prefix escaped)."""
+    prefix = document_key(mirror, [""])
+    return re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + "*"

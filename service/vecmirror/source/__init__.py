@@ -1,0 +1,1 @@
+"""Postgres side: migrations, change capture, claiming changes, loading rows, listening."""

@@ -1,0 +1,64 @@
+"""LISTEN on a connection of its own: notifications only wake the worker, the table is the truth.
+
+The connection can die silently (a killed backend, a restarted server, a dropped NAT entry), so it
+is pinged whenever a wait ends without a notification and re-opened when the ping fails; the caller
+drains after every wake-up anyway, which is the catch-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import asyncpg
+import structlog
+
+CHANNEL = "vecmirror_changes_v1"
+log = structlog.get_logger(__name__)
+
+
+class ChangeListener:
+    def __init__(self, database_url: str) -> None:
+        self._database_url = database_url
+        self._connection: asyncpg.Connection | None = None
+        self._wake = asyncio.Event()
+
+    async def start(self) -> None:
+        connection = await asyncpg.connect(self._database_url)
+        await connection.add_listener(CHANNEL, self._on_notification)
+        self._connection = connection
+        self._wake.set()  # the first wait returns at once: catch up on what queued while we were away
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                await self._connection.close(timeout=2)
+            self._connection = None
+
+    async def wait(self, timeout: float) -> bool:
+        """True when notified; False after `timeout` seconds (then the connection is checked)."""
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        except TimeoutError:
+            await self._ensure_alive()
+            return False
+        self._wake.clear()
+        return True
+
+    def _on_notification(self, *_: object) -> None:
+        self._wake.set()
+
+    async def _ensure_alive(self) -> None:
+        if self._connection is not None and await _answers(self._connection):
+            return
+        log.warning("listener_reconnecting")
+        await self.close()
+        await self.start()
+
+
+async def _answers(connection: asyncpg.Connection) -> bool:
+    try:
+        await connection.execute("SELECT 1", timeout=5)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+        return False
+    return True

@@ -1,0 +1,127 @@
+"""`vecmirror migrate`: apply the versioned schema once, then install or remove capture triggers.
+
+Everything happens in one transaction under an advisory lock, so replicas starting together are
+safe, and a failure leaves the database exactly as it was.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from importlib.resources import files
+
+import asyncpg
+import structlog
+
+from vecmirror.config import Config, MirrorConfig
+from vecmirror.source.sql import QUERIES
+from vecmirror.source.statements import (
+    TRIGGER_EVENTS,
+    create_triggers,
+    drop_triggers,
+    qualified,
+    trigger_name,
+)
+from vecmirror.source.tables import SourceTable, inspect_table
+
+log = structlog.get_logger(__name__)
+MIGRATION_FILE = re.compile(r"^(\d{4})_(\w+)\.sql$")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+@dataclass
+class MigrateReport:
+    applied: list[str]
+    installed: list[str]
+    unchanged: list[str]
+    removed: list[str]
+
+
+def bundled_migrations() -> list[Migration]:
+    found = []
+    for entry in files("vecmirror.migrations").iterdir():
+        match = MIGRATION_FILE.match(entry.name)
+        if match:
+            found.append(Migration(int(match[1]), match[2], entry.read_text()))
+    return sorted(found, key=lambda m: m.version)
+
+
+async def migrate(conn: asyncpg.Connection, config: Config) -> MigrateReport:
+    report = MigrateReport([], [], [], [])
+    async with conn.transaction():
+        await conn.execute(QUERIES["lock_migrations"])
+        await conn.execute(QUERIES["create_migrations_table"])
+        report.applied = await _apply_pending(conn)
+        tables = [await inspect_table(conn, mirror) for mirror in config.mirrors]
+        installed = {r["name"]: r for r in await conn.fetch(QUERIES["installed_mirrors"])}
+        for mirror, table in zip(config.mirrors, tables, strict=True):
+            changed = await _install_mirror(conn, mirror, table, installed.get(mirror.name))
+            (report.installed if changed else report.unchanged).append(mirror.name)
+        for name in sorted(set(installed) - {m.name for m in config.mirrors}):
+            await _remove_mirror(conn, installed[name])
+            report.removed.append(name)
+    log.info("migrated", **vars(report))
+    return report
+
+
+async def _apply_pending(conn: asyncpg.Connection) -> list[str]:
+    done = {r["version"] for r in await conn.fetch(QUERIES["applied_migrations"])}
+    applied = []
+    for migration in bundled_migrations():
+        if migration.version in done:
+            continue
+        await conn.execute(migration.sql)
+        await conn.execute(QUERIES["record_migration"], migration.version, migration.name)
+        applied.append(f"{migration.version:04d}_{migration.name}")
+    return applied
+
+
+async def _install_mirror(
+    conn: asyncpg.Connection,
+    mirror: MirrorConfig,
+    table: SourceTable,
+    previous: asyncpg.Record | None,
+) -> bool:
+    """Installs the mirror's triggers unless exactly these are already in place."""
+    wanted = (mirror.schema_name, mirror.table_name, list(table.key_names))
+    if previous is not None:
+        had = (previous["table_schema"], previous["table_name"], list(previous["key_columns"]))
+        if had == wanted and await _has_all_triggers(conn, mirror):
+            return False
+        await _drop_mirror_triggers(conn, previous)
+    for statement in drop_triggers(mirror.name, table.statements.qualified_table):
+        await conn.execute(statement)
+    for statement in create_triggers(mirror.name, table.statements):
+        await conn.execute(statement)
+    await conn.execute(QUERIES["register_mirror"], mirror.name, *wanted)
+    return True
+
+
+async def _has_all_triggers(conn: asyncpg.Connection, mirror: MirrorConfig) -> bool:
+    names = [trigger_name(mirror.name, event) for event in TRIGGER_EVENTS]
+    rows = await conn.fetch(
+        QUERIES["installed_trigger_names"], mirror.schema_name, mirror.table_name, names
+    )
+    return len(rows) == len(names)
+
+
+async def _drop_mirror_triggers(conn: asyncpg.Connection, previous: asyncpg.Record) -> None:
+    exists = await conn.fetchval(
+        QUERIES["table_exists"], previous["table_schema"], previous["table_name"]
+    )
+    if exists:
+        table = qualified(previous["table_schema"], previous["table_name"])
+        for statement in drop_triggers(previous["name"], table):
+            await conn.execute(statement)
+
+
+async def _remove_mirror(conn: asyncpg.Connection, previous: asyncpg.Record) -> None:
+    await _drop_mirror_triggers(conn, previous)
+    for query in ("forget_mirror_changes", "forget_mirror_failures", "forget_mirror"):
+        await conn.execute(QUERIES[query], previous["name"])

@@ -1,0 +1,157 @@
+-- Named SQL of the vecmirror worker. Each block starts with `-- name: NAME` and a line saying why.
+-- Table-specific statements (row loads, triggers, backfill pages) are built in source/statements.py
+-- from quoted identifiers instead, because a table name cannot be a bind parameter.
+
+-- name: create_migrations_table
+-- The ledger of applied migration files; created before anything else so it can be locked.
+CREATE SCHEMA IF NOT EXISTS vecmirror;
+CREATE TABLE IF NOT EXISTS vecmirror.migrations (
+    version     integer PRIMARY KEY,
+    name        text        NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- name: lock_migrations
+-- Replicas may all run `migrate` at start: one applies, the others wait and then find nothing to do.
+SELECT pg_advisory_xact_lock(hashtext('vecmirror.migrate'));
+
+-- name: applied_migrations
+-- Versions already applied, so each file runs exactly once.
+SELECT version, name FROM vecmirror.migrations ORDER BY version;
+
+-- name: record_migration
+-- Written in the same transaction as the migration itself.
+INSERT INTO vecmirror.migrations (version, name) VALUES ($1, $2);
+
+-- name: table_columns
+-- Column names and SQL types of a user table, to validate the config and cast key text back.
+SELECT a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type,
+       t.typname AS base_type
+FROM pg_attribute a
+JOIN pg_type t ON t.oid = a.atttypid
+WHERE a.attrelid = to_regclass(format('%I.%I', $1::text, $2::text))
+  AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attnum;
+
+-- name: table_exists
+-- to_regclass returns NULL instead of raising for a missing table.
+SELECT to_regclass(format('%I.%I', $1::text, $2::text)) IS NOT NULL;
+
+-- name: primary_key_columns
+-- The default row key of a mirror is its table's primary key, in key order.
+SELECT a.attname AS name
+FROM pg_index i
+CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, position)
+JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+WHERE i.indrelid = to_regclass(format('%I.%I', $1::text, $2::text)) AND i.indisprimary
+ORDER BY k.position;
+
+-- name: installed_mirrors
+-- What the last `migrate` installed, to find triggers of mirrors removed from the config.
+SELECT name, table_schema, table_name, key_columns, backfill_state
+FROM vecmirror.mirrors_v1 ORDER BY name;
+
+-- name: installed_trigger_names
+-- Lets `migrate` skip re-creating triggers that are already right (DROP TRIGGER locks the table).
+SELECT tgname FROM pg_trigger
+WHERE tgrelid = to_regclass(format('%I.%I', $1::text, $2::text)) AND tgname = ANY($3::text[]);
+
+-- name: register_mirror
+-- A new mirror, or one whose table or key changed, starts with a pending backfill.
+INSERT INTO vecmirror.mirrors_v1 (name, table_schema, table_name, key_columns)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT (name) DO UPDATE
+SET table_schema = EXCLUDED.table_schema, table_name = EXCLUDED.table_name,
+    key_columns = EXCLUDED.key_columns, installed_at = now(),
+    backfill_state = 'pending', backfill_cursor = NULL, backfill_total = NULL;
+
+-- name: forget_mirror
+-- A mirror removed from the config leaves nothing behind in the vecmirror schema.
+DELETE FROM vecmirror.mirrors_v1 WHERE name = $1;
+
+-- name: forget_mirror_changes
+-- Pending changes of a removed mirror would never be claimed again.
+DELETE FROM vecmirror.changes_v1 WHERE mirror = $1;
+
+-- name: forget_mirror_failures
+-- Failures of a removed mirror no longer mean anything.
+DELETE FROM vecmirror.failed_v1 WHERE mirror = $1;
+
+-- name: lock_mirror_shared
+-- Every batch holds this; processing a TRUNCATE takes it exclusively, so no batch that read rows
+-- before the TRUNCATE can write after the TRUNCATE's keys were enqueued.
+SELECT pg_advisory_xact_lock_shared(hashtext('vecmirror.mirror'), hashtext($1));
+
+-- name: lock_mirror_exclusive
+-- Waits for every in-flight batch of the mirror, on any worker, to commit or roll back.
+SELECT pg_advisory_xact_lock(hashtext('vecmirror.mirror'), hashtext($1));
+
+-- name: claim_changes
+-- Oldest changes first; SKIP LOCKED lets workers pass each other, and the per-key advisory lock
+-- (held until commit) keeps one key out of two workers' hands even when it has several changes.
+-- The candidates are materialised first so locks are only tried on at most $2 rows.
+WITH candidates AS MATERIALIZED (
+    SELECT id, row_key FROM vecmirror.changes_v1
+    WHERE mirror = $1 AND row_key IS NOT NULL
+    ORDER BY id LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+SELECT id, row_key FROM candidates
+WHERE pg_try_advisory_xact_lock(hashtext($1), hashtext(array_to_string(row_key, chr(31))));
+
+-- name: claim_truncate
+-- A TRUNCATE marker is handled alone, before the key changes queued with it.
+SELECT id FROM vecmirror.changes_v1
+WHERE mirror = $1 AND row_key IS NULL
+ORDER BY id LIMIT 1
+FOR UPDATE SKIP LOCKED;
+
+-- name: delete_changes
+-- Acknowledge: runs only after Redis accepted the batch, in the claim's transaction.
+DELETE FROM vecmirror.changes_v1 WHERE id = ANY($1::bigint[]);
+
+-- name: enqueue_keys
+-- Re-queues keys (after a TRUNCATE, for a backfill page) as ordinary changes.
+INSERT INTO vecmirror.changes_v1 (mirror, row_key)
+SELECT $1, ARRAY(SELECT jsonb_array_elements_text(k))
+FROM jsonb_array_elements($2::jsonb) AS k;
+
+-- name: pending_changes
+-- Queue depth per mirror, for `run --once` and the tests.
+SELECT count(*) FROM vecmirror.changes_v1 WHERE mirror = $1;
+
+-- name: record_failures
+-- Upsert: the newest reason wins, so the table says why the row fails now.
+INSERT INTO vecmirror.failed_v1 (mirror, row_key, field, error)
+SELECT $1, ARRAY(SELECT jsonb_array_elements_text(f->'key')), f->>'field', f->>'error'
+FROM jsonb_array_elements($2::jsonb) AS f
+ON CONFLICT (mirror, row_key) DO UPDATE
+SET field = EXCLUDED.field, error = EXCLUDED.error, failed_at = now();
+
+-- name: clear_failures
+-- A row that synced cleanly is no longer failed.
+DELETE FROM vecmirror.failed_v1
+WHERE mirror = $1 AND row_key IN (
+    SELECT ARRAY(SELECT jsonb_array_elements_text(k)) FROM jsonb_array_elements($2::jsonb) AS k
+);
+
+-- name: list_failures
+-- What `vecmirror` reports about rows it could not index.
+SELECT mirror, row_key, field, error, failed_at FROM vecmirror.failed_v1
+WHERE $1::text IS NULL OR mirror = $1 ORDER BY mirror, failed_at;
+
+-- name: backfill_state
+-- Where a mirror's backfill stands; the cursor is the last key enqueued.
+SELECT backfill_state, backfill_cursor, backfill_total FROM vecmirror.mirrors_v1 WHERE name = $1
+FOR UPDATE;
+
+-- name: save_backfill
+-- Saved in the transaction that enqueued the page, so a crash resumes exactly after it.
+UPDATE vecmirror.mirrors_v1
+SET backfill_state = $2, backfill_cursor = $3, backfill_total = coalesce($4, backfill_total)
+WHERE name = $1;
+
+-- name: restart_backfill
+-- `vecmirror backfill` walks the whole table again.
+UPDATE vecmirror.mirrors_v1
+SET backfill_state = 'pending', backfill_cursor = NULL, backfill_total = NULL WHERE name = $1;

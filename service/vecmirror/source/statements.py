@@ -1,0 +1,126 @@
+"""SQL that names a user's table or columns, built once per mirror from quoted identifiers.
+
+Table and column names come from the config; they are always quoted here, never interpolated raw.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+@dataclass(frozen=True)
+class KeyColumn:
+    name: str
+    sql_type: str  # format_type() of the column, used to cast key text back to the column's type
+
+
+@dataclass(frozen=True)
+class TableStatements:
+    """Statements for one mirror's table."""
+
+    qualified_table: str
+    key_columns: tuple[KeyColumn, ...]
+    select_list: tuple[str, ...]  # expressions for the value columns, each aliased to the column name
+
+    @property
+    def key_expression(self) -> str:
+        """How the trigger turns a row into its text key, e.g. ARRAY["id"::text]."""
+        parts = ", ".join(f"{quote_ident(k.name)}::text" for k in self.key_columns)
+        return f"ARRAY[{parts}]"
+
+    def load_rows(self) -> str:
+        """Current rows for a list of keys; $n is the text array of the n-th key column."""
+        aliases = [f"k{i}" for i in range(len(self.key_columns))]
+        params = ", ".join(f"${i + 1}::text[]" for i in range(len(aliases)))
+        join = " AND ".join(
+            f"t.{quote_ident(k.name)} = k.{alias}::{k.sql_type}"
+            for k, alias in zip(self.key_columns, aliases, strict=True)
+        )
+        key_array = "ARRAY[" + ", ".join(f"k.{a}" for a in aliases) + "] AS _vm_key"
+        columns = ", ".join([key_array, *self.select_list])
+        return (
+            f"SELECT {columns} FROM {self.qualified_table} t "
+            f"JOIN unnest({params}) AS k({', '.join(aliases)}) ON {join}"
+        )
+
+    def backfill_page(self, *, after_cursor: bool) -> str:
+        """Queue the next page of keys in key order; returns how many and the last key queued.
+
+        $1 mirror, $2 page size, $3.. the cursor (the last key of the previous page) as text.
+        Keyset pagination over the key columns uses the key's index and resumes exactly.
+        """
+        keys = [f"t.{quote_ident(k.name)}" for k in self.key_columns]
+        aliases = [f"c{i}" for i in range(len(keys))]
+        select = ", ".join(f"{k} AS {a}" for k, a in zip(keys, aliases, strict=True))
+        where = ""
+        if after_cursor:
+            bounds = ", ".join(f"${i + 3}::{k.sql_type}" for i, k in enumerate(self.key_columns))
+            where = f"WHERE ({', '.join(keys)}) > ({bounds})"
+        text_key = "ARRAY[" + ", ".join(f"{a}::text" for a in aliases) + "]"
+        ascending = ", ".join(aliases)
+        descending = ", ".join(f"{a} DESC" for a in aliases)
+        return (
+            f"WITH page AS (SELECT {select} FROM {self.qualified_table} t {where} "
+            f"ORDER BY {', '.join(keys)} LIMIT $2), "
+            f"queued AS (INSERT INTO vecmirror.changes_v1 (mirror, row_key) "
+            f"SELECT $1, {text_key} FROM page ORDER BY {ascending} RETURNING 1) "
+            f"SELECT (SELECT count(*) FROM queued) AS queued, "
+            f"(SELECT {text_key} FROM page ORDER BY {descending} LIMIT 1) AS last_key"
+        )
+
+    def count_rows(self) -> str:
+        return f"SELECT count(*) FROM {self.qualified_table}"
+
+
+TRIGGER_EVENTS = {
+    "ins": "AFTER INSERT ON {table} REFERENCING NEW TABLE AS vecmirror_new",
+    "upd": "AFTER UPDATE ON {table} REFERENCING OLD TABLE AS vecmirror_old NEW TABLE AS vecmirror_new",
+    "del": "AFTER DELETE ON {table} REFERENCING OLD TABLE AS vecmirror_old",
+    "trn": "AFTER TRUNCATE ON {table}",
+}
+
+
+def trigger_name(mirror: str, event: str) -> str:
+    return f"vecmirror_v1_{mirror}_{event}"
+
+
+def create_triggers(mirror: str, statements: TableStatements) -> list[str]:
+    args = f"{quote_literal(mirror)}, {quote_literal(statements.key_expression)}"
+    return [
+        f"CREATE TRIGGER {quote_ident(trigger_name(mirror, event))} "
+        f"{timing.format(table=statements.qualified_table)} "
+        f"FOR EACH STATEMENT EXECUTE FUNCTION vecmirror.capture_v1({args})"
+        for event, timing in TRIGGER_EVENTS.items()
+    ]
+
+
+def drop_triggers(mirror: str, qualified_table: str) -> list[str]:
+    return [
+        f"DROP TRIGGER IF EXISTS {quote_ident(trigger_name(mirror, event))} ON {qualified_table}"
+        for event in TRIGGER_EVENTS
+    ]
+
+
+def qualified(schema: str, table: str) -> str:
+    return f"{quote_ident(schema)}.{quote_ident(table)}"
+
+
+def select_expression(column: str, base_type: str) -> str:
+    """pgvector values are read as real[] so the driver needs no extra codec."""
+    quoted = quote_ident(column)
+    if base_type == "vector":
+        return f"t.{quoted}::real[] AS {quoted}"
+    return f"t.{quoted} AS {quoted}"
+
+
+def select_list(columns: Sequence[tuple[str, str]]) -> tuple[str, ...]:
+    return tuple(select_expression(name, base_type) for name, base_type in columns)
