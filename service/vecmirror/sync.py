@@ -146,17 +146,17 @@ class MirrorSync:
 
     async def _write(self, plan: _Plan) -> None:
         if self._failures_seen is None:
-            self._failures_seen = await self.sink.indexing_failures()
+            self._failures_seen, _ = await self.sink.indexing_failures()
         await self.sink.write(plan.documents, plan.deletes, keep_vector=plan.keep_vector)
-        failures_now = await self.sink.indexing_failures()
+        failures_now, reason = await self.sink.indexing_failures()
         if failures_now > self._failures_seen and plan.documents:
-            await self._report_refused(plan)
+            await self._report_refused(plan, reason)
         self._failures_seen = failures_now
 
-    async def _report_refused(self, plan: _Plan) -> None:
+    async def _report_refused(self, plan: _Plan, reason: str | None) -> None:
         refused = set(await self.sink.not_indexed([d.key for d in plan.documents]))
         for key in refused:
-            problem = "Redis refused to index the document (FT.INFO hash_indexing_failures grew)"
+            problem = "Redis refused to index the document" + (f": {reason}" if reason else "")
             log.error("document_not_indexed", mirror=self.name, key=self.sink.key(key), error=problem)
             plan.failures.append(RowFailure(key, INDEX_REFUSED_FIELD, problem))
         plan.documents = [d for d in plan.documents if d.key not in refused]

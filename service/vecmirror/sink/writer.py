@@ -64,9 +64,12 @@ class RedisSink:
         if removed:
             pipe.hdel(key, *removed)
 
-    async def indexing_failures(self) -> int:
+    async def indexing_failures(self) -> tuple[int, str | None]:
+        """FT.INFO's count of documents the index refused, and its last reason when it says one."""
         info = await self._redis.ft(self.index_name).info()
-        return int(info["hash_indexing_failures"])
+        errors = info.get("Index Errors") or {}
+        last = errors.get("last indexing error") if isinstance(errors, dict) else None
+        return int(info["hash_indexing_failures"]), (str(last) if last and last != "N/A" else None)
 
     async def not_indexed(self, keys: Sequence[RowKey]) -> list[RowKey]:
         """Which of these written documents the index refused (INKEYS limits the search to them)."""
@@ -77,7 +80,7 @@ class RedisSink:
             "FT.SEARCH", self.index_name, "*", "INKEYS", len(by_key), *by_key,
             "NOCONTENT", "LIMIT", 0, len(by_key),
         )
-        found = {_text(k) for k in reply[1:]}
+        found = set(search_result_ids(reply))
         return [row_key for key, row_key in by_key.items() if key not in found]
 
     async def scan_row_keys(self, page: int = 1000) -> AsyncIterator[list[RowKey]]:
@@ -115,6 +118,14 @@ class RedisSink:
             return text
         values = json.loads(text)
         return values[0] if values else None
+
+
+def search_result_ids(reply: Any) -> list[str]:
+    """Document ids of an FT.SEARCH reply, in RESP3 (a map) or RESP2 (a flat list) form."""
+    if isinstance(reply, dict):
+        results = reply.get(b"results", reply.get("results", []))
+        return [_text(r.get(b"id", r.get("id"))) for r in results]
+    return [_text(k) for k in reply[1:]]
 
 
 def _text(value: bytes | str) -> str:

@@ -1,0 +1,128 @@
+"""Shared fixtures: real servers (the embedded stack unless VECMIRROR_TEST_*_URL point elsewhere), a
+fresh database and an empty Redis per test, and the real model loaded once per session."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+import redis
+import yaml
+
+from vecmirror.config import DEFAULT_MODEL, Config, parse_config
+from vecmirror.pipeline.embedder import SentenceTransformerEmbedder
+from vecmirror.settings import Settings
+from vecmirror.stack import StackUrls, stack_down, stack_up
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+_database_numbers = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackUrls]:
+    external_db = os.environ.get("VECMIRROR_TEST_DATABASE_URL")
+    external_redis = os.environ.get("VECMIRROR_TEST_REDIS_URL")
+    if external_db and external_redis:
+        yield StackUrls(external_db, external_redis)
+        return
+    directory = tmp_path_factory.mktemp("stack")
+    try:
+        yield stack_up(directory)
+    finally:
+        stack_down(directory)
+
+
+def with_database(url: str, database: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+@pytest.fixture
+async def database_url(servers: StackUrls) -> AsyncIterator[str]:
+    """A database of its own for each test, dropped afterwards."""
+    name = f"vecmirror_test_{os.getpid()}_{next(_database_numbers)}"
+    admin = await asyncpg.connect(servers.database_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield with_database(servers.database_url, name)
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+def redis_url(servers: StackUrls) -> Iterator[str]:
+    """An empty Redis (FLUSHALL also drops every index)."""
+    client = redis.Redis.from_url(servers.redis_url)
+    client.flushall()
+    client.close()
+    yield servers.redis_url
+
+
+@pytest.fixture
+async def pg(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url, decode_responses=False)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def embedder() -> SentenceTransformerEmbedder:
+    return SentenceTransformerEmbedder(DEFAULT_MODEL)
+
+
+@pytest.fixture
+def embedder_factory(embedder: SentenceTransformerEmbedder) -> Callable[[str], SentenceTransformerEmbedder]:
+    def load(model: str) -> SentenceTransformerEmbedder:
+        assert model == DEFAULT_MODEL
+        return embedder
+
+    return load
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> Callable[[list[dict[str, Any]]], tuple[Path, Config]]:
+    def write(mirrors: list[dict[str, Any]]) -> tuple[Path, Config]:
+        path = tmp_path / "mirrors.yaml"
+        raw = {"mirrors": mirrors}
+        path.write_text(yaml.safe_dump(raw, sort_keys=False))
+        return path, parse_config(raw)
+
+    return write
+
+
+@pytest.fixture
+def settings_for(database_url: str, redis_url: str) -> Callable[..., Settings]:
+    def make(config_path: Path, **overrides: Any) -> Settings:
+        return Settings(database_url=database_url, redis_url=redis_url, config=config_path, **overrides)
+
+    return make
+
+
+@pytest.fixture
+def cli_env(database_url: str, redis_url: str) -> dict[str, str]:
+    """Environment for running the `vecmirror` CLI as a subprocess against this test's servers."""
+    return {
+        **os.environ,
+        "VECMIRROR_DATABASE_URL": database_url,
+        "VECMIRROR_REDIS_URL": redis_url,
+        "VECMIRROR_LOG_FORMAT": "json",
+        "HF_HUB_OFFLINE": "1",
+    }

@@ -1,0 +1,131 @@
+"""Mirror definitions and small helpers shared by the integration and acceptance tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import redis
+
+from vecmirror.commands import run_command
+from vecmirror.config import Config
+from vecmirror.settings import Settings
+from vecmirror.sink.writer import search_result_ids
+
+DOCS_TABLE = """
+CREATE TABLE docs (
+    id integer PRIMARY KEY,
+    title text NOT NULL,
+    content text,
+    genre text
+)
+"""
+
+DOCS_MIRROR: dict[str, Any] = {
+    "name": "docs",
+    "table": "public.docs",
+    "embed": {"field": "embedding", "template": "{title}: {content}"},
+    "index": {
+        "index": {"name": "docs_idx", "prefix": "doc", "storage_type": "hash"},
+        "fields": [
+            {"name": "title", "type": "text"},
+            {"name": "content", "type": "text"},
+            {"name": "genre", "type": "tag"},
+            {
+                "name": "embedding",
+                "type": "vector",
+                "attrs": {"algorithm": "hnsw", "dims": 384, "distance_metric": "l2", "datatype": "float32"},
+            },
+        ],
+    },
+}
+
+PRODUCTS_TABLE = """
+CREATE TABLE products (
+    sku text PRIMARY KEY,
+    name text NOT NULL,
+    price numeric,
+    vec real[]
+)
+"""
+
+PRODUCTS_MIRROR: dict[str, Any] = {
+    "name": "products",
+    "table": "products",
+    "vector_column": "vec",
+    "index": {
+        "index": {"name": "products_idx", "prefix": "product", "storage_type": "hash"},
+        "fields": [
+            {"name": "name", "type": "text"},
+            {"name": "price", "type": "numeric"},
+            {
+                "name": "vec",
+                "type": "vector",
+                "attrs": {"algorithm": "flat", "dims": 4, "distance_metric": "cosine", "block_size": 64},
+            },
+        ],
+    },
+}
+
+NOTES_TABLE = """
+CREATE TABLE notes (
+    tenant text NOT NULL,
+    id integer NOT NULL,
+    body text NOT NULL,
+    labels text,
+    v double precision[],
+    PRIMARY KEY (tenant, id)
+)
+"""
+
+NOTES_MIRROR: dict[str, Any] = {
+    "name": "notes",
+    "table": "public.notes",
+    "vector_column": "v",
+    "index": {
+        "index": {"name": "notes_idx", "prefix": "note", "storage_type": "json"},
+        "fields": [
+            {"name": "body", "type": "text"},
+            {"name": "$.meta.labels", "as_name": "labels", "type": "tag", "attrs": {"separator": "|"}},
+            {
+                "name": "v",
+                "type": "vector",
+                "attrs": {"algorithm": "hnsw", "dims": 3, "distance_metric": "cosine", "m": 8,
+                          "ef_construction": 64, "ef_runtime": 20, "epsilon": 0.05, "initial_cap": 100},
+            },
+        ],
+    },
+}
+
+
+async def sync_once(settings: Settings, config: Config, embedder_factory: Any = None) -> Any:
+    return await run_command(settings, config, once=True, embedder_factory=embedder_factory)
+
+
+def hash_doc(client: redis.Redis, key: str) -> dict[str, bytes]:
+    return {k.decode(): v for k, v in client.hgetall(key).items()}
+
+
+def json_doc(client: redis.Redis, key: str) -> Any:
+    raw = client.execute_command("JSON.GET", key)
+    return None if raw is None else json.loads(raw)
+
+
+def keys(client: redis.Redis, pattern: str) -> set[str]:
+    return {k.decode() for k in client.scan_iter(match=pattern)}
+
+
+def vector_of(doc: dict[str, bytes], field: str = "embedding") -> np.ndarray[Any, Any]:
+    return np.frombuffer(doc[field], dtype=np.float32)
+
+
+def search_ids(client: redis.Redis, index: str, query: str) -> set[str]:
+    reply = client.execute_command("FT.SEARCH", index, query, "NOCONTENT", "LIMIT", 0, 1000, "DIALECT", 2)
+    return set(search_result_ids(reply))
+
+
+def write_yaml(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
