@@ -63,7 +63,7 @@ class TableStatements:
         select = ", ".join(f"{k} AS {a}" for k, a in zip(keys, aliases, strict=True))
         where = ""
         if after_cursor:
-            bounds = ", ".join(f"${i + 3}::{k.sql_type}" for i, k in enumerate(self.key_columns))
+            bounds = ", ".join(f"${i + 3}::text::{k.sql_type}" for i, k in enumerate(self.key_columns))
             where = f"WHERE ({', '.join(keys)}) > ({bounds})"
         text_key = "ARRAY[" + ", ".join(f"{a}::text" for a in aliases) + "]"
         ascending = ", ".join(aliases)
