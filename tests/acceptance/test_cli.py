@@ -1,0 +1,166 @@
+"""The `vecmirror` command as users run it: a subprocess against real servers and the real model."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import redis
+from helpers import DOCS_MIRROR, DOCS_TABLE, NOTES_MIRROR, NOTES_TABLE, PRODUCTS_MIRROR, PRODUCTS_TABLE, keys
+
+VECMIRROR = [sys.executable, "-m", "vecmirror.cli"]
+
+
+def vecmirror(env: dict[str, str], *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*VECMIRROR, *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def start_worker(env: dict[str, str], config: Path, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*VECMIRROR, "run", "--config", str(config), *extra],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def wait_for(condition: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def test_config_errors_exit_non_zero_naming_mirror_and_key(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "mirrors:\n"
+        "  - name: docs\n"
+        "    table: public.docs\n"
+        "    embed: {field: missing, template: '{content}'}\n"
+        "    index:\n"
+        "      index: {name: i, prefix: doc}\n"
+        "      fields:\n"
+        "        - {name: embedding, type: vector, attrs: {algorithm: hnsw, dims: 384}}\n"
+        "  - name: other\n"
+        "    table: t\n"
+        "    colour: blue\n"
+        "    index: {index: {name: j, prefix: o}, fields: []}\n"
+    )
+    result = vecmirror({}, "check", "--config", str(bad))
+    assert result.returncode == 2
+    assert "mirror 'docs': embed.field: 'missing' is not a vector field" in result.stderr
+    assert "mirror 'other': colour: Extra inputs are not permitted" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+async def test_three_mirrors_queried_from_the_cli(
+    pg: asyncpg.Connection, cli_env: dict[str, str], write_config: Any
+) -> None:
+    for ddl in (DOCS_TABLE, PRODUCTS_TABLE, NOTES_TABLE):
+        await pg.execute(ddl)
+    await pg.execute(
+        "INSERT INTO docs VALUES (1, 'Kittens', 'Young cats play with yarn', 'pets'), "
+        "(2, 'Puppies', 'Young dogs chew shoes', 'pets'), (3, 'Compilers', 'Parsing and code generation', 'tech')"
+    )
+    await pg.execute(
+        "INSERT INTO products VALUES ('lamp', 'Lamp', 19.5, '{1,0,0,0}'), ('desk', 'Desk', 120, '{0.9,0.1,0,0}'), "
+        "('pen', 'Pen', 2, '{0,0,1,0}')"
+    )
+    await pg.execute(
+        "INSERT INTO notes VALUES ('acme', 1, 'ship it', 'red|urgent', '{1,0,0}'), "
+        "('acme', 2, 'later', 'blue', '{1,0.1,0}'), ('zen', 1, 'calm', 'urgent', '{0,0,1}')"
+    )
+    path, _ = write_config([DOCS_MIRROR, PRODUCTS_MIRROR, NOTES_MIRROR])
+    assert vecmirror(cli_env, "migrate", "--config", str(path)).returncode == 0
+    synced = vecmirror(cli_env, "run", "--once", "--config", str(path))
+    assert synced.returncode == 0, synced.stderr
+
+    docs = _query(cli_env, path, "docs", "a small cat", "--filter", "@genre:{pets}", "--return", "title")
+    assert [h["id"] for h in docs] == ["doc:1", "doc:2"]
+    assert docs[0]["title"] == "Kittens" and docs[0]["distance"] < docs[1]["distance"]
+
+    products = _query(cli_env, path, "products", "--vector", "[1,0,0,0]", "--filter", "@price:[10 200]")
+    assert [h["id"] for h in products] == ["product:lamp", "product:desk"]
+    assert abs(products[0]["distance"]) < 1e-6 and products[1]["price"] == "120"
+
+    notes = _query(cli_env, path, "notes", "--vector", "[1,0,0]", "--filter", "@labels:{urgent}", "--k", "5")
+    assert [h["id"] for h in notes] == ["note:acme:1", "note:zen:1"]
+
+
+def _query(env: dict[str, str], config: Path, *args: str) -> list[dict[str, Any]]:
+    result = vecmirror(env, "query", "--config", str(config), "--json", *args)
+    assert result.returncode == 0, result.stderr
+    hits: list[dict[str, Any]] = json.loads(result.stdout)  # stdout holds the JSON array and nothing else
+    return hits
+
+
+async def test_dimension_mismatch_stops_run_with_a_message(
+    pg: asyncpg.Connection, cli_env: dict[str, str], write_config: Any
+) -> None:
+    await pg.execute(DOCS_TABLE)
+    wrong = {**DOCS_MIRROR, "index": {**DOCS_MIRROR["index"], "fields": [
+        {"name": "content", "type": "text"},
+        {"name": "embedding", "type": "vector", "attrs": {"algorithm": "flat", "dims": 128}},
+    ]}}
+    path, _ = write_config([wrong])
+    assert vecmirror(cli_env, "migrate", "--config", str(path)).returncode == 0
+    result = vecmirror(cli_env, "run", "--once", "--config", str(path))
+    assert result.returncode == 2
+    assert "outputs 384-dimensional vectors but index.fields.embedding.attrs.dims is 128" in result.stderr
+
+
+async def test_worker_wakes_on_notify_and_exits_cleanly_on_sigterm(
+    pg: asyncpg.Connection, redis_client: redis.Redis, cli_env: dict[str, str], write_config: Any
+) -> None:
+    await pg.execute(PRODUCTS_TABLE)
+    path, _ = write_config([PRODUCTS_MIRROR])
+    assert vecmirror(cli_env, "migrate", "--config", str(path)).returncode == 0
+    # A poll interval far longer than the test: only a notification can wake the worker in time.
+    worker = start_worker({**cli_env, "VECMIRROR_POLL_INTERVAL": "600"}, path)
+    try:
+        wait_for(lambda: redis_client.exists("products_idx") or _index_exists(redis_client), 60, "the index")
+        await pg.execute("INSERT INTO products VALUES ('late', 'Late', 1, '{1,0,0,0}')")
+        wait_for(lambda: keys(redis_client, "product:*") == {"product:late"}, 20, "the notified change")
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
+    finally:
+        worker.kill()
+        worker.communicate()
+
+
+def _index_exists(client: redis.Redis) -> bool:
+    return b"products_idx" in client.execute_command("FT._LIST")
+
+
+async def test_changes_survive_a_stopped_and_a_sigkilled_worker(
+    pg: asyncpg.Connection, redis_client: redis.Redis, cli_env: dict[str, str], write_config: Any
+) -> None:
+    await pg.execute(DOCS_TABLE)
+    path, _ = write_config([DOCS_MIRROR])
+    assert vecmirror(cli_env, "migrate", "--config", str(path)).returncode == 0
+    # Written while no worker runs: queued durably, synced when one starts.
+    await pg.execute(
+        "INSERT INTO docs SELECT g, 'Title ' || g, 'Body number ' || g, 'bulk' FROM generate_series(1, 400) g"
+    )
+    worker = start_worker({**cli_env, "VECMIRROR_BATCH_SIZE": "32"}, path)
+    try:
+        wait_for(lambda: len(keys(redis_client, "doc:*")) >= 32, 90, "the first batch")
+        worker.send_signal(signal.SIGKILL)  # mid-run, most likely mid-batch
+        worker.wait(timeout=10)
+    finally:
+        worker.kill()
+        worker.communicate()
+    assert len(keys(redis_client, "doc:*")) < 400
+    await pg.execute("UPDATE docs SET content = 'Edited' WHERE id = 400")
+    finished = vecmirror(cli_env, "run", "--once", "--config", str(path))
+    assert finished.returncode == 0, finished.stderr
+    assert len(keys(redis_client, "doc:*")) == 400
+    assert redis_client.hget("doc:400", "content") == b"Edited"
+    assert await pg.fetchval("SELECT count(*) FROM vecmirror.changes_v1") == 0
