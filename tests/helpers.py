@@ -92,8 +92,16 @@ NOTES_MIRROR: dict[str, Any] = {
             {
                 "name": "v",
                 "type": "vector",
-                "attrs": {"algorithm": "hnsw", "dims": 3, "distance_metric": "cosine", "m": 8,
-                          "ef_construction": 64, "ef_runtime": 20, "epsilon": 0.05, "initial_cap": 100},
+                "attrs": {
+                    "algorithm": "hnsw",
+                    "dims": 3,
+                    "distance_metric": "cosine",
+                    "m": 8,
+                    "ef_construction": 64,
+                    "ef_runtime": 20,
+                    "epsilon": 0.05,
+                    "initial_cap": 100,
+                },
             },
         ],
     },

@@ -19,6 +19,7 @@ from vecmirror.index.manage import ensure_index
 from vecmirror.pipeline.embedder import Embedder, SentenceTransformerEmbedder
 from vecmirror.settings import Settings
 from vecmirror.sink.writer import RedisSink
+from vecmirror.source import Connection
 from vecmirror.source.sql import QUERIES
 from vecmirror.source.tables import inspect_table
 from vecmirror.sync import MirrorSync
@@ -37,12 +38,16 @@ class App:
     embedders: dict[str, Embedder]
 
     def worker(self, on_batch: BatchCallback | None = None) -> Worker:
-        return Worker(self.pool, self.syncs, backfill_page=self.settings.backfill_batch_size, on_batch=on_batch)
+        return Worker(
+            self.pool, self.syncs, backfill_page=self.settings.backfill_batch_size, on_batch=on_batch
+        )
 
 
 def default_embedder_factory(settings: Settings) -> EmbedderFactory:
     def load(model: str) -> Embedder:
-        return SentenceTransformerEmbedder(model, device=settings.device, batch_size=settings.embed_batch_size)
+        return SentenceTransformerEmbedder(
+            model, device=settings.device, batch_size=settings.embed_batch_size
+        )
 
     return load
 
@@ -63,7 +68,9 @@ async def open_app(
     pool = await asyncpg.create_pool(settings.require_database_url(), min_size=1, max_size=4)
     try:
         async with redis_client(settings) as client:
-            app = await _build(settings, config, pool, client, embedder_factory or default_embedder_factory(settings))
+            app = await _build(
+                settings, config, pool, client, embedder_factory or default_embedder_factory(settings)
+            )
             yield app
     finally:
         await pool.close()
@@ -100,7 +107,7 @@ def load_embedders(config: Config, factory: EmbedderFactory) -> dict[str, Embedd
 def check_dimension(mirror: MirrorConfig, embedder: Embedder) -> None:
     field = mirror.vector_field
     assert field is not None and mirror.embed is not None
-    dims = int(field.attrs.dims)  # type: ignore[union-attr]
+    dims = int(field.attrs.dims)
     if embedder.dimension != dims:
         raise StartupError(
             f"mirror {mirror.name!r}: embed.model {mirror.embed.model!r} outputs {embedder.dimension}-"
@@ -108,7 +115,7 @@ def check_dimension(mirror: MirrorConfig, embedder: Embedder) -> None:
         )
 
 
-async def check_migrated(conn: asyncpg.Connection, config: Config) -> None:
+async def check_migrated(conn: Connection, config: Config) -> None:
     if not await conn.fetchval("SELECT to_regclass('vecmirror.mirrors_v1') IS NOT NULL"):
         raise NotMigratedError("the vecmirror schema is missing: run `vecmirror migrate` first")
     installed = {r["name"]: r for r in await conn.fetch(QUERIES["installed_mirrors"])}

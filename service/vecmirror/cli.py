@@ -37,7 +37,10 @@ def _config(settings: Settings) -> Config:
 
 def config_option(command: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
-        "--config", "config_path", type=click.Path(path_type=Path), default=None,
+        "--config",
+        "config_path",
+        type=click.Path(path_type=Path),
+        default=None,
         help="Mirrors file (default: $VECMIRROR_CONFIG, else ./vecmirror.yaml).",
     )(command)
 
@@ -127,14 +130,22 @@ def backfill(config_path: Path | None, mirror: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON array and nothing else.")
 @handles_errors
 def query(
-    config_path: Path | None, mirror: str, text: str | None, k: int, filter_expression: str | None,
-    return_fields: tuple[str, ...], vector_json: str | None, as_json: bool,
+    config_path: Path | None,
+    mirror: str,
+    text: str | None,
+    k: int,
+    filter_expression: str | None,
+    return_fields: tuple[str, ...],
+    vector_json: str | None,
+    as_json: bool,
 ) -> None:
     """Nearest neighbours of TEXT (embedded with the mirror's model) or of --vector."""
     from vecmirror.commands import QueryRequest, print_hits, query_command
 
     settings = _settings(config_path)
-    request = QueryRequest(mirror, text, _parse_vector(vector_json), k, filter_expression, list(return_fields))
+    request = QueryRequest(
+        mirror, text, _parse_vector(vector_json), k, filter_expression, list(return_fields)
+    )
     hits = run_async(query_command(settings, _config(settings), request))
     print_hits(hits, as_json=as_json)
 

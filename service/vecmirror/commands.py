@@ -7,6 +7,7 @@ import json
 import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 import click
@@ -54,7 +55,10 @@ async def run_command(
 
 
 async def backfill_command(
-    settings: Settings, config: Config, mirror_name: str | None, embedder_factory: EmbedderFactory | None = None
+    settings: Settings,
+    config: Config,
+    mirror_name: str | None,
+    embedder_factory: EmbedderFactory | None = None,
 ) -> None:
     names = [mirror_name] if mirror_name else [m.name for m in config.mirrors]
     for name in names:
@@ -76,7 +80,7 @@ async def _backfill_one(app: App, name: str) -> None:
         await app.worker(on_batch=lambda stats: _advance(bar, stats, name)).drain()
 
 
-def _advance(bar: tqdm[object], stats: BatchStats, name: str) -> None:
+def _advance(bar: tqdm[Any], stats: BatchStats, name: str) -> None:
     if stats.mirror == name:
         bar.update(stats.changes)
 
@@ -107,7 +111,11 @@ async def query_command(
         vector = await embed_query(embedder, request.text or "")
     async with redis_client(settings) as client:
         return await knn(
-            client, mirror, vector, k=request.k, filter_expression=request.filter_expression,
+            client,
+            mirror,
+            vector,
+            k=request.k,
+            filter_expression=request.filter_expression,
             return_fields=request.return_fields,
         )
 

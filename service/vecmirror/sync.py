@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-import asyncpg
 import structlog
 
 from vecmirror.config import MirrorConfig
@@ -16,7 +15,7 @@ from vecmirror.errors import RowError
 from vecmirror.pipeline.documents import Document, DocumentBuilder, RowKey
 from vecmirror.pipeline.embedder import Embedder
 from vecmirror.sink.writer import RedisSink
-from vecmirror.source import changes
+from vecmirror.source import Connection, changes
 from vecmirror.source.changes import RowFailure
 from vecmirror.source.rows import Row, load_rows
 from vecmirror.source.tables import SourceTable
@@ -67,7 +66,7 @@ class MirrorSync:
     def name(self) -> str:
         return self.mirror.name
 
-    async def sync_batch(self, conn: asyncpg.Connection) -> BatchStats | None:
+    async def sync_batch(self, conn: Connection) -> BatchStats | None:
         """Processes one batch; None when the mirror's queue had nothing claimable."""
         if await self._sync_truncate(conn):
             return BatchStats(self.name, changes=1, truncated=True)
@@ -86,7 +85,7 @@ class MirrorSync:
         stats.failed, stats.failures = len(plan.failures), plan.failures
         return stats
 
-    async def _sync_truncate(self, conn: asyncpg.Connection) -> bool:
+    async def _sync_truncate(self, conn: Connection) -> bool:
         """A TRUNCATE re-queues every key the mirror has in Redis; re-reading them deletes the
         ones whose rows are gone."""
         async with conn.transaction():

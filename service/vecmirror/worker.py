@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -69,9 +70,15 @@ class Worker:
             stats = await sync.sync_batch(conn)
         if stats is not None:
             log.info(
-                "batch_synced", mirror=stats.mirror, changes=stats.changes, upserted=stats.upserted,
-                deleted=stats.deleted, embedded=stats.embedded, embedding_skipped=stats.embedding_skipped,
-                failed=stats.failed, truncated=stats.truncated,
+                "batch_synced",
+                mirror=stats.mirror,
+                changes=stats.changes,
+                upserted=stats.upserted,
+                deleted=stats.deleted,
+                embedded=stats.embedded,
+                embedding_skipped=stats.embedding_skipped,
+                failed=stats.failed,
+                truncated=stats.truncated,
             )
             if self._on_batch is not None:
                 self._on_batch(stats)
@@ -121,7 +128,5 @@ async def _wait_for_wake(listener: ChangeListener, stop: asyncio.Event, poll_int
 
 
 async def _sleep_unless_stopped(stop: asyncio.Event, seconds: float) -> None:
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), seconds)
-    except TimeoutError:
-        pass

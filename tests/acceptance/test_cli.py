@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncpg
 import redis
+
 from helpers import DOCS_MIRROR, DOCS_TABLE, NOTES_MIRROR, NOTES_TABLE, PRODUCTS_MIRROR, PRODUCTS_TABLE, keys
 
 VECMIRROR = [sys.executable, "-m", "vecmirror.cli"]
@@ -24,7 +25,10 @@ def vecmirror(env: dict[str, str], *args: str, timeout: float = 180) -> subproce
 def start_worker(env: dict[str, str], config: Path, *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [*VECMIRROR, "run", "--config", str(config), *extra],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -67,11 +71,12 @@ async def test_three_mirrors_queried_from_the_cli(
         await pg.execute(ddl)
     await pg.execute(
         "INSERT INTO docs VALUES (1, 'Kittens', 'Young cats play with yarn', 'pets'), "
-        "(2, 'Puppies', 'Young dogs chew shoes', 'pets'), (3, 'Compilers', 'Parsing and code generation', 'tech')"
+        "(2, 'Puppies', 'Young dogs chew shoes', 'pets'), "
+        "(3, 'Compilers', 'Parsing and code generation', 'tech')"
     )
     await pg.execute(
-        "INSERT INTO products VALUES ('lamp', 'Lamp', 19.5, '{1,0,0,0}'), ('desk', 'Desk', 120, '{0.9,0.1,0,0}'), "
-        "('pen', 'Pen', 2, '{0,0,1,0}')"
+        "INSERT INTO products VALUES ('lamp', 'Lamp', 19.5, '{1,0,0,0}'), "
+        "('desk', 'Desk', 120, '{0.9,0.1,0,0}'), ('pen', 'Pen', 2, '{0,0,1,0}')"
     )
     await pg.execute(
         "INSERT INTO notes VALUES ('acme', 1, 'ship it', 'red|urgent', '{1,0,0}'), "
@@ -105,10 +110,16 @@ async def test_dimension_mismatch_stops_run_with_a_message(
     pg: asyncpg.Connection, cli_env: dict[str, str], write_config: Any
 ) -> None:
     await pg.execute(DOCS_TABLE)
-    wrong = {**DOCS_MIRROR, "index": {**DOCS_MIRROR["index"], "fields": [
-        {"name": "content", "type": "text"},
-        {"name": "embedding", "type": "vector", "attrs": {"algorithm": "flat", "dims": 128}},
-    ]}}
+    wrong = {
+        **DOCS_MIRROR,
+        "index": {
+            **DOCS_MIRROR["index"],
+            "fields": [
+                {"name": "content", "type": "text"},
+                {"name": "embedding", "type": "vector", "attrs": {"algorithm": "flat", "dims": 128}},
+            ],
+        },
+    }
     path, _ = write_config([wrong])
     assert vecmirror(cli_env, "migrate", "--config", str(path)).returncode == 0
     result = vecmirror(cli_env, "run", "--once", "--config", str(path))

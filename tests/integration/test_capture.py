@@ -8,8 +8,8 @@ from typing import Any
 import asyncpg
 import pytest
 import redis
-from helpers import DOCS_MIRROR, DOCS_TABLE, PRODUCTS_MIRROR, PRODUCTS_TABLE, keys, sync_once
 
+from helpers import DOCS_MIRROR, DOCS_TABLE, PRODUCTS_MIRROR, PRODUCTS_TABLE, keys, sync_once
 from vecmirror.app import open_app
 from vecmirror.commands import migrate_command
 from vecmirror.errors import NotMigratedError, StartupError
@@ -93,7 +93,9 @@ async def test_two_workers_share_the_queue_and_never_hold_one_key_twice(
     path, config = write_config([PRODUCTS_MIRROR])
     settings = settings_for(path, batch_size=20)
     await migrate_command(settings, config)
-    await pg.execute("INSERT INTO products SELECT 'p' || g, 'n', g, '{1,2,3,4}' FROM generate_series(1, 300) g")
+    await pg.execute(
+        "INSERT INTO products SELECT 'p' || g, 'n', g, '{1,2,3,4}' FROM generate_series(1, 300) g"
+    )
     for round_ in range(3):
         await pg.execute("UPDATE products SET price = price + $1 WHERE (substr(sku, 2)::int) % 3 = 0", round_)
     async with open_app(settings, config) as first, open_app(settings, config) as second:
@@ -137,21 +139,46 @@ async def test_start_up_stops_on_wrong_dims_index_mismatch_and_missing_migration
             pass
     await migrate_command(settings_for(path), config)
     redis_client.execute_command(
-        "FT.CREATE", "products_idx", "ON", "HASH", "PREFIX", "1", "product", "SCHEMA",
-        "name", "TEXT", "price", "NUMERIC",
-        "vec", "VECTOR", "FLAT", "6", "TYPE", "FLOAT32", "DIM", "8", "DISTANCE_METRIC", "COSINE",
+        "FT.CREATE",
+        "products_idx",
+        "ON",
+        "HASH",
+        "PREFIX",
+        "1",
+        "product",
+        "SCHEMA",
+        "name",
+        "TEXT",
+        "price",
+        "NUMERIC",
+        "vec",
+        "VECTOR",
+        "FLAT",
+        "6",
+        "TYPE",
+        "FLOAT32",
+        "DIM",
+        "8",
+        "DISTANCE_METRIC",
+        "COSINE",
     )
     with pytest.raises(StartupError, match=r"field 'vec': dim is 4 in the config, 8 in Redis"):
         async with open_app(settings_for(path), config):
             pass
 
-    wrong_dims = {**DOCS_MIRROR, "index": {**DOCS_MIRROR["index"], "fields": [
-        {"name": "content", "type": "text"},
-        {"name": "embedding", "type": "vector", "attrs": {"algorithm": "flat", "dims": 128}},
-    ]}}
+    wrong_dims = {
+        **DOCS_MIRROR,
+        "index": {
+            **DOCS_MIRROR["index"],
+            "fields": [
+                {"name": "content", "type": "text"},
+                {"name": "embedding", "type": "vector", "attrs": {"algorithm": "flat", "dims": 128}},
+            ],
+        },
+    }
     path, config = write_config([wrong_dims])
     await migrate_command(settings_for(path), config)
-    with pytest.raises(StartupError, match="outputs 8-dimensional vectors but index.fields.embedding"):
+    with pytest.raises(StartupError, match=r"outputs 8-dimensional vectors but index\.fields\.embedding"):
         async with open_app(settings_for(path), config, lambda _: FakeEmbedder(8)):
             pass
 
@@ -172,10 +199,16 @@ async def test_sync_once_uses_fake_embedder_contract(
     pg: asyncpg.Connection, redis_client: redis.Redis, write_config: Any, settings_for: Any
 ) -> None:
     """The fake embedder plugs into the same seam as the real model (used by unit tests)."""
-    small = {**DOCS_MIRROR, "index": {**DOCS_MIRROR["index"], "fields": [
-        {"name": "content", "type": "text"},
-        {"name": "embedding", "type": "vector", "attrs": {"algorithm": "flat", "dims": 8}},
-    ]}}
+    small = {
+        **DOCS_MIRROR,
+        "index": {
+            **DOCS_MIRROR["index"],
+            "fields": [
+                {"name": "content", "type": "text"},
+                {"name": "embedding", "type": "vector", "attrs": {"algorithm": "flat", "dims": 8}},
+            ],
+        },
+    }
     await pg.execute(DOCS_TABLE)
     path, config = write_config([small])
     await migrate_command(settings_for(path), config)

@@ -8,6 +8,7 @@ import asyncpg
 import numpy as np
 import pytest
 import redis
+
 from helpers import (
     DOCS_MIRROR,
     DOCS_TABLE,
@@ -22,7 +23,6 @@ from helpers import (
     sync_once,
     vector_of,
 )
-
 from vecmirror.commands import migrate_command
 
 
@@ -107,7 +107,10 @@ async def test_duplicate_changes_are_merged(
 
 
 async def test_rows_before_migrate_are_backfilled(
-    pg: asyncpg.Connection, redis_client: redis.Redis, write_config: Any, settings_for: Any,
+    pg: asyncpg.Connection,
+    redis_client: redis.Redis,
+    write_config: Any,
+    settings_for: Any,
     embedder_factory: Any,
 ) -> None:
     await pg.execute(DOCS_TABLE)
@@ -124,7 +127,10 @@ async def test_rows_before_migrate_are_backfilled(
 
 
 async def test_three_mirrors_hash_json_precomputed(
-    pg: asyncpg.Connection, redis_client: redis.Redis, write_config: Any, settings_for: Any,
+    pg: asyncpg.Connection,
+    redis_client: redis.Redis,
+    write_config: Any,
+    settings_for: Any,
     embedder_factory: Any,
 ) -> None:
     for ddl in (DOCS_TABLE, PRODUCTS_TABLE, NOTES_TABLE):
@@ -197,7 +203,11 @@ async def test_documents_redis_refuses_are_reported_by_key(
             "fields": [
                 {"name": "name", "type": "text"},
                 {"name": "location", "type": "geo"},
-                {"name": "v", "type": "vector", "attrs": {"algorithm": "flat", "dims": 2, "distance_metric": "l2"}},
+                {
+                    "name": "v",
+                    "type": "vector",
+                    "attrs": {"algorithm": "flat", "dims": 2, "distance_metric": "l2"},
+                },
             ],
         },
     }

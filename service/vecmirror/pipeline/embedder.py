@@ -48,7 +48,7 @@ class SentenceTransformerEmbedder:
         from transformers.utils import logging as transformers_logging
 
         # Loading prints a progress bar per model otherwise, which garbles JSON logs.
-        transformers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
         self._model_name = model
         self._model = SentenceTransformer(resolve_model(model), device=device)
         self._batch_size = batch_size
@@ -97,7 +97,9 @@ class FakeEmbedder:
     def embed(self, texts: Sequence[str]) -> Vectors:
         self.calls += 1
         self.texts_embedded += len(texts)
-        return np.stack([self._vector(t) for t in texts]) if texts else np.empty((0, self._dimension))
+        if not texts:
+            return np.empty((0, self._dimension), dtype=np.float32)
+        return np.stack([self._vector(t) for t in texts])
 
     def _vector(self, text: str) -> Vectors:
         seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")

@@ -41,7 +41,9 @@ async def knn(
     _check_fields(mirror, fields)
     dims = int(field.attrs.dims)
     if len(vector) != dims:
-        raise QueryError(f"mirror {mirror.name!r}: the query vector has {len(vector)} values, expected {dims}")
+        raise QueryError(
+            f"mirror {mirror.name!r}: the query vector has {len(vector)} values, expected {dims}"
+        )
     query = VectorQuery(
         vector=[float(v) for v in vector],
         vector_field_name=field.name,

@@ -66,7 +66,7 @@ class RedisSink:
 
     async def indexing_failures(self) -> tuple[int, str | None]:
         """FT.INFO's count of documents the index refused, and its last reason when it says one."""
-        info = await self._redis.ft(self.index_name).info()
+        info = await self._redis.ft(self.index_name).info()  # type: ignore[no-untyped-call]
         errors = info.get("Index Errors") or {}
         last = errors.get("last indexing error") if isinstance(errors, dict) else None
         return int(info["hash_indexing_failures"]), (str(last) if last and last != "N/A" else None)
@@ -76,9 +76,17 @@ class RedisSink:
         if not keys:
             return []
         by_key = {self.key(k): k for k in keys}
-        reply = await self._redis.execute_command(
-            "FT.SEARCH", self.index_name, "*", "INKEYS", len(by_key), *by_key,
-            "NOCONTENT", "LIMIT", 0, len(by_key),
+        reply = await self._redis.execute_command(  # type: ignore[no-untyped-call]
+            "FT.SEARCH",
+            self.index_name,
+            "*",
+            "INKEYS",
+            len(by_key),
+            *by_key,
+            "NOCONTENT",
+            "LIMIT",
+            0,
+            len(by_key),
         )
         found = set(search_result_ids(reply))
         return [row_key for key, row_key in by_key.items() if key not in found]
@@ -123,8 +131,8 @@ class RedisSink:
 def search_result_ids(reply: Any) -> list[str]:
     """Document ids of an FT.SEARCH reply, in RESP3 (a map) or RESP2 (a flat list) form."""
     if isinstance(reply, dict):
-        results = reply.get(b"results", reply.get("results", []))
-        return [_text(r.get(b"id", r.get("id"))) for r in results]
+        results: list[dict[Any, Any]] = reply.get(b"results", reply.get("results")) or []
+        return [_text(r[b"id"] if b"id" in r else r["id"]) for r in results]
     return [_text(k) for k in reply[1:]]
 
 

@@ -1,1 +1,9 @@
 """Postgres side: migrations, change capture, claiming changes, loading rows, listening."""
+
+from typing import TypeAlias
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+# A plain connection or one borrowed from a pool: every source function accepts either.
+Connection: TypeAlias = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]

@@ -9,36 +9,35 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import asyncpg
-
 from vecmirror.errors import NotMigratedError
+from vecmirror.source import Connection
 from vecmirror.source.sql import QUERIES
 from vecmirror.source.tables import SourceTable
 
 DONE = "done"
 
 
-async def backfill_pending(conn: asyncpg.Connection, mirror: str) -> bool:
+async def backfill_pending(conn: Connection, mirror: str) -> bool:
     state = await conn.fetchrow(QUERIES["backfill_state"], mirror)
     if state is None:
         raise NotMigratedError(f"mirror {mirror!r} is not installed: run `vecmirror migrate` first")
     return bool(state["backfill_state"] != DONE)
 
 
-async def restart_backfill(conn: asyncpg.Connection, mirror: str) -> None:
+async def restart_backfill(conn: Connection, mirror: str) -> None:
     await conn.execute(QUERIES["restart_backfill"], mirror)
 
 
-async def count_rows(conn: asyncpg.Connection, table: SourceTable) -> int:
+async def count_rows(conn: Connection, table: SourceTable) -> int:
     total: int = await conn.fetchval(table.statements.count_rows())
     return total
 
 
 async def queue_all_rows(
-    conn: asyncpg.Connection,
+    conn: Connection,
     table: SourceTable,
     page_size: int,
-    on_page: Callable[[int], None] = lambda _: None,
+    on_page: Callable[[int], object] = lambda _: None,
 ) -> int:
     """Queues the rows not queued yet by this backfill; returns how many this call queued."""
     queued = 0
@@ -50,7 +49,7 @@ async def queue_all_rows(
         on_page(page)
 
 
-async def _queue_next_page(conn: asyncpg.Connection, table: SourceTable, page_size: int) -> int | None:
+async def _queue_next_page(conn: Connection, table: SourceTable, page_size: int) -> int | None:
     async with conn.transaction():
         state = await conn.fetchrow(QUERIES["backfill_state"], table.mirror)
         if state is None or state["backfill_state"] == DONE:

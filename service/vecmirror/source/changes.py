@@ -11,8 +11,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-import asyncpg
-
+from vecmirror.source import Connection
 from vecmirror.source.sql import QUERIES
 
 RowKey = tuple[str, ...]
@@ -31,7 +30,7 @@ class RowFailure:
     error: str
 
 
-async def claim(conn: asyncpg.Connection, mirror: str, limit: int) -> ClaimedBatch:
+async def claim(conn: Connection, mirror: str, limit: int) -> ClaimedBatch:
     """Must run inside a transaction; the claim ends with it."""
     await conn.execute(QUERIES["lock_mirror_shared"], mirror)
     rows = await conn.fetch(QUERIES["claim_changes"], mirror, limit)
@@ -39,7 +38,7 @@ async def claim(conn: asyncpg.Connection, mirror: str, limit: int) -> ClaimedBat
     return ClaimedBatch([r["id"] for r in rows], list(keys))
 
 
-async def claim_truncate(conn: asyncpg.Connection, mirror: str) -> int | None:
+async def claim_truncate(conn: Connection, mirror: str) -> int | None:
     """The id of a TRUNCATE marker, with every in-flight batch of the mirror finished."""
     marker: int | None = await conn.fetchval(QUERIES["claim_truncate"], mirror)
     if marker is not None:
@@ -47,22 +46,22 @@ async def claim_truncate(conn: asyncpg.Connection, mirror: str) -> int | None:
     return marker
 
 
-async def acknowledge(conn: asyncpg.Connection, change_ids: Sequence[int]) -> None:
+async def acknowledge(conn: Connection, change_ids: Sequence[int]) -> None:
     await conn.execute(QUERIES["delete_changes"], list(change_ids))
 
 
-async def enqueue(conn: asyncpg.Connection, mirror: str, keys: Iterable[RowKey]) -> None:
+async def enqueue(conn: Connection, mirror: str, keys: Iterable[RowKey]) -> None:
     payload = json.dumps([list(k) for k in keys])
     await conn.execute(QUERIES["enqueue_keys"], mirror, payload)
 
 
-async def pending(conn: asyncpg.Connection, mirror: str) -> int:
+async def pending(conn: Connection, mirror: str) -> int:
     count: int = await conn.fetchval(QUERIES["pending_changes"], mirror)
     return count
 
 
 async def record_outcome(
-    conn: asyncpg.Connection,
+    conn: Connection,
     mirror: str,
     failures: Sequence[RowFailure],
     succeeded: Sequence[RowKey],

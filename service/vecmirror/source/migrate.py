@@ -14,6 +14,7 @@ import asyncpg
 import structlog
 
 from vecmirror.config import Config, MirrorConfig
+from vecmirror.source import Connection
 from vecmirror.source.sql import QUERIES
 from vecmirror.source.statements import (
     TRIGGER_EVENTS,
@@ -52,7 +53,7 @@ def bundled_migrations() -> list[Migration]:
     return sorted(found, key=lambda m: m.version)
 
 
-async def migrate(conn: asyncpg.Connection, config: Config) -> MigrateReport:
+async def migrate(conn: Connection, config: Config) -> MigrateReport:
     report = MigrateReport([], [], [], [])
     async with conn.transaction():
         await conn.execute(QUERIES["lock_migrations"])
@@ -70,7 +71,7 @@ async def migrate(conn: asyncpg.Connection, config: Config) -> MigrateReport:
     return report
 
 
-async def _apply_pending(conn: asyncpg.Connection) -> list[str]:
+async def _apply_pending(conn: Connection) -> list[str]:
     done = {r["version"] for r in await conn.fetch(QUERIES["applied_migrations"])}
     applied = []
     for migration in bundled_migrations():
@@ -83,7 +84,7 @@ async def _apply_pending(conn: asyncpg.Connection) -> list[str]:
 
 
 async def _install_mirror(
-    conn: asyncpg.Connection,
+    conn: Connection,
     mirror: MirrorConfig,
     table: SourceTable,
     previous: asyncpg.Record | None,
@@ -103,25 +104,21 @@ async def _install_mirror(
     return True
 
 
-async def _has_all_triggers(conn: asyncpg.Connection, mirror: MirrorConfig) -> bool:
+async def _has_all_triggers(conn: Connection, mirror: MirrorConfig) -> bool:
     names = [trigger_name(mirror.name, event) for event in TRIGGER_EVENTS]
-    rows = await conn.fetch(
-        QUERIES["installed_trigger_names"], mirror.schema_name, mirror.table_name, names
-    )
+    rows = await conn.fetch(QUERIES["installed_trigger_names"], mirror.schema_name, mirror.table_name, names)
     return len(rows) == len(names)
 
 
-async def _drop_mirror_triggers(conn: asyncpg.Connection, previous: asyncpg.Record) -> None:
-    exists = await conn.fetchval(
-        QUERIES["table_exists"], previous["table_schema"], previous["table_name"]
-    )
+async def _drop_mirror_triggers(conn: Connection, previous: asyncpg.Record) -> None:
+    exists = await conn.fetchval(QUERIES["table_exists"], previous["table_schema"], previous["table_name"])
     if exists:
         table = qualified(previous["table_schema"], previous["table_name"])
         for statement in drop_triggers(previous["name"], table):
             await conn.execute(statement)
 
 
-async def _remove_mirror(conn: asyncpg.Connection, previous: asyncpg.Record) -> None:
+async def _remove_mirror(conn: Connection, previous: asyncpg.Record) -> None:
     await _drop_mirror_triggers(conn, previous)
     for query in ("forget_mirror_changes", "forget_mirror_failures", "forget_mirror"):
         await conn.execute(QUERIES[query], previous["name"])

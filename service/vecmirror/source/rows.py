@@ -5,17 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import asyncpg
-
+from vecmirror.source import Connection
 from vecmirror.source.changes import RowKey
 from vecmirror.source.tables import SourceTable
 
 Row = dict[str, Any]
 
 
-async def load_rows(
-    conn: asyncpg.Connection, table: SourceTable, keys: Sequence[RowKey]
-) -> dict[RowKey, Row]:
+async def load_rows(conn: Connection, table: SourceTable, keys: Sequence[RowKey]) -> dict[RowKey, Row]:
     """Rows by key; a key absent from the result was deleted (or never existed)."""
     if not keys:
         return {}

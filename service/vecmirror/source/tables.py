@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import asyncpg
-
 from vecmirror.config import MirrorConfig, template_columns
 from vecmirror.errors import StartupError
+from vecmirror.source import Connection
 from vecmirror.source.sql import QUERIES
 from vecmirror.source.statements import KeyColumn, TableStatements, qualified, select_list
 
@@ -32,7 +31,7 @@ class SourceTable:
         return tuple(k.name for k in self.statements.key_columns)
 
 
-async def inspect_table(conn: asyncpg.Connection, mirror: MirrorConfig) -> SourceTable:
+async def inspect_table(conn: Connection, mirror: MirrorConfig) -> SourceTable:
     """Everything the config says about the table must hold, or start-up stops here."""
     schema, table = mirror.schema_name, mirror.table_name
     rows = await conn.fetch(QUERIES["table_columns"], schema, table)

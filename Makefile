@@ -1,0 +1,45 @@
+# One command for everything CI does: `make test`. `make help` lists the rest.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+# The CPU build of torch goes in first: left to choose, pip would pull gigabytes of CUDA packages.
+# Elsewhere, point pip at a CPU wheel, e.g. TORCH_PIP_ARGS="--index-url <your CPU wheel index>".
+TORCH_SPEC ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: help install lint typecheck test test-fast demo stack-down clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+install: $(VENV)/.installed ## Create .venv with everything (torch CPU first)
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet -e '.[stack,dev]'
+	touch $@
+
+lint: install ## ruff (lint + format check)
+	$(BIN)/ruff check service tests bench
+	$(BIN)/ruff format --check service tests bench
+
+typecheck: install ## mypy --strict
+	$(BIN)/mypy
+
+test: lint typecheck ## Install, lint, type-check and run every test on real servers
+	$(BIN)/pytest
+
+test-fast: install ## Unit tests only (no servers, no model)
+	$(BIN)/pytest tests/unit
+
+demo: install ## Embedded Postgres + Redis, a demo table, a live mirror and queries (Ctrl-C stops)
+	$(BIN)/vecmirror demo
+
+stack-down: install ## Stop the demo's embedded servers
+	$(BIN)/vecmirror stack down
+
+clean: ## Remove the virtualenv and caches
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
