@@ -6,4 +6,5 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 # A plain connection or one borrowed from a pool: every source function accepts either.
-Connection: TypeAlias = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
+# A string: asyncpg's classes are generic only in its stubs, not at run time.
+Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
