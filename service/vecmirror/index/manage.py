@@ -2,11 +2,17 @@
 
 Changing an index in place would silently re-index or break queries, so a difference stops
 start-up with a message listing what differs. FT.INFO does not report EF_RUNTIME, EPSILON,
-INITIAL_CAP or BLOCK_SIZE, so those cannot be compared.
+INITIAL_CAP, BLOCK_SIZE or PHONETIC, so those cannot be compared.
+
+FT.INFO comes back in several shapes, depending on the protocol and the client: RESP2 gives flat
+`key value` lists (bytes unless decode_responses), RESP3 gives maps with the flags in a `flags`
+list. Everything is normalised to str keys and values first.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as redis
@@ -20,6 +26,29 @@ from vecmirror.config import MirrorConfig, field_type
 from vecmirror.errors import StartupError
 
 log = structlog.get_logger(__name__)
+
+FLAGS = {
+    "SORTABLE",
+    "NOSTEM",
+    "CASESENSITIVE",
+    "NOINDEX",
+    "UNF",
+    "WITHSUFFIXTRIE",
+    "INDEXMISSING",
+    "INDEXEMPTY",
+}
+# The flags compared for each field type: (flag, the RedisVL attribute that sets it).
+_COMMON_FLAGS = (("SORTABLE", "sortable"), ("NOINDEX", "no_index"), ("INDEXMISSING", "index_missing"))
+_TYPE_FLAGS: dict[str, tuple[tuple[str, str], ...]] = {
+    "text": (("NOSTEM", "no_stem"), ("WITHSUFFIXTRIE", "withsuffixtrie"), ("INDEXEMPTY", "index_empty")),
+    "tag": (
+        ("CASESENSITIVE", "case_sensitive"),
+        ("WITHSUFFIXTRIE", "withsuffixtrie"),
+        ("INDEXEMPTY", "index_empty"),
+    ),
+    "numeric": (),
+    "geo": (),
+}
 
 
 async def ensure_index(client: redis.Redis, mirror: MirrorConfig) -> bool:
@@ -42,7 +71,7 @@ async def ensure_index(client: redis.Redis, mirror: MirrorConfig) -> bool:
 
 async def index_info(client: redis.Redis, name: str) -> dict[str, Any] | None:
     try:
-        info: dict[str, Any] = await client.ft(name).info()
+        info: dict[str, Any] = await client.ft(name).info()  # type: ignore[no-untyped-call]
     except ResponseError as exc:
         if "no such index" in str(exc).lower() or "unknown index" in str(exc).lower():
             return None
@@ -50,72 +79,130 @@ async def index_info(client: redis.Redis, name: str) -> dict[str, Any] | None:
     return info
 
 
+@dataclass
+class _Attributes:
+    """One field as FT.INFO shows it: `key value` properties and bare flags."""
+
+    properties: dict[str, Any] = field(default_factory=dict)
+    flags: set[str] = field(default_factory=set)
+
+
 def index_differences(schema: IndexSchema, info: dict[str, Any]) -> list[str]:
-    definition = info["index_definition"]
+    info = _mapping(info)
+    definition = _mapping(info["index_definition"])
     differences = []
     storage = str(schema.index.storage_type.value).upper()
-    if str(definition["key_type"]).upper() != storage:
-        differences.append(f"storage_type: config {storage}, Redis {definition['key_type']}")
+    key_type = str(_text(definition.get("key_type"))).upper()
+    if key_type != storage:
+        differences.append(f"storage_type: config {storage}, Redis {key_type}")
     prefix = schema.index.prefix
     wanted_prefixes = [prefix] if isinstance(prefix, str) else list(prefix)
-    if list(definition["prefixes"]) != wanted_prefixes:
-        differences.append(f"prefix: config {wanted_prefixes}, Redis {definition['prefixes']}")
-    existing = {attrs["attribute"]: attrs for attrs in map(_attributes, info["attributes"])}
-    wanted = {f.name: expected_attributes(f, storage) for f in schema.fields.values()}
+    existing_prefixes = [_text(p) for p in definition.get("prefixes") or []]
+    if existing_prefixes != wanted_prefixes:
+        differences.append(f"prefix: config {wanted_prefixes}, Redis {existing_prefixes}")
+    existing = {str(a.properties.get("attribute")): a for a in map(_attributes, info["attributes"])}
+    wanted = {f.name: f for f in schema.fields.values()}
     for name in sorted(set(wanted) | set(existing)):
-        differences += _field_differences(name, wanted.get(name), existing.get(name))
+        differences += _field_differences(name, wanted.get(name), existing.get(name), storage)
     return differences
 
 
-def _field_differences(name: str, wanted: dict[str, Any] | None, existing: dict[str, Any] | None) -> list[str]:
+def _field_differences(
+    name: str, wanted: BaseField | None, existing: _Attributes | None, storage: str
+) -> list[str]:
     if existing is None:
         return [f"field {name!r}: in the config, not in the index"]
     if wanted is None:
         return [f"field {name!r}: in the index, not in the config"]
-    return [
-        f"field {name!r}: {prop} is {wanted[prop]!r} in the config, {existing.get(prop)!r} in Redis"
-        for prop in sorted(wanted)
-        if _normal(existing.get(prop)) != _normal(wanted[prop])
+    properties = expected_attributes(wanted, storage)
+    same_type = _normal(existing.properties.get("type")) == _normal(properties["type"])
+    if not same_type:  # every other property differs too: the type says it all
+        properties = {"identifier": properties["identifier"], "type": properties["type"]}
+    differences = [
+        f"field {name!r}: {prop} is {properties[prop]!r} in the config, "
+        f"{existing.properties.get(prop)!r} in Redis"
+        for prop in sorted(properties)
+        if _normal(existing.properties.get(prop)) != _normal(properties[prop])
     ]
+    if not same_type:
+        return differences
+    for flag, on in expected_flags(wanted, storage).items():
+        if on != (flag in existing.flags):
+            differences.append(f"field {name!r}: {flag} is {_on(on)} in the config, {_on(not on)} in Redis")
+    return differences
 
 
-def _attributes(raw: list[Any]) -> dict[str, Any]:
-    """FT.INFO lists `key value` pairs and bare flags (SORTABLE, NOSTEM, ...) in one list."""
-    attrs: dict[str, Any] = {}
-    items = [i.decode() if isinstance(i, bytes) else i for i in raw]
+def _on(value: bool) -> str:
+    return "on" if value else "off"
+
+
+def _text(value: Any) -> Any:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _mapping(raw: Any) -> dict[str, Any]:
+    """A RESP3 map or a RESP2 flat `key value` list, with str keys."""
+    if isinstance(raw, dict):
+        return {str(_text(k)): v for k, v in raw.items()}
+    items = list(raw)
+    return {str(_text(k)): v for k, v in zip(items[::2], items[1::2], strict=False)}
+
+
+def _attributes(raw: Any) -> _Attributes:
+    """FT.INFO lists `key value` pairs and bare flags (SORTABLE, NOSTEM, ...) in one list (RESP2),
+    or a map with the flags under `flags` (RESP3)."""
+    attrs = _Attributes()
+    if isinstance(raw, dict):
+        for key, value in _mapping(raw).items():
+            if key == "flags":
+                attrs.flags.update(str(_text(flag)) for flag in value or [])
+            else:
+                attrs.properties[key] = _text(value)
+        return attrs
+    items = [_text(i) for i in raw]
     position = 0
     while position < len(items):
         item = items[position]
         if isinstance(item, str) and item in FLAGS:
-            attrs[item] = True
+            attrs.flags.add(item)
             position += 1
         else:
-            attrs[str(item)] = items[position + 1] if position + 1 < len(items) else None
+            attrs.properties[str(item)] = items[position + 1] if position + 1 < len(items) else None
             position += 2
     return attrs
 
 
-FLAGS = {"SORTABLE", "NOSTEM", "CASESENSITIVE", "NOINDEX", "UNF", "WITHSUFFIXTRIE", "INDEXMISSING", "INDEXEMPTY"}
-
-
 def expected_attributes(field: BaseField, storage: str) -> dict[str, Any]:
-    """What FT.INFO shows for this configured field."""
+    """The `key value` properties FT.INFO shows for this configured field."""
     expected: dict[str, Any] = {
         "identifier": field.path if storage == "JSON" and field.path else field.name,
         "type": field_type(field).upper(),
     }
-    attrs = field.attrs
+    attrs: Any = field.attrs
     if field_type(field) == "vector":
         expected.update(_vector_attributes(attrs))
     if field_type(field) == "tag":
         expected["SEPARATOR"] = getattr(attrs, "separator", ",")
-        expected["CASESENSITIVE"] = bool(getattr(attrs, "case_sensitive", False)) or None
     if field_type(field) == "text":
         expected["WEIGHT"] = float(getattr(attrs, "weight", 1.0))
-        expected["NOSTEM"] = bool(getattr(attrs, "no_stem", False)) or None
-    if field_type(field) != "vector":
-        expected["SORTABLE"] = bool(getattr(attrs, "sortable", False)) or None
     return expected
+
+
+def expected_flags(field: BaseField, storage: str) -> dict[str, bool]:
+    """The bare flags FT.INFO shows for this configured field, each on or off."""
+    kind = field_type(field)
+    if kind not in _TYPE_FLAGS:
+        return {}
+    attrs: Any = field.attrs
+    flags = {flag: bool(getattr(attrs, name, False)) for flag, name in _flag_names(kind)}
+    if kind == "text" and storage == "HASH":
+        # UNF only means something on a SORTABLE field; JSON and NUMERIC sortables always show it.
+        flags["UNF"] = flags["SORTABLE"] and bool(getattr(attrs, "unf", False))
+    return flags
+
+
+def _flag_names(kind: str) -> Iterable[tuple[str, str]]:
+    return (*_COMMON_FLAGS, *_TYPE_FLAGS[kind])
 
 
 def _vector_attributes(attrs: Any) -> dict[str, Any]:
@@ -131,8 +218,7 @@ def _vector_attributes(attrs: Any) -> dict[str, Any]:
 
 
 def _normal(value: Any) -> Any:
-    if isinstance(value, bytes):
-        value = value.decode()
+    value = _text(value)
     if isinstance(value, str):
         try:
             return float(value)

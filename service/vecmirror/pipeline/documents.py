@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -22,8 +22,10 @@ from vecmirror.config import MirrorConfig, field_type
 from vecmirror.errors import RowError
 from vecmirror.pipeline.template import TemplateValueError, content_hash, render
 
-FieldValue = str | int | float | list[str]
+Scalar = str | int | float
+FieldValue = Scalar | list[Scalar]  # a list: TAG values, or any field whose JSON path ends in [*]
 RowKey = tuple[str, ...]
+ARRAY_SUFFIX = "[*]"
 
 
 @dataclass
@@ -51,47 +53,105 @@ class DocumentBuilder:
                 raise RowError(self._mirror.name, key, exc.column, str(exc)) from exc
             document.text_hash = content_hash(embed.model, document.text)
         elif self._mirror.vector_column is not None:
-            document.vector = self.vector(key, row.get(self._mirror.vector_column), self._mirror.vector_column)
+            document.vector = self.vector(
+                key, row.get(self._mirror.vector_column), self._mirror.vector_column
+            )
         return document
 
     def vector(self, key: RowKey, value: Any, source: str) -> npt.NDArray[Any]:
         """Checks a vector (from a column or the model) against the vector field's dims."""
         assert self._vector_field is not None
-        attrs = self._vector_field.attrs
+        attrs: Any = self._vector_field.attrs
         try:
-            return check_vector(value, attrs.dims, str(attrs.datatype.value).lower())  # type: ignore[union-attr]
+            return check_vector(value, int(attrs.dims), str(attrs.datatype.value).lower())
         except ValueError as exc:
             raise RowError(self._mirror.name, key, source, str(exc)) from exc
 
     def _field_value(self, key: RowKey, field_: BaseField, value: Any) -> FieldValue | None:
         if value is None:
             return None
+        kind = field_type(field_)
+        convert = CONVERTERS[kind]
         try:
-            return CONVERTERS[field_type(field_)](value)
+            if _is_array_path(field_) and isinstance(value, list | tuple) and not _is_point(kind, value):
+                return _array(convert, value)
+            return convert(value)
         except (ValueError, TypeError) as exc:
             raise RowError(self._mirror.name, key, field_.name, str(exc)) from exc
 
 
-def check_vector(value: Any, dims: int, datatype: str) -> npt.NDArray[Any]:
+def check_vector(value: Any, dims: int, datatype: str) -> npt.NDArray[np.float64]:
+    """The vector as float64 values (exact for every datatype), once it fits the index's field."""
     if value is None:
         raise ValueError("the vector is NULL")
-    if isinstance(value, bytes | bytearray | memoryview):
-        array = np.frombuffer(bytes(value), dtype=_numpy_dtype(datatype))
-    else:
-        array = np.asarray([float(v) if isinstance(v, Decimal) else v for v in value], dtype=np.float64)
+    array = _as_array(value, datatype)
     if array.ndim != 1 or array.shape[0] != dims:
         raise ValueError(f"the vector has {array.size} values, the index expects dims={dims}")
-    if not np.all(np.isfinite(array.astype(np.float64))):
+    if not np.all(np.isfinite(array)):
         raise ValueError("the vector contains NaN or infinite values")
+    _check_representable(array, datatype)
     return array
+
+
+def _as_array(value: Any, datatype: str) -> npt.NDArray[np.float64]:
+    if isinstance(value, bytes | bytearray | memoryview):
+        dtype = np.dtype(_numpy_dtype(datatype))
+        if len(value) % dtype.itemsize:
+            raise ValueError(f"the vector has {len(value)} bytes, not a whole number of {datatype} values")
+        return np.frombuffer(bytes(value), dtype=dtype).astype(np.float64)
+    if isinstance(value, str) or not isinstance(value, Sequence | np.ndarray):
+        raise ValueError(f"the vector must be an array of numbers, got {type(value).__name__}")
+    if isinstance(value, np.ndarray):
+        items: Any = value
+    else:
+        items = [float(v) if isinstance(v, Decimal) else v for v in value]
+        if any(v is None for v in items):
+            raise ValueError("the vector has NULL elements")
+    try:
+        return np.asarray(items, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError("the vector must be an array of numbers") from None
+
+
+def _check_representable(array: npt.NDArray[np.float64], datatype: str) -> None:
+    """A value the index's datatype cannot hold would be stored as inf or wrapped around."""
+    if datatype in ("int8", "uint8"):
+        limits = np.iinfo(np.dtype(datatype))
+        if not np.all(array == np.round(array)) or array.min() < limits.min or array.max() > limits.max:
+            raise ValueError(f"the vector has values that are not {datatype} integers")
+        return
+    with np.errstate(over="ignore", invalid="ignore"):
+        converted = array.astype(_numpy_dtype(datatype)).astype(np.float64)
+    if not np.all(np.isfinite(converted)):
+        raise ValueError(f"the vector has values too large for {datatype}")
 
 
 def _numpy_dtype(datatype: str) -> npt.DTypeLike:
     if datatype == "bfloat16":
         import ml_dtypes
 
-        return ml_dtypes.bfloat16
+        bfloat16: npt.DTypeLike = ml_dtypes.bfloat16
+        return bfloat16
     return np.dtype(datatype)
+
+
+def _is_array_path(field_: BaseField) -> bool:
+    return (field_.path or "").endswith(ARRAY_SUFFIX)
+
+
+def _is_point(kind: str, value: Sequence[Any]) -> bool:
+    """A GEO column holding one (longitude, latitude) pair, not an array of points."""
+    return kind == "geo" and len(value) == 2 and all(isinstance(v, int | float | Decimal) for v in value)
+
+
+def _array(convert: Callable[[Any], FieldValue], values: Sequence[Any]) -> list[Scalar]:
+    items: list[Scalar] = []
+    for value in values:
+        if value is None:
+            continue
+        converted = convert(value)
+        items += converted if isinstance(converted, list) else [converted]
+    return items
 
 
 def _text(value: Any) -> str:
@@ -102,7 +162,8 @@ def _text(value: Any) -> str:
 
 def _tag(value: Any) -> FieldValue:
     if isinstance(value, list | tuple):
-        return [_tag_item(v) for v in value if v is not None]
+        items: list[Scalar] = [_tag_item(v) for v in value if v is not None]
+        return items
     return _tag_item(value)
 
 
@@ -118,19 +179,24 @@ def _numeric(value: Any) -> int | float:
     if isinstance(value, int):
         return value
     if isinstance(value, datetime):
-        return value.timestamp()
+        # A timestamp without time zone is taken as UTC, not as the worker's local time.
+        return (value if value.tzinfo is not None else value.replace(tzinfo=UTC)).timestamp()
     if isinstance(value, date):
-        return datetime(value.year, value.month, value.day).timestamp()
+        return datetime(value.year, value.month, value.day, tzinfo=UTC).timestamp()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
     number = _as_float(value)
     if math.isnan(number):
         raise ValueError("NaN is not a valid NUMERIC value")
+    if math.isinf(number):
+        raise ValueError(f"{value!r} is not a finite number, the NUMERIC field needs one")
     return number
 
 
 def _as_float(value: Any) -> float:
     try:
         return float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ValueError(f"{value!r} is not a number, the NUMERIC field needs one") from None
 
 
@@ -142,4 +208,9 @@ def _geo(value: Any) -> str:
     return str(value)
 
 
-CONVERTERS = {"text": _text, "tag": _tag, "numeric": _numeric, "geo": _geo}
+CONVERTERS: dict[str, Callable[[Any], FieldValue]] = {
+    "text": _text,
+    "tag": _tag,
+    "numeric": _numeric,
+    "geo": _geo,
+}

@@ -9,7 +9,7 @@ import numpy as np
 import numpy.typing as npt
 from redisvl.schema.fields import BaseField
 
-from vecmirror.config import META_HASH_FIELD, META_KEY_FIELD, MirrorConfig, field_type
+from vecmirror.config import META_HASH_FIELD, META_KEY_FIELD, MirrorConfig
 from vecmirror.pipeline.documents import Document, FieldValue
 
 ARRAY_SUFFIX = "[*]"
@@ -23,8 +23,13 @@ def vector_bytes(vector: npt.NDArray[Any], datatype: str) -> bytes:
     if datatype == "bfloat16":
         import ml_dtypes
 
-        return vector.astype(ml_dtypes.bfloat16).tobytes()
+        return bytes(vector.astype(ml_dtypes.bfloat16).tobytes())
     return vector.astype(np.dtype(datatype)).tobytes()
+
+
+def _datatype(field: BaseField) -> str:
+    attrs: Any = field.attrs
+    return str(attrs.datatype.value).lower()
 
 
 class HashEncoder:
@@ -41,8 +46,7 @@ class HashEncoder:
             if value is not None:
                 mapping[name] = self._scalar(self._fields[name], value)
         if document.vector is not None and self._vector is not None:
-            datatype = str(self._vector.attrs.datatype.value).lower()  # type: ignore[union-attr]
-            mapping[self._vector.name] = vector_bytes(document.vector, datatype)
+            mapping[self._vector.name] = vector_bytes(document.vector, _datatype(self._vector))
         return mapping
 
     @staticmethod
@@ -53,7 +57,7 @@ class HashEncoder:
     @staticmethod
     def _scalar(field: BaseField, value: FieldValue) -> str | int | float:
         if isinstance(value, list):
-            return tag_separator(field).join(value)
+            return tag_separator(field).join(str(v) for v in value)
         return value
 
 
@@ -77,16 +81,18 @@ class JsonEncoder:
 
     @staticmethod
     def _value(field: BaseField, value: FieldValue | None) -> Any:
-        as_array = (field.path or "").endswith(ARRAY_SUFFIX)
-        if value is None or field_type(field) != "tag":
-            return value
-        if as_array:
+        if value is None:
+            return None
+        if (field.path or "").endswith(ARRAY_SUFFIX):
             return value if isinstance(value, list) else [value]
-        return tag_separator(field).join(value) if isinstance(value, list) else value
+        if isinstance(value, list):  # TAG values on a plain path: one string, split by the separator
+            return tag_separator(field).join(str(v) for v in value)
+        return value
 
 
 def _set_path(body: dict[str, Any], path: str, value: Any) -> None:
-    """Only paths like $.a.b or $.a[*] reach here (the config checks them)."""
+    """Only paths like $.a.b or $.a[*] reach here (the config checks them, and that no path holds
+    another)."""
     parts = path.removesuffix(ARRAY_SUFFIX).removeprefix("$.").split(".")
     node = body
     for part in parts[:-1]:

@@ -14,7 +14,10 @@ def quote_ident(name: str) -> str:
 
 
 def quote_literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
+    """Like Postgres' quote_literal(): a backslash makes it an E'' string, so the literal means the
+    same whatever standard_conforming_strings is."""
+    quoted = "'" + text.replace("'", "''").replace("\\", "\\\\") + "'"
+    return "E" + quoted if "\\" in text else quoted
 
 
 @dataclass(frozen=True)
