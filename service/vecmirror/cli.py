@@ -197,7 +197,10 @@ def demo(directory: Path | None, rows: int) -> None:
     from vecmirror.stack import DEFAULT_STACK_DIR
 
     configure_logging("console", "warning")
-    run_async(run_demo(directory or DEFAULT_STACK_DIR, rows, stop_signals=_stop_signals()))
+    try:
+        run_async(run_demo(directory or DEFAULT_STACK_DIR, rows, stop_signals=_stop_signals()))
+    except KeyboardInterrupt:  # Ctrl-C before the demo's own handlers were installed
+        click.echo("demo stopped", err=True)
 
 
 def _stop_signals() -> tuple[signal.Signals, ...]:

@@ -19,7 +19,7 @@ from vecmirror.errors import QueryError
 from vecmirror.query.search import Hit, embed_query, knn
 from vecmirror.settings import Settings
 from vecmirror.source import changes
-from vecmirror.source.backfill import count_rows, queue_all_rows, restart_backfill
+from vecmirror.source.backfill import count_rows, queue_all_rows, start_backfill
 from vecmirror.source.listener import ChangeListener
 from vecmirror.source.migrate import MigrateReport, migrate
 from vecmirror.sync import BatchStats
@@ -71,9 +71,11 @@ async def backfill_command(
 async def _backfill_one(app: App, name: str) -> None:
     sync = next(s for s in app.syncs if s.name == name)
     async with app.pool.acquire() as conn:
-        await restart_backfill(conn, name)
+        resumed = not await start_backfill(conn, name)
         total = await count_rows(conn, sync.table)
-        with tqdm(total=total, desc=f"{name}: queued", unit="row") as bar:
+        with tqdm(total=total, desc=f"{name}: queued", unit="row", initial=0) as bar:
+            if resumed:
+                bar.set_postfix_str("resuming an interrupted backfill")
             await queue_all_rows(conn, sync.table, app.settings.backfill_batch_size, bar.update)
         remaining = await changes.pending(conn, name)
     with tqdm(total=remaining, desc=f"{name}: synced", unit="change") as bar:

@@ -223,3 +223,38 @@ async def test_documents_redis_refuses_are_reported_by_key(
     row = await pg.fetchrow("SELECT row_key, error FROM vecmirror.failed_v1")
     assert row["row_key"] == ["2"] and "refused to index" in row["error"]
     assert "geo" in row["error"].lower()  # Redis's own reason is passed on
+
+
+async def test_backfill_command_requeues_everything_and_resumes_after_a_crash(
+    pg: asyncpg.Connection,
+    redis_client: redis.Redis,
+    write_config: Any,
+    settings_for: Any,
+    embedder_factory: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from vecmirror.commands import backfill_command
+    from vecmirror.source.backfill import _queue_next_page, queue_all_rows
+    from vecmirror.source.tables import inspect_table
+
+    await pg.execute(DOCS_TABLE)
+    path, config = write_config([DOCS_MIRROR])
+    settings = settings_for(path, backfill_batch_size=50)
+    await migrate_command(settings, config)
+    await pg.execute("INSERT INTO docs SELECT g, 't' || g, 'c' || g, 'x' FROM generate_series(1, 120) g")
+    await sync_once(settings, config, embedder_factory)
+    redis_client.delete("doc:7", "doc:99")  # drift behind vecmirror's back
+
+    await backfill_command(settings, config, "docs", embedder_factory)
+    assert len(keys(redis_client, "doc:*")) == 120
+    assert "docs: synced" in capsys.readouterr().err  # the progress bars
+
+    # A walk that died after its first page resumes after key 50: rows 51..120, nothing twice.
+    table = await inspect_table(pg, config.mirrors[0])
+    await pg.execute("UPDATE vecmirror.mirrors_v1 SET backfill_state = 'pending', backfill_cursor = NULL")
+    assert await _queue_next_page(pg, table, 50) == 50
+    assert await pg.fetchval("SELECT backfill_cursor FROM vecmirror.mirrors_v1") == ["50"]
+    assert await queue_all_rows(pg, table, 50) == 70
+    state = await pg.fetchrow("SELECT backfill_state, backfill_cursor FROM vecmirror.mirrors_v1")
+    assert state["backfill_state"] == "done"
+    assert await pg.fetchval("SELECT count(DISTINCT row_key) FROM vecmirror.changes_v1") == 120

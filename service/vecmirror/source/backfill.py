@@ -24,8 +24,9 @@ async def backfill_pending(conn: Connection, mirror: str) -> bool:
     return bool(state["backfill_state"] != DONE)
 
 
-async def restart_backfill(conn: Connection, mirror: str) -> None:
-    await conn.execute(QUERIES["restart_backfill"], mirror)
+async def start_backfill(conn: Connection, mirror: str) -> bool:
+    """True when a new walk starts; False when an interrupted one will resume where it stopped."""
+    return await conn.fetchval(QUERIES["start_backfill"], mirror) is not None
 
 
 async def count_rows(conn: Connection, table: SourceTable) -> int:

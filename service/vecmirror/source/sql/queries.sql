@@ -151,7 +151,9 @@ UPDATE vecmirror.mirrors_v1
 SET backfill_state = $2, backfill_cursor = $3, backfill_total = coalesce($4, backfill_total)
 WHERE name = $1;
 
--- name: restart_backfill
--- `vecmirror backfill` walks the whole table again.
+-- name: start_backfill
+-- `vecmirror backfill`: a finished walk starts over; an interrupted one resumes from its cursor.
 UPDATE vecmirror.mirrors_v1
-SET backfill_state = 'pending', backfill_cursor = NULL, backfill_total = NULL WHERE name = $1;
+SET backfill_state = 'pending', backfill_cursor = NULL, backfill_total = NULL
+WHERE name = $1 AND backfill_state = 'done'
+RETURNING name;
