@@ -22,7 +22,7 @@ from vecmirror.commands import migrate_command
 from vecmirror.config import Config, load_config
 from vecmirror.query.search import embed_query, knn
 from vecmirror.settings import Settings
-from vecmirror.source.backfill import restart_backfill
+from vecmirror.source.backfill import start_backfill
 from vecmirror.source.listener import ChangeListener
 from vecmirror.stack import DEFAULT_STACK_DIR, stack_up
 from vecmirror.sync import BatchStats
@@ -202,7 +202,7 @@ async def _prepare(directory: Path, rows: int) -> tuple[Settings, Config]:
         report = await migrate_command(settings, config)
         # The demo's Redis keeps nothing across a stack restart while Postgres remembers what it
         # synced, so every run queues every row again; documents Redis still has keep their vectors.
-        await restart_backfill(conn, MIRROR)
+        await start_backfill(conn, MIRROR)
     finally:
         await conn.close()
     triggers = "installed" if report.installed else "already in place"
