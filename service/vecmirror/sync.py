@@ -79,7 +79,7 @@ class MirrorSync:
             stats = await self._embed(plan)
             await self._write(plan)
             await changes.record_outcome(conn, self.name, plan.failures, [d.key for d in plan.documents])
-            await changes.acknowledge(conn, batch.change_ids)
+            await changes.acknowledge(conn, self.name, batch.change_ids)
         stats.changes = len(batch.change_ids)
         stats.upserted, stats.deleted = len(plan.documents), len(plan.deletes)
         stats.failed, stats.failures = len(plan.failures), plan.failures
@@ -94,7 +94,7 @@ class MirrorSync:
                 return False
             async for keys in self.sink.scan_row_keys():
                 await changes.enqueue(conn, self.name, keys)
-            await changes.acknowledge(conn, [marker])
+            await changes.acknowledge(conn, self.name, [marker])
         log.info("truncate_queued", mirror=self.name)
         return True
 

@@ -72,6 +72,7 @@ async def test_migrate_is_idempotent_and_removes_dropped_mirrors(
     triggers = await pg.fetch("SELECT tgname FROM pg_trigger WHERE tgname LIKE 'vecmirror%' ORDER BY 1")
     assert {r["tgname"] for r in triggers} == {f"vecmirror_v1_docs_{e}" for e in ("ins", "upd", "del", "trn")}
     assert await pg.fetchval("SELECT count(*) FROM vecmirror.changes_v1") == 0
+    assert await pg.fetchval("SELECT count(*) FROM pg_proc WHERE proname = 'capture_v1_products'") == 0
     await pg.execute("INSERT INTO products VALUES ('b', 'B', 1, '{1,0,0,0}')")
     assert await pg.fetchval("SELECT count(*) FROM vecmirror.changes_v1") == 0
 

@@ -8,7 +8,9 @@ from hypothesis import strategies as st
 from vecmirror.source.statements import (
     KeyColumn,
     TableStatements,
+    capture_function,
     create_triggers,
+    drop_capture_function,
     drop_triggers,
     qualified,
     quote_ident,
@@ -162,20 +164,23 @@ def test_create_triggers() -> None:
     for event, sql in by_event.items():
         assert sql.startswith(f'CREATE TRIGGER "vecmirror_v1_docs_{event}" AFTER ')
         assert ' ON "app"."notes" ' in sql
-        assert sql.endswith(
-            "FOR EACH STATEMENT EXECUTE FUNCTION vecmirror.capture_v1("
-            '\'docs\', \'ARRAY["tenant"::text, "n""o"::text]\')'
-        )
+        assert sql.endswith('FOR EACH STATEMENT EXECUTE FUNCTION vecmirror."capture_v1_docs"()')
     assert "AFTER INSERT ON" in by_event["ins"] and "NEW TABLE AS vecmirror_new" in by_event["ins"]
     assert "OLD TABLE AS vecmirror_old NEW TABLE AS vecmirror_new" in by_event["upd"]
     assert "AFTER DELETE ON" in by_event["del"] and "OLD TABLE AS vecmirror_old" in by_event["del"]
     assert "AFTER TRUNCATE ON" in by_event["trn"] and "REFERENCING" not in by_event["trn"]
 
 
-def test_trigger_arguments_are_quoted_literals() -> None:
-    table = TableStatements(qualified("public", "t"), (KeyColumn("it's\\", "text"),), ())
-    sql = create_triggers("docs", table)[0]
-    assert sql.endswith("capture_v1('docs', E'ARRAY[\"it''s\\\\\"::text]')")
+def test_capture_function_quotes_key_columns_and_queues_every_event() -> None:
+    sql = capture_function("docs", COMPOSITE)
+    assert sql.startswith('\nCREATE OR REPLACE FUNCTION vecmirror."capture_v1_docs"() RETURNS trigger')
+    key = 'ARRAY["tenant"::text, "n""o"::text]'
+    assert f"SELECT 'docs', {key} FROM vecmirror_new;" in sql
+    assert f"SELECT {key} AS k FROM vecmirror_new" in sql and f"UNION SELECT {key} FROM vecmirror_old" in sql
+    assert f"SELECT 'docs', {key} FROM vecmirror_old;" in sql
+    assert "VALUES ('docs', NULL)" in sql
+    assert "pg_notify('vecmirror_changes_v1', '')" in sql
+    assert drop_capture_function("docs") == 'DROP FUNCTION IF EXISTS vecmirror."capture_v1_docs"()'
 
 
 def test_drop_triggers() -> None:

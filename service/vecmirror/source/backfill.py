@@ -60,7 +60,7 @@ async def _queue_next_page(conn: Connection, table: SourceTable, page_size: int)
         result = await conn.fetchrow(statement, table.mirror, page_size, *(cursor or []))
         assert result is not None
         if result["queued"] < page_size:
-            await conn.execute(QUERIES["save_backfill"], table.mirror, DONE, None, None)
+            await conn.execute(QUERIES["save_backfill"], table.mirror, DONE, None)
         else:
-            await conn.execute(QUERIES["save_backfill"], table.mirror, "running", result["last_key"], None)
+            await conn.execute(QUERIES["save_backfill"], table.mirror, "running", result["last_key"])
         return int(result["queued"])

@@ -46,8 +46,8 @@ async def claim_truncate(conn: Connection, mirror: str) -> int | None:
     return marker
 
 
-async def acknowledge(conn: Connection, change_ids: Sequence[int]) -> None:
-    await conn.execute(QUERIES["delete_changes"], list(change_ids))
+async def acknowledge(conn: Connection, mirror: str, change_ids: Sequence[int]) -> None:
+    await conn.execute(QUERIES["delete_changes"], mirror, list(change_ids))
 
 
 async def enqueue(conn: Connection, mirror: str, keys: Iterable[RowKey]) -> None:

@@ -18,7 +18,9 @@ from vecmirror.source import Connection
 from vecmirror.source.sql import QUERIES
 from vecmirror.source.statements import (
     TRIGGER_EVENTS,
+    capture_function,
     create_triggers,
+    drop_capture_function,
     drop_triggers,
     qualified,
     trigger_name,
@@ -89,7 +91,9 @@ async def _install_mirror(
     table: SourceTable,
     previous: asyncpg.Record | None,
 ) -> bool:
-    """Installs the mirror's triggers unless exactly these are already in place."""
+    """Installs the mirror's triggers unless exactly these are already in place. The function is
+    always replaced: that takes no lock on the user's table, while DROP TRIGGER would."""
+    await conn.execute(capture_function(mirror.name, table.statements))
     wanted = (mirror.schema_name, mirror.table_name, list(table.key_names))
     if previous is not None:
         had = (previous["table_schema"], previous["table_name"], list(previous["key_columns"]))
@@ -120,5 +124,6 @@ async def _drop_mirror_triggers(conn: Connection, previous: asyncpg.Record) -> N
 
 async def _remove_mirror(conn: Connection, previous: asyncpg.Record) -> None:
     await _drop_mirror_triggers(conn, previous)
+    await conn.execute(drop_capture_function(previous["name"]))
     for query in ("forget_mirror_changes", "forget_mirror_failures", "forget_mirror"):
         await conn.execute(QUERIES[query], previous["name"])

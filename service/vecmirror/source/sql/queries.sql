@@ -63,7 +63,7 @@ VALUES ($1, $2, $3, $4)
 ON CONFLICT (name) DO UPDATE
 SET table_schema = EXCLUDED.table_schema, table_name = EXCLUDED.table_name,
     key_columns = EXCLUDED.key_columns, installed_at = now(),
-    backfill_state = 'pending', backfill_cursor = NULL, backfill_total = NULL;
+    backfill_state = 'pending', backfill_cursor = NULL;
 
 -- name: forget_mirror
 -- A mirror removed from the config leaves nothing behind in the vecmirror schema.
@@ -108,7 +108,7 @@ FOR UPDATE SKIP LOCKED;
 
 -- name: delete_changes
 -- Acknowledge: runs only after Redis accepted the batch, in the claim's transaction.
-DELETE FROM vecmirror.changes_v1 WHERE id = ANY($1::bigint[]);
+DELETE FROM vecmirror.changes_v1 WHERE mirror = $1 AND id = ANY($2::bigint[]);
 
 -- name: enqueue_keys
 -- Re-queues keys (after a TRUNCATE, for a backfill page) as ordinary changes.
@@ -142,18 +142,18 @@ WHERE $1::text IS NULL OR mirror = $1 ORDER BY mirror, failed_at;
 
 -- name: backfill_state
 -- Where a mirror's backfill stands; the cursor is the last key enqueued.
-SELECT backfill_state, backfill_cursor, backfill_total FROM vecmirror.mirrors_v1 WHERE name = $1
+SELECT backfill_state, backfill_cursor FROM vecmirror.mirrors_v1 WHERE name = $1
 FOR UPDATE;
 
 -- name: save_backfill
 -- Saved in the transaction that enqueued the page, so a crash resumes exactly after it.
 UPDATE vecmirror.mirrors_v1
-SET backfill_state = $2, backfill_cursor = $3, backfill_total = coalesce($4, backfill_total)
+SET backfill_state = $2, backfill_cursor = $3
 WHERE name = $1;
 
 -- name: start_backfill
 -- `vecmirror backfill`: a finished walk starts over; an interrupted one resumes from its cursor.
 UPDATE vecmirror.mirrors_v1
-SET backfill_state = 'pending', backfill_cursor = NULL, backfill_total = NULL
+SET backfill_state = 'pending', backfill_cursor = NULL
 WHERE name = $1 AND backfill_state = 'done'
 RETURNING name;
