@@ -102,12 +102,14 @@ def capture_function_name(mirror: str) -> str:
 
 def capture_function(mirror: str, statements: TableStatements) -> str:
     """The mirror's trigger function. Its SQL is static, so PL/pgSQL plans each branch once per
-    session: a generic function with EXECUTE cost the user's single-row writes about 5x more."""
+    session: a generic function with EXECUTE cost the user's single-row writes about 5x more.
+    SECURITY DEFINER: the roles writing to the table need no grant on the vecmirror schema; the
+    fixed search_path keeps such a function safe from objects a caller could plant."""
     name, key = quote_literal(mirror), statements.key_expression
     queue = "INSERT INTO vecmirror.changes_v1 (mirror, row_key)"
     return f"""
 CREATE OR REPLACE FUNCTION {capture_function_name(mirror)}() RETURNS trigger
-LANGUAGE plpgsql AS $vecmirror$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $vecmirror$
 DECLARE
     recorded bigint := 1;
 BEGIN
