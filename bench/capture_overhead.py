@@ -8,19 +8,16 @@ Runs the same writes on two identical tables, one plain and one mirrored (trigge
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import asyncpg
+from common import run_bench
 
 from vecmirror.commands import migrate_command
 from vecmirror.config import parse_config
 from vecmirror.settings import Settings
-from vecmirror.stack import stack_down, stack_up
+from vecmirror.stack import StackUrls
 
 MIRROR = {
     "name": "mirrored",
@@ -60,8 +57,7 @@ WORKLOADS: list[tuple[str, Workload]] = [
 ]
 
 
-async def measure(rows: int, directory: Path) -> None:
-    urls = stack_up(directory)
+async def measure(urls: StackUrls, rows: int) -> None:
     conn = await asyncpg.connect(urls.database_url)
     for table in ("plain", "mirrored"):
         await conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, body text)")
@@ -82,14 +78,7 @@ async def _timed(workload: Workload, conn: asyncpg.Connection, table: str, rows:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Capture trigger overhead on the user's writes.")
-    parser.add_argument("--rows", type=int, default=100_000)
-    args = parser.parse_args()
-    directory = Path(tempfile.mkdtemp(prefix="vecmirror-bench-"))
-    try:
-        asyncio.run(measure(args.rows, directory))
-    finally:
-        stack_down(directory)
+    run_bench("Capture trigger overhead on the user's writes.", 100_000, measure)
 
 
 if __name__ == "__main__":

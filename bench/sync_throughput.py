@@ -11,19 +11,16 @@ and prints rows/s for each and the ratios sync/raw and edit/sync.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import tempfile
 import time
-from pathlib import Path
 
 import asyncpg
+from common import run_bench
 
 from vecmirror.commands import migrate_command, run_command
 from vecmirror.config import DEFAULT_MODEL, parse_config
 from vecmirror.pipeline.embedder import SentenceTransformerEmbedder
 from vecmirror.settings import Settings
-from vecmirror.stack import stack_down, stack_up
+from vecmirror.stack import StackUrls
 
 WORDS = [
     "vector",
@@ -60,8 +57,7 @@ def texts(rows: int) -> list[str]:
     return [" ".join(WORDS[(i + j) % len(WORDS)] for j in range(8 + (i * 37) % 113)) for i in range(rows)]
 
 
-async def measure(rows: int, directory: Path) -> None:
-    urls = stack_up(directory)
+async def measure(urls: StackUrls, rows: int) -> None:
     bodies = texts(rows)
     embedder = SentenceTransformerEmbedder(DEFAULT_MODEL)
     embedder.embed(bodies[:64])  # warm-up
@@ -95,14 +91,7 @@ async def _timed_sync(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
-    parser.add_argument("--rows", type=int, default=2000)
-    args = parser.parse_args()
-    directory = Path(tempfile.mkdtemp(prefix="vecmirror-bench-"))
-    try:
-        asyncio.run(measure(args.rows, directory))
-    finally:
-        stack_down(directory)
+    run_bench(__doc__.splitlines()[0] if __doc__ else "", 2000, measure)
 
 
 if __name__ == "__main__":
