@@ -61,9 +61,7 @@ async def measure(urls: StackUrls, rows: int) -> None:
     bodies = texts(rows)
     embedder = SentenceTransformerEmbedder(DEFAULT_MODEL)
     embedder.embed(bodies[:64])  # warm-up
-    started = time.perf_counter()
-    embedder.embed(bodies)
-    raw = rows / (time.perf_counter() - started)
+    raw_before = _raw_encode_rate(embedder, bodies)
 
     conn = await asyncpg.connect(urls.database_url)
     await conn.execute("CREATE TABLE bench_docs (id int PRIMARY KEY, body text, genre text, price int)")
@@ -78,8 +76,17 @@ async def measure(urls: StackUrls, rows: int) -> None:
     await conn.execute("UPDATE bench_docs SET price = price + 1")
     edit = await _timed_sync(settings, config, embedder, rows)
     await conn.close()
+    # The ceiling is measured before and after the sync and the faster kept, so machine noise
+    # cannot flatter the ratio.
+    raw = max(raw_before, _raw_encode_rate(embedder, bodies))
     print(f"rows={rows}  raw encode {raw:.0f} rows/s  sync {sync:.0f} rows/s  edit-only {edit:.0f} rows/s")
     print(f"R1 sync/raw = {sync / raw:.3f}   edit-only/sync = {edit / sync:.1f}x")
+
+
+def _raw_encode_rate(embedder: SentenceTransformerEmbedder, bodies: list[str]) -> float:
+    started = time.perf_counter()
+    embedder.embed(bodies)
+    return len(bodies) / (time.perf_counter() - started)
 
 
 async def _timed_sync(
