@@ -175,3 +175,32 @@ async def test_changes_survive_a_stopped_and_a_sigkilled_worker(
     assert len(keys(redis_client, "doc:*")) == 400
     assert redis_client.hget("doc:400", "content") == b"Edited"
     assert await pg.fetchval("SELECT count(*) FROM vecmirror.changes_v1") == 0
+
+
+def test_stack_up_prints_two_lines_that_eval_accepts_and_down_stops_it(tmp_path: Path) -> None:
+    directory = tmp_path / "stack"
+    command = " ".join(VECMIRROR)
+    try:
+        up = vecmirror({}, "stack", "up", "--dir", str(directory), timeout=120)
+        assert up.returncode == 0, up.stderr
+        lines = up.stdout.splitlines()
+        assert [line.split("=", 1)[0] for line in lines] == ["VECMIRROR_DATABASE_URL", "VECMIRROR_REDIS_URL"]
+        again = f"{command} stack up --dir {directory} >/dev/null"
+        ping = "import os, redis; print(redis.Redis.from_url(os.environ['VECMIRROR_REDIS_URL']).ping())"
+        # `set -a` exports what eval assigns, so the commands started afterwards see the URLs.
+        up_again = f'set -a && eval "$({command} stack up --dir {directory})" && {again}'
+        script = f'{up_again} && {sys.executable} -c "{ping}"'
+        shell = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120)
+        assert shell.stdout.strip() == "True", shell.stderr
+    finally:
+        down = vecmirror({}, "stack", "down", "--dir", str(directory), timeout=60)
+    assert down.returncode == 0, down.stderr
+    url = lines[1].split("=", 1)[1]
+    client = redis.Redis.from_url(url, socket_connect_timeout=1)
+    try:
+        client.ping()
+        raise AssertionError("Redis still answers after `stack down`")
+    except redis.ConnectionError:
+        pass
+    finally:
+        client.close()

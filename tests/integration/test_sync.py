@@ -258,3 +258,37 @@ async def test_backfill_command_requeues_everything_and_resumes_after_a_crash(
     state = await pg.fetchrow("SELECT backfill_state, backfill_cursor FROM vecmirror.mirrors_v1")
     assert state["backfill_state"] == "done"
     assert await pg.fetchval("SELECT count(DISTINCT row_key) FROM vecmirror.changes_v1") == 120
+
+
+async def test_pgvector_and_bytea_vector_columns(
+    pg: asyncpg.Connection, redis_client: redis.Redis, write_config: Any, settings_for: Any
+) -> None:
+    await pg.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    await pg.execute("CREATE TABLE items (id int PRIMARY KEY, name text, emb vector, raw bytea)")
+    fields = [
+        {"name": "name", "type": "text"},
+        {"name": "v", "type": "vector", "attrs": {"algorithm": "flat", "dims": 3, "distance_metric": "ip"}},
+    ]
+
+    def mirror(name: str, column: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "table": "items",
+            "vector_column": column,
+            "index": {
+                "index": {"name": f"{name}_idx", "prefix": name, "storage_type": "hash"},
+                "fields": fields,
+            },
+        }
+
+    # Both mirrors read the same table; the vector field takes a differently named column.
+    path, config = write_config([mirror("pgv", "emb"), mirror("raw", "raw")])
+    await migrate_command(settings_for(path), config)
+    raw = np.array([0.5, 0.25, 2.0], dtype=np.float32).tobytes()
+    await pg.execute("INSERT INTO items VALUES (1, 'one', '[1,2,3]', $1)", raw)
+    await pg.execute("INSERT INTO items VALUES (2, 'two', '[1,2]', $1)", raw[:8])
+    stats = await sync_once(settings_for(path), config)
+    assert stats.failed == 2  # row 2 is bad in both mirrors: the pgvector has 2 values, the bytea 8 bytes
+    np.testing.assert_array_equal(vector_of(hash_doc(redis_client, "pgv:1"), "v"), [1, 2, 3])
+    np.testing.assert_array_equal(vector_of(hash_doc(redis_client, "raw:1"), "v"), [0.5, 0.25, 2.0])
+    assert keys(redis_client, "pgv:*") == {"pgv:1"} and keys(redis_client, "raw:*") == {"raw:1"}
