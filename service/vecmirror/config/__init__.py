@@ -1,0 +1,36 @@
+"""The mirrors file: which table feeds which Redis index, validated once before anything starts.
+
+The YAML shape is a contract with users (see README, "Configuration"): extend it, never rename a key.
+Every problem is collected and reported together, each naming the mirror and the key that is wrong.
+"""
+
+from vecmirror.config.checks import index_prefix
+from vecmirror.config.load import load_config, parse_config
+from vecmirror.config.model import (
+    DEFAULT_MODEL,
+    META_HASH_FIELD,
+    META_KEY_FIELD,
+    RESERVED_PREFIX,
+    Config,
+    EmbedConfig,
+    MirrorConfig,
+    field_type,
+    split_table_name,
+    template_columns,
+)
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "META_HASH_FIELD",
+    "META_KEY_FIELD",
+    "RESERVED_PREFIX",
+    "Config",
+    "EmbedConfig",
+    "MirrorConfig",
+    "field_type",
+    "index_prefix",
+    "load_config",
+    "parse_config",
+    "split_table_name",
+    "template_columns",
+]

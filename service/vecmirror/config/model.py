@@ -1,0 +1,182 @@
+"""The mirrors file as typed objects, and the small helpers every stage uses with them."""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Iterator
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from redisvl.schema import IndexInfo, IndexSchema
+from redisvl.schema.fields import BaseField
+
+from vecmirror.errors import ConfigError
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+# Fields vecmirror keeps in every document next to the user's fields.
+META_KEY_FIELD = "_vm_key"
+META_HASH_FIELD = "_vm_hash"
+RESERVED_PREFIX = "_vm_"
+# Mirror names become parts of trigger names, which Postgres caps at 63 bytes.
+MIRROR_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+# JSON paths we can turn into a nested document: $.a.b, optionally ending in [*] for arrays.
+SIMPLE_JSON_PATH = re.compile(r"^\$(\.[A-Za-z_][A-Za-z0-9_]*)+(\[\*\])?$")
+# The keys accepted in `index:`, in each of its `fields:` and (from RedisVL) in `index.index:`.
+INDEX_KEYS = ("index", "fields", "version")
+FIELD_KEYS = ("name", "type", "path", "attrs", "as_name")
+INDEX_INFO_KEYS = tuple(IndexInfo.model_fields)
+VECTOR_ALGORITHMS = ("flat", "hnsw")  # what search 2.10 builds (and the README documents)
+
+
+class EmbedConfig(BaseModel):
+    """The vector computed from a row's text with a sentence-transformers model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    field: str
+    template: str
+    model: str = DEFAULT_MODEL
+
+    @field_validator("template")
+    @classmethod
+    def _template_is_simple(cls, template: str) -> str:
+        template_columns(template)
+        return template
+
+
+class MirrorConfig(BaseModel):
+    """One table mirrored into one index."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    name: str = Field(pattern=MIRROR_NAME.pattern)
+    table: str
+    key: tuple[str, ...] | None = None
+    embed: EmbedConfig | None = None
+    vector_column: str | None = None
+    index: IndexSchema
+
+    @field_validator("key", mode="before")
+    @classmethod
+    def _key_as_tuple(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str) else value
+
+    @field_validator("key")
+    @classmethod
+    def _key_names_columns(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is None:
+            return value
+        if not value:
+            raise ValueError("must name at least one column (leave it out to use the primary key)")
+        if not all(value):
+            raise ValueError("column names must not be empty")
+        if len(set(value)) != len(value):
+            raise ValueError(f"a column is listed more than once in {list(value)}")
+        return value
+
+    @field_validator("table")
+    @classmethod
+    def _table_is_qualified_name(cls, value: str) -> str:
+        split_table_name(value)
+        return value
+
+    @field_validator("index", mode="before")
+    @classmethod
+    def _index_from_dict(cls, value: Any) -> Any:
+        if isinstance(value, IndexSchema):
+            return value
+        # Imported here: index_schema builds on this module's constants and helpers.
+        from vecmirror.config.index_schema import build_index
+
+        schema, problems = build_index(value)
+        if schema is None:
+            raise ValueError("; ".join(problems))
+        return schema
+
+    @property
+    def schema_name(self) -> str:
+        return split_table_name(self.table)[0]
+
+    @property
+    def table_name(self) -> str:
+        return split_table_name(self.table)[1]
+
+    @property
+    def storage(self) -> str:
+        return str(self.index.index.storage_type.value)
+
+    @property
+    def vector_field(self) -> BaseField | None:
+        vectors = [f for f in self.index.fields.values() if field_type(f) == "vector"]
+        return vectors[0] if vectors else None
+
+    @property
+    def value_fields(self) -> list[BaseField]:
+        """The non-vector fields; each takes the column of its own name."""
+        return [f for f in self.index.fields.values() if field_type(f) != "vector"]
+
+    def columns_needed(self) -> list[str]:
+        """Every column the worker reads, keys excluded."""
+        columns = [f.name for f in self.value_fields]
+        if self.embed is not None:
+            columns += template_columns(self.embed.template)
+        if self.vector_column is not None:
+            columns.append(self.vector_column)
+        return list(dict.fromkeys(columns))
+
+
+class Config(BaseModel):
+    """The whole mirrors file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mirrors: tuple[MirrorConfig, ...]
+
+    def mirror(self, name: str) -> MirrorConfig:
+        for mirror in self.mirrors:
+            if mirror.name == name:
+                return mirror
+        known = ", ".join(m.name for m in self.mirrors)
+        raise ConfigError([f"unknown mirror {name!r} (configured: {known})"])
+
+
+def field_type(field: BaseField) -> str:
+    """ "text", "tag", "numeric", "geo" or "vector" (RedisVL mixes enums and plain strings)."""
+    return str(getattr(field.type, "value", field.type)).lower()
+
+
+def split_table_name(table: str) -> tuple[str, str]:
+    parts = table.split(".")
+    if len(parts) == 1:
+        parts = ["public", *parts]
+    if len(parts) != 2 or not all(parts):
+        raise ValueError(f"expected 'schema.table' or 'table', got {table!r}")
+    return parts[0], parts[1]
+
+
+def template_columns(template: str) -> list[str]:
+    """The columns a `str.format` template reads; only plain `{column}` placeholders are allowed."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"cannot parse template {template!r}: {exc}") from exc
+    columns: list[str] = []
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if not name.isidentifier() or spec or conversion:
+            placeholder = name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
+            raise ValueError(f"template placeholder {{{placeholder}}} must be a plain column name")
+        columns.append(name)
+    return list(dict.fromkeys(columns))
+
+
+def validation_message(msg: Any) -> str:
+    return str(msg).removeprefix("Value error, ")
+
+
+def pydantic_problems(exc: ValidationError) -> Iterator[tuple[str, str]]:
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "(mirror)"
+        yield where, validation_message(error["msg"])
