@@ -9,7 +9,7 @@ import signal
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import click
 
@@ -123,42 +123,50 @@ def backfill(config_path: Path | None, mirror: str | None) -> None:
 @config_option
 @click.argument("mirror")
 @click.argument("text", required=False)
-@click.option("--k", "k", default=10, show_default=True, help="Number of nearest neighbours.")
+@click.option("--k", "k", default=10, show_default=True, help="Hits to return (the limit with --range).")
 @click.option("--filter", "filter_expression", default=None, help="RediSearch filter, e.g. '@genre:{pets}'.")
-@click.option("--return", "return_fields", multiple=True, help="Field to return (repeatable).")
+@click.option("--return", "return_fields", multiple=True, help="Field to return (repeatable; default all).")
 @click.option("--vector", "vector_json", default=None, help="Query vector as a JSON array instead of TEXT.")
+@click.option("--vector-file", type=click.File("r"), default=None, help="JSON array file; - for stdin.")
+@click.option("--offset", default=0, show_default=True, help="Skip this many nearest hits (paging).")
+@click.option("--ef-runtime", type=int, default=None, help="HNSW search breadth (higher: better recall).")
+@click.option("--range", "radius", type=float, default=None, help="Every hit within this distance.")
+@click.option("--epsilon", type=float, default=None, help="HNSW range search boundary factor.")
+@click.option(
+    "--text-weight", type=float, default=None, help="Fused mode: weight of BM25 text relevance, 0..1."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON array and nothing else.")
 @handles_errors
-def query(
-    config_path: Path | None,
-    mirror: str,
-    text: str | None,
-    k: int,
-    filter_expression: str | None,
-    return_fields: tuple[str, ...],
-    vector_json: str | None,
-    as_json: bool,
-) -> None:
-    """Nearest neighbours of TEXT (embedded with the mirror's model) or of --vector."""
+def query(config_path: Path | None, mirror: str, text: str | None, **options: Any) -> None:
+    """Nearest neighbours of TEXT (embedded with the mirror's model) or of a vector."""
     from vecmirror.commands import QueryRequest, print_hits, query_command
 
     settings = _settings(config_path)
-    request = QueryRequest(
-        mirror, text, _parse_vector(vector_json), k, filter_expression, list(return_fields)
-    )
+    vector = _read_vector(options.pop("vector_json"), options.pop("vector_file"))
+    as_json = options.pop("as_json")
+    options["return_fields"] = list(options["return_fields"])
+    request = QueryRequest(mirror, text, vector, **options)
     hits = run_async(query_command(settings, _config(settings), request))
     print_hits(hits, as_json=as_json)
 
 
-def _parse_vector(vector_json: str | None) -> list[float] | None:
-    if vector_json is None:
-        return None
+def _read_vector(vector_json: str | None, vector_file: IO[str] | None) -> list[float] | None:
+    if vector_json is not None and vector_file is not None:
+        raise click.BadParameter("give --vector or --vector-file, not both", param_hint="--vector")
+    if vector_file is not None:
+        return _parse_vector(vector_file.read(), "--vector-file")
+    return None if vector_json is None else _parse_vector(vector_json, "--vector")
+
+
+def _parse_vector(text: str, option: str) -> list[float]:
     try:
-        values = json.loads(vector_json)
+        values = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not JSON: {exc}", param_hint="--vector") from exc
-    if not isinstance(values, list) or not all(isinstance(v, int | float) for v in values):
-        raise click.BadParameter("expected a JSON array of numbers", param_hint="--vector")
+        raise click.BadParameter(f"not JSON: {exc}", param_hint=option) from exc
+    if not isinstance(values, list) or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in values
+    ):
+        raise click.BadParameter("expected a JSON array of numbers", param_hint=option)
     return [float(v) for v in values]
 
 

@@ -6,17 +6,18 @@ import asyncio
 import json
 import signal
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 import click
 from tqdm import tqdm
 
-from vecmirror.app import App, EmbedderFactory, open_app, redis_client
+from vecmirror.app import App, EmbedderFactory, open_app
 from vecmirror.config import Config
 from vecmirror.errors import QueryError
-from vecmirror.query.search import Hit, embed_query, knn
+from vecmirror.query.results import Hit
+from vecmirror.query.search import MirrorSearch
 from vecmirror.settings import Settings
 from vecmirror.source import changes
 from vecmirror.source.backfill import count_rows, queue_all_rows, start_backfill
@@ -90,35 +91,58 @@ def _advance(bar: tqdm[Any], stats: BatchStats, name: str) -> None:
 @dataclass(frozen=True)
 class QueryRequest:
     mirror: str
-    text: str | None
-    vector: list[float] | None
-    k: int
-    filter_expression: str | None
-    return_fields: list[str]
+    text: str | None = None
+    vector: list[float] | None = None
+    k: int = 10
+    filter_expression: str | None = None
+    return_fields: list[str] = field(default_factory=list)
+    offset: int = 0
+    ef_runtime: int | None = None
+    radius: float | None = None
+    epsilon: float | None = None
+    text_weight: float | None = None
 
 
 async def query_command(
     settings: Settings, config: Config, request: QueryRequest, embedder_factory: EmbedderFactory | None = None
 ) -> list[Hit]:
-    mirror = config.mirror(request.mirror)
-    if (request.text is None) == (request.vector is None):
-        raise QueryError("give either TEXT or --vector, not both and not neither")
-    vector = request.vector
-    if vector is None:
-        if mirror.embed is None:
-            raise QueryError(f"mirror {mirror.name!r} has no embed model: query it with --vector")
-        from vecmirror.app import default_embedder_factory
-
-        embedder = (embedder_factory or default_embedder_factory(settings))(mirror.embed.model)
-        vector = await embed_query(embedder, request.text or "")
-    async with redis_client(settings) as client:
-        return await knn(
-            client,
-            mirror,
-            vector,
+    """--range: a range query (k is its limit); --text-weight: fused text+vector; otherwise KNN."""
+    fields = request.return_fields or None
+    async with MirrorSearch.open(settings, config, embedder_factory) as search:
+        if request.radius is not None:
+            return await search.range(
+                request.mirror,
+                radius=request.radius,
+                text=request.text,
+                vector=request.vector,
+                epsilon=request.epsilon,
+                filter=request.filter_expression,
+                limit=request.k,
+                return_fields=fields,
+            )
+        if request.text_weight is not None:
+            if request.text is None:
+                raise QueryError(
+                    "--text-weight needs a TEXT to match: the fused mode ranks by text and vector"
+                )
+            return await search.hybrid(
+                request.mirror,
+                text=request.text,
+                vector=request.vector,
+                k=request.k,
+                text_weight=request.text_weight,
+                filter=request.filter_expression,
+                return_fields=fields,
+            )
+        return await search.knn(
+            request.mirror,
+            text=request.text,
+            vector=request.vector,
             k=request.k,
-            filter_expression=request.filter_expression,
-            return_fields=request.return_fields,
+            filter=request.filter_expression,
+            return_fields=fields,
+            ef_runtime=request.ef_runtime,
+            offset=request.offset,
         )
 
 
@@ -126,9 +150,13 @@ def print_hits(hits: Sequence[Hit], *, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([h.as_dict() for h in hits], ensure_ascii=False))
         return
+    if not hits:
+        click.echo("no hits")
+        return
+    click.echo(f"{'#':>3}  {'distance':>9}  {'score':>7}  id  fields")
     for rank, hit in enumerate(hits, start=1):
         fields = "  ".join(f"{k}={_short(v)}" for k, v in hit.fields.items())
-        click.echo(f"{rank:>3}  {hit.distance:.4f}  {hit.id}  {fields}")
+        click.echo(f"{rank:>3}  {hit.distance:9.4f}  {hit.score:7.4f}  {hit.id}  {fields}")
 
 
 def _short(value: object, limit: int = 60) -> str:

@@ -20,7 +20,7 @@ from pydantic import SecretStr
 from vecmirror.app import App, open_app
 from vecmirror.commands import migrate_command
 from vecmirror.config import Config, load_config
-from vecmirror.query.search import embed_query, knn
+from vecmirror.query.search import MirrorSearch
 from vecmirror.settings import Settings
 from vecmirror.source.backfill import start_backfill
 from vecmirror.source.listener import ChangeListener
@@ -262,14 +262,12 @@ async def _refresh_answers(app: App, changed: asyncio.Event) -> None:
 
 
 async def _print_answer(app: App, heading: str) -> None:
-    mirror = app.config.mirror(MIRROR)
-    assert mirror.embed is not None  # the demo's own mirrors file embeds
-    vector = await embed_query(app.embedders[mirror.embed.model], SAMPLE_QUERY)
-    hits = await knn(app.redis, mirror, vector, k=TOP_K, return_fields=["title", "topic"])
+    search = MirrorSearch(app.config, app.redis, lambda model: app.embedders[model])
+    hits = await search.knn(MIRROR, text=SAMPLE_QUERY, k=TOP_K, return_fields=["title", "topic"])
     lines = [f"\n{heading}: top {TOP_K} articles for {SAMPLE_QUERY!r} (lower distance is closer)"]
     lines.append(f"  {'#':>2}  {'distance':<8}  {'id':<12}  {'topic':<11}  title")
     for rank, hit in enumerate(hits, start=1):
-        topic, title = hit.fields.get("topic", ""), hit.fields.get("title", "")
+        topic, title = ",".join(hit.fields.get("topic", [])), hit.fields.get("title", "")
         lines.append(f"  {rank:>2}  {hit.distance:<8.4f}  {hit.id:<12}  {topic:<11}  {title}")
     if not hits:
         lines.append("  (no articles in the index)")

@@ -93,10 +93,12 @@ async def test_three_mirrors_queried_from_the_cli(
 
     products = _query(cli_env, path, "products", "--vector", "[1,0,0,0]", "--filter", "@price:[10 200]")
     assert [h["id"] for h in products] == ["product:lamp", "product:desk"]
-    assert abs(products[0]["distance"]) < 1e-6 and products[1]["price"] == "120"
+    assert abs(products[0]["distance"]) < 1e-6 and products[0]["score"] == 1.0
+    assert products[1]["price"] == 120  # typed: NUMERIC comes back as a number
 
     notes = _query(cli_env, path, "notes", "--vector", "[1,0,0]", "--filter", "@labels:{urgent}", "--k", "5")
     assert [h["id"] for h in notes] == ["note:acme:1", "note:zen:1"]
+    assert notes[0]["labels"] == ["red", "urgent"]  # TAG values come back as a list
 
 
 def _query(env: dict[str, str], config: Path, *args: str) -> list[dict[str, Any]]:

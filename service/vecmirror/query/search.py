@@ -1,84 +1,206 @@
-"""KNN lookups over a mirror's index (the minimal path; filters are raw RediSearch expressions)."""
+"""KNN, filtered KNN, range and fused text+vector search over what vecmirror mirrors.
+
+Queries use exactly what the writer used: the mirror's model, vector field, datatype and metric.
+Every argument is checked before Redis is called; each error says what to fix.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
-import numpy as np
 import redis.asyncio as redis
 from redisvl.index import AsyncSearchIndex
-from redisvl.query import VectorQuery
+from redisvl.query import AggregateHybridQuery, VectorQuery, VectorRangeQuery
 
-from vecmirror.config import MirrorConfig
+from vecmirror.config import Config, MirrorConfig
 from vecmirror.errors import QueryError
 from vecmirror.pipeline.embedder import Embedder
+from vecmirror.query.checks import Target, check_filter, check_return_fields, check_vector, target_of
+from vecmirror.query.filters import Filter
+from vecmirror.query.results import Hit, decode_field, decode_vector
+from vecmirror.settings import Settings
+
+EmbedderFactory = Callable[[str], Embedder]
+FilterArg = Filter | str | None
 
 
-@dataclass(frozen=True)
-class Hit:
-    id: str
-    distance: float
-    fields: dict[str, Any]
+class MirrorSearch:
+    """Async search over one config's mirrors; models are loaded once, on first use."""
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "distance": self.distance, **self.fields}
+    def __init__(self, config: Config, client: redis.Redis, embedder_factory: EmbedderFactory) -> None:
+        self._config = config
+        self._redis = client
+        self._factory = embedder_factory
+        self._embedders: dict[str, Embedder] = {}
 
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls, settings: Settings, config: Config, embedder_factory: EmbedderFactory | None = None
+    ) -> AsyncIterator[MirrorSearch]:
+        from vecmirror.app import default_embedder_factory
 
-async def knn(
-    client: redis.Redis,
-    mirror: MirrorConfig,
-    vector: Sequence[float],
-    *,
-    k: int = 10,
-    filter_expression: str | None = None,
-    return_fields: Sequence[str] | None = None,
-) -> list[Hit]:
-    field = _vector_field(mirror)
-    fields = list(return_fields) if return_fields else [f.name for f in mirror.value_fields]
-    _check_fields(mirror, fields)
-    dims = int(field.attrs.dims)
-    if len(vector) != dims:
-        raise QueryError(
-            f"mirror {mirror.name!r}: the query vector has {len(vector)} values, expected {dims}"
+        client = redis.Redis.from_url(settings.require_redis_url())
+        try:
+            yield cls(config, client, embedder_factory or default_embedder_factory(settings))
+        finally:
+            await client.aclose()
+
+    async def knn(
+        self,
+        mirror: str,
+        *,
+        text: str | None = None,
+        vector: Sequence[float] | None = None,
+        k: int = 10,
+        filter: FilterArg = None,
+        return_fields: Sequence[str] | None = None,
+        ef_runtime: int | None = None,
+        offset: int = 0,
+        with_vectors: bool = False,
+    ) -> list[Hit]:
+        """The `k` nearest documents after skipping `offset`, nearest first, among those `filter` keeps."""
+        target = target_of(self._config, mirror)
+        _check_counts(k=k, offset=offset)
+        target.check_ef_runtime(ef_runtime)
+        query = VectorQuery(
+            vector=await self._query_vector(target, text, vector),
+            vector_field_name=target.field.name,
+            return_fields=check_return_fields(target, return_fields),
+            filter_expression=check_filter(target, filter),
+            num_results=offset + k,
+            dtype=target.datatype,
+            ef_runtime=ef_runtime,
         )
-    query = VectorQuery(
-        vector=[float(v) for v in vector],
-        vector_field_name=field.name,
-        return_fields=fields,
-        num_results=k,
-        filter_expression=filter_expression or None,
-        dtype=str(field.attrs.datatype.value).lower(),
-    )
-    index = AsyncSearchIndex(mirror.index, redis_client=client)
-    results = await index.query(query)
-    return [_hit(result, fields) for result in results]
+        query.paging(offset, k)
+        return await self._run(target, query, with_vectors)
+
+    async def range(
+        self,
+        mirror: str,
+        *,
+        radius: float,
+        text: str | None = None,
+        vector: Sequence[float] | None = None,
+        epsilon: float | None = None,
+        filter: FilterArg = None,
+        limit: int = 100,
+        return_fields: Sequence[str] | None = None,
+        with_vectors: bool = False,
+    ) -> list[Hit]:
+        """Every document within `radius` (in the metric's distance), nearest first, at most `limit`."""
+        target = target_of(self._config, mirror)
+        _check_counts(k=limit, offset=0)
+        target.check_range(radius, epsilon)
+        query = VectorRangeQuery(
+            vector=await self._query_vector(target, text, vector),
+            vector_field_name=target.field.name,
+            return_fields=check_return_fields(target, return_fields),
+            filter_expression=check_filter(target, filter),
+            distance_threshold=radius,
+            epsilon=epsilon,
+            num_results=limit,
+            dtype=target.datatype,
+            sort_by="vector_distance",
+        )
+        return await self._run(target, query, with_vectors)
+
+    async def hybrid(
+        self,
+        mirror: str,
+        *,
+        text: str,
+        vector: Sequence[float] | None = None,
+        k: int = 10,
+        text_weight: float = 0.3,
+        text_field: str | None = None,
+        filter: FilterArg = None,
+        return_fields: Sequence[str] | None = None,
+    ) -> list[Hit]:
+        """Ranks by text_weight·BM25 relevance of `text` + (1 - text_weight)·vector similarity."""
+        target = target_of(self._config, mirror)
+        _check_counts(k=k, offset=0)
+        if not 0.0 <= text_weight <= 1.0:
+            raise QueryError(f"mirror {mirror!r}: text_weight must be between 0 and 1, not {text_weight}")
+        fields = check_return_fields(target, return_fields)
+        query = AggregateHybridQuery(
+            text=text,
+            text_field_name=target.text_field(text_field),
+            vector=await self._query_vector(target, None if vector is not None else text, vector),
+            vector_field_name=target.field.name,
+            filter_expression=check_filter(target, filter),
+            alpha=1.0 - text_weight,
+            dtype=target.datatype,
+            num_results=k,
+            return_fields=fields,
+            stopwords=None,
+        )
+        query.load("@__key")
+        rows = await AsyncSearchIndex(target.mirror.index, redis_client=self._redis).query(query)
+        return [self._hit(target, row, fields, score=float(row["hybrid_score"])) for row in rows]
+
+    async def _query_vector(
+        self, target: Target, text: str | None, vector: Sequence[float] | None
+    ) -> list[float]:
+        if (text is None) == (vector is None):
+            raise QueryError(
+                f"mirror {target.mirror.name!r}: give either a text or a vector, not both or neither"
+            )
+        if vector is not None:
+            return check_vector(target, vector)
+        embed = target.mirror.embed
+        if embed is None:
+            raise QueryError(f"mirror {target.mirror.name!r} has no embed model: query it with a vector")
+        if embed.model not in self._embedders:
+            self._embedders[embed.model] = await asyncio.to_thread(self._factory, embed.model)
+        vectors = await asyncio.to_thread(self._embedders[embed.model].embed, [text or ""])
+        return [float(v) for v in vectors[0]]
+
+    async def _run(self, target: Target, query: Any, with_vectors: bool) -> list[Hit]:
+        index = AsyncSearchIndex(target.mirror.index, redis_client=self._redis)
+        fields = list(query._return_fields)
+        hits = [self._hit(target, row, fields) for row in await index.query(query)]
+        return await self._attach_vectors(target, hits) if with_vectors else hits
+
+    def _hit(self, target: Target, row: dict[str, Any], fields: list[str], score: float | None = None) -> Hit:
+        distance = float(row["vector_distance"])
+        definitions = target.mirror.index.fields
+        values = {
+            name: decode_field(definitions[name], row[name], is_json=target.is_json)
+            for name in fields
+            if name in row and name in definitions
+        }
+        key = str(row.get("id", row.get("__key")))
+        return Hit(key, distance, target.score(distance) if score is None else score, values)
+
+    async def _attach_vectors(self, target: Target, hits: list[Hit]) -> list[Hit]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for hit in hits:
+                if target.is_json:
+                    pipe.execute_command("JSON.GET", hit.id, target.field.path or f"$.{target.field.name}")
+                else:
+                    pipe.hget(hit.id, target.field.name)
+            replies = await pipe.execute()
+        return [
+            Hit(
+                h.id,
+                h.distance,
+                h.score,
+                h.fields,
+                decode_vector(raw, target.datatype, is_json=target.is_json),
+            )
+            for h, raw in zip(hits, replies, strict=True)
+        ]
 
 
-async def embed_query(embedder: Embedder, text: str) -> list[float]:
-    vectors = await asyncio.to_thread(embedder.embed, [text])
-    return [float(v) for v in np.asarray(vectors[0])]
+def _check_counts(*, k: int, offset: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise QueryError(f"k/limit must be a whole number of at least 1, not {k!r}")
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise QueryError(f"offset must be a whole number of at least 0, not {offset!r}")
 
 
-def _vector_field(mirror: MirrorConfig) -> Any:
-    field = mirror.vector_field
-    if field is None:
-        raise QueryError(f"mirror {mirror.name!r} has no vector field to search")
-    return field
-
-
-def _check_fields(mirror: MirrorConfig, fields: Sequence[str]) -> None:
-    known = {f.name for f in mirror.value_fields}
-    unknown = [f for f in fields if f not in known]
-    if unknown:
-        raise QueryError(f"mirror {mirror.name!r}: unknown return field(s) {unknown}; known: {sorted(known)}")
-
-
-def _hit(result: dict[str, Any], fields: Sequence[str]) -> Hit:
-    return Hit(
-        id=str(result["id"]),
-        distance=float(result["vector_distance"]),
-        fields={name: result[name] for name in fields if name in result},
-    )
+__all__ = ["EmbedderFactory", "Hit", "MirrorConfig", "MirrorSearch"]

@@ -1,0 +1,79 @@
+"""Search hits with typed fields and a score where higher is better.
+
+Scores, per distance metric (Redis reports `distance`):
+  COSINE  distance = 1 - cos(a, b)        score = 1 - distance   (the cosine similarity, -1..1)
+  IP      distance = 1 - a·b              score = 1 - distance   (the inner product)
+  L2      distance = |a - b|² (squared)   score = 1 / (1 + distance)   (0..1, 1 for identical)
+  fused   score = hybrid score: text_weight·text relevance (BM25) + (1 - text_weight)·(2 - distance)/2
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from redisvl.schema.fields import BaseField
+
+from vecmirror.config import field_type
+
+METRIC_SCORES: dict[str, Callable[[float], float]] = {
+    "COSINE": lambda distance: 1.0 - distance,
+    "IP": lambda distance: 1.0 - distance,
+    "L2": lambda distance: 1.0 / (1.0 + distance),
+}
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    distance: float
+    score: float
+    fields: dict[str, Any]
+    vector: npt.NDArray[Any] | None = field(default=None, repr=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON shape of `vecmirror query --json`: id, distance, score, then the fields."""
+        out: dict[str, Any] = {"id": self.id, "distance": self.distance, "score": self.score, **self.fields}
+        if self.vector is not None:
+            out["vector"] = [float(v) for v in self.vector]
+        return out
+
+
+def decode_field(definition: BaseField, raw: Any, *, is_json: bool) -> Any:
+    """Redis returns every value as text; this gives numbers, tag lists and parsed JSON back."""
+    value = raw.decode() if isinstance(raw, bytes) else raw
+    kind = field_type(definition)
+    if is_json and isinstance(value, str) and value[:1] in "[{":
+        return json.loads(value)
+    if kind == "numeric":
+        return _number(value)
+    if kind == "tag":
+        separator = str(getattr(definition.attrs, "separator", ","))
+        return [part.strip() for part in str(value).split(separator) if part.strip()]
+    return value
+
+
+def _number(value: Any) -> int | float:
+    text = str(value)
+    try:
+        return int(text)
+    except ValueError:
+        number = float(text)
+        return int(number) if number.is_integer() and abs(number) < 2**53 else number
+
+
+def decode_vector(raw: Any, datatype: str, *, is_json: bool) -> npt.NDArray[Any] | None:
+    if raw is None:
+        return None
+    if is_json:
+        values = json.loads(raw)
+        return np.asarray(values[0] if values and isinstance(values[0], list) else values, dtype=np.float64)
+    if datatype == "bfloat16":
+        import ml_dtypes
+
+        return np.frombuffer(raw, dtype=ml_dtypes.bfloat16).astype(np.float32)
+    return np.frombuffer(raw, dtype=np.dtype(datatype))

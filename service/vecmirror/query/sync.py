@@ -1,0 +1,55 @@
+"""A blocking wrapper around MirrorSearch for scripts: one private event loop, reused per call."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from types import TracebackType
+from typing import Any, TypeVar
+
+import redis.asyncio as redis
+
+from vecmirror.config import Config
+from vecmirror.query.results import Hit
+from vecmirror.query.search import EmbedderFactory, MirrorSearch
+from vecmirror.settings import Settings
+
+T = TypeVar("T")
+
+
+class SyncMirrorSearch:
+    """with SyncMirrorSearch(settings, config) as search: search.knn("docs", text="...")"""
+
+    def __init__(
+        self, settings: Settings, config: Config, embedder_factory: EmbedderFactory | None = None
+    ) -> None:
+        from vecmirror.app import default_embedder_factory
+
+        self._loop = asyncio.new_event_loop()
+        self._client = redis.Redis.from_url(settings.require_redis_url())
+        self._search = MirrorSearch(
+            config, self._client, embedder_factory or default_embedder_factory(settings)
+        )
+
+    def __enter__(self) -> SyncMirrorSearch:
+        return self
+
+    def __exit__(self, *_: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if not self._loop.is_closed():
+            self._loop.run_until_complete(self._client.aclose())
+            self._loop.close()
+
+    def knn(self, mirror: str, **options: Any) -> list[Hit]:
+        return self._call(self._search.knn, mirror, **options)
+
+    def range(self, mirror: str, **options: Any) -> list[Hit]:
+        return self._call(self._search.range, mirror, **options)
+
+    def hybrid(self, mirror: str, **options: Any) -> list[Hit]:
+        return self._call(self._search.hybrid, mirror, **options)
+
+    def _call(self, method: Callable[..., Coroutine[Any, Any, T]], *args: Any, **options: Any) -> T:
+        return self._loop.run_until_complete(method(*args, **options))
