@@ -57,6 +57,7 @@ class Target:
             raise QueryError(f"mirror {self.mirror.name!r}: ef_runtime must be a whole number ≥ 1")
 
     def check_range(self, radius: float, epsilon: float | None) -> None:
+        # RediSearch refuses a negative radius, even for IP whose distances (1 - a·b) can be < 0.
         if not _finite_number(radius) or radius < 0:
             raise QueryError(
                 f"mirror {self.mirror.name!r}: the range radius must be a number ≥ 0, not {radius!r}"
