@@ -1,4 +1,4 @@
-"""Every storage × algorithm × metric: KNN, filtered KNN and range results equal an exact numpy
+"""Every storage x algorithm x metric: KNN, filtered KNN and range results equal an exact numpy
 computation over the same vectors and the same filter (HNSW: recall@10 ≥ 0.99 at ef_runtime 200).
 
 The documents go through vecmirror itself (Postgres → worker → Redis), 3,000 rows per index.
