@@ -122,7 +122,7 @@ def check_knn(name: str, got: list[Any], distances: Any, allowed: Any) -> float:
 
 @pytest.mark.parametrize("name", NAMES)
 async def test_knn_filtered_knn_and_range_equal_brute_force(corpus: Corpus, name: str) -> None:
-    storage, algorithm, metric = name.split("_")
+    _, algorithm, metric = name.split("_")
     ef = HNSW_EF_RUNTIME if algorithm == "hnsw" else None
     everything = np.ones(ROWS, dtype=bool)
     kinds = np.array(corpus.kinds)
