@@ -14,14 +14,17 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from redisvl.query.filter import Num, Tag
+from redisvl.query.filter import Num
 
 from vecmirror.errors import QueryError
 
-# What RediSearch splits TEXT into tokens on (its default separators) and whitespace.
-TEXT_SEPARATORS = re.compile(r"[\s,.<>{}\[\]\"':;!@#$%^&*()\-+=~]+")
+# What RediSearch 2.10 splits TEXT into tokens on, measured: ASCII whitespace and every ASCII
+# punctuation character except backslash (its escape) and underscore. Unicode spaces do not split.
+TEXT_SEPARATORS = re.compile(r"[ \t\n\r\f\v!\"#$%&'()*+,\-./:;<=>?@\[\]^`{|}~]+")
 # Inside a token, everything that is not a letter or digit is escaped: harmless when not special.
-_NOT_WORD = re.compile(r"([^\w])", re.UNICODE)
+# ASCII punctuation and space: escaped with a backslash. Non-ASCII characters are left alone, since
+# RediSearch escapes a single byte and a backslash before a multi-byte character breaks it.
+_ASCII_PUNCTUATION = re.compile(r"([\x20-\x2f\x3a-\x40\x5b-\x60\x7b-\x7e])")
 MIN_PREFIX = 2  # RediSearch's MINPREFIX default
 INCLUSIVE = ("both", "neither", "left", "right")
 
@@ -69,14 +72,13 @@ class tag:
 
     def any_of(self, *values: str) -> Filter:
         """Documents carrying at least one of these tags."""
-        checked = _tag_values(self.field, values)
-        return Filter(str(Tag(self.field) == checked), [Condition(self.field, "tag")])
+        checked = "|".join(_escape_tag(v) for v in _tag_values(self.field, values))
+        return Filter(f"@{self.field}:{{{checked}}}", [Condition(self.field, "tag")])
 
     def all_of(self, *values: str) -> Filter:
         """Documents carrying every one of these tags."""
-        checked = _tag_values(self.field, values)
-        query = " ".join(str(Tag(self.field) == value) for value in checked)
-        return Filter(f"({query})", [Condition(self.field, "tag")])
+        clauses = " ".join(f"@{self.field}:{{{_escape_tag(v)}}}" for v in _tag_values(self.field, values))
+        return Filter(f"({clauses})", [Condition(self.field, "tag")])
 
 
 class num:
@@ -140,8 +142,13 @@ def text_tokens(value: str) -> list[str]:
     return [t for t in TEXT_SEPARATORS.split(value) if t]
 
 
+def _escape_tag(value: str) -> str:
+    # RedisVL's tag escaper misses ` and _ (both break the query), hence our own.
+    return _ASCII_PUNCTUATION.sub(r"\\\1", value)
+
+
 def _escape_token(token: str) -> str:
-    return _NOT_WORD.sub(r"\\\1", token)
+    return _ASCII_PUNCTUATION.sub(r"\\\1", token)
 
 
 def _tag_values(field: str, values: tuple[str, ...]) -> list[str]:
