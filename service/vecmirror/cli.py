@@ -135,6 +135,7 @@ def backfill(config_path: Path | None, mirror: str | None) -> None:
 @click.option(
     "--text-weight", type=float, default=None, help="Fused mode: weight of BM25 text relevance, 0..1."
 )
+@click.option("--text-field", default=None, help="Fused mode: TEXT field to match (default: the first).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON array and nothing else.")
 @handles_errors
 def query(config_path: Path | None, mirror: str, text: str | None, **options: Any) -> None:

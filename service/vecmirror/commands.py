@@ -101,6 +101,7 @@ class QueryRequest:
     radius: float | None = None
     epsilon: float | None = None
     text_weight: float | None = None
+    text_field: str | None = None
 
 
 async def query_command(
@@ -131,6 +132,7 @@ async def query_command(
                 vector=request.vector,
                 k=request.k,
                 text_weight=request.text_weight,
+                text_field=request.text_field,
                 filter=request.filter_expression,
                 return_fields=fields,
             )

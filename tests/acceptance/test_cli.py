@@ -18,8 +18,12 @@ from helpers import DOCS_MIRROR, DOCS_TABLE, NOTES_MIRROR, NOTES_TABLE, PRODUCTS
 VECMIRROR = [sys.executable, "-m", "vecmirror.cli"]
 
 
-def vecmirror(env: dict[str, str], *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*VECMIRROR, *args], env=env, capture_output=True, text=True, timeout=timeout)
+def vecmirror(
+    env: dict[str, str], *args: str, timeout: float = 180, input_text: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*VECMIRROR, *args], env=env, capture_output=True, text=True, timeout=timeout, input=input_text
+    )
 
 
 def start_worker(env: dict[str, str], config: Path, *extra: str) -> subprocess.Popen[str]:
@@ -206,3 +210,53 @@ def test_stack_up_prints_two_lines_that_eval_accepts_and_down_stops_it(tmp_path:
         pass
     finally:
         client.close()
+
+
+async def test_query_options_from_the_cli(
+    pg: asyncpg.Connection, cli_env: dict[str, str], write_config: Any
+) -> None:
+    await pg.execute(DOCS_TABLE)
+    await pg.execute(PRODUCTS_TABLE)
+    await pg.execute(
+        "INSERT INTO docs VALUES (1, 'Kittens', 'Young cats play with yarn', 'pets'), "
+        "(2, 'Barn', 'Cats hunt mice in the barn', 'farm'), (3, 'Puppies', 'Young dogs chew shoes', 'pets'), "
+        "(4, 'Rockets', 'Rockets reach orbit', 'space')"
+    )
+    await pg.execute(
+        "INSERT INTO products VALUES ('lamp', 'Lamp', 19.5, '{1,0,0,0}'), "
+        "('desk', 'Desk', 120, '{0.9,0.1,0,0}'), ('pen', 'Pen', 2, '{0,0,1,0}')"
+    )
+    path, _ = write_config([DOCS_MIRROR, PRODUCTS_MIRROR])
+    assert vecmirror(cli_env, "migrate", "--config", str(path)).returncode == 0
+    assert vecmirror(cli_env, "run", "--once", "--config", str(path)).returncode == 0
+
+    three = _query(cli_env, path, "docs", "small cats", "--k", "3", "--ef-runtime", "50")
+    page = _query(cli_env, path, "docs", "small cats", "--k", "2", "--offset", "1")
+    assert [h["id"] for h in page] == [h["id"] for h in three[1:]]
+    fused = _query(cli_env, path, "docs", "mice", "--text-weight", "1", "--text-field", "content", "--k", "4")
+    assert fused[0]["id"] == "doc:2" and fused[0]["score"] > fused[1]["score"]
+
+    in_range = vecmirror(
+        cli_env,
+        "query",
+        "products",
+        "--vector-file",
+        "-",
+        "--range",
+        "0.5",
+        "--json",
+        "--config",
+        str(path),
+        input_text="[1, 0, 0, 0]",
+    )
+    assert [h["id"] for h in json.loads(in_range.stdout)] == ["product:lamp", "product:desk"]
+
+    refused = vecmirror(
+        cli_env, "query", "products", "--vector", "[1,0,0,0]", "--ef-runtime", "5", "--config", str(path)
+    )
+    assert refused.returncode == 2 and "ef_runtime only applies to HNSW fields" in refused.stderr
+    table = vecmirror(
+        cli_env, "query", "products", "--vector", "[0,0,1,0]", "--k", "1", "--config", str(path)
+    )
+    assert table.stdout.splitlines()[0].split() == ["#", "distance", "score", "id", "fields"]
+    assert "product:pen" in table.stdout.splitlines()[1]
