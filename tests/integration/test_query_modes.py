@@ -13,9 +13,7 @@ from vecmirror.query import MirrorSearch, tag
 
 
 @pytest.fixture
-async def docs(
-    pg: asyncpg.Connection, redis_url: str, write_config: Any, settings_for: Any, embedder_factory: Any
-) -> Any:
+async def docs(pg: asyncpg.Connection, write_config: Any, settings_for: Any, embedder_factory: Any) -> Any:
     await pg.execute(DOCS_TABLE)
     path, config = write_config([DOCS_MIRROR])
     settings = settings_for(path)
