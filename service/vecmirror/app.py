@@ -54,7 +54,7 @@ def default_embedder_factory(settings: Settings) -> EmbedderFactory:
 
 @asynccontextmanager
 async def redis_client(settings: Settings) -> AsyncIterator[redis.Redis]:
-    client = redis.Redis.from_url(settings.require_redis_url())
+    client = redis.Redis.from_url(settings.require_redis_url(), socket_timeout=settings.redis_timeout)
     try:
         yield client
     finally:

@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     error_backoff: float = Field(
         default=2.0, gt=0, description="seconds to wait after a batch failed before retrying"
     )
+    redis_timeout: float = Field(
+        default=30.0, gt=0, description="seconds a Redis command may take before it counts as failed"
+    )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     device: str | None = Field(default=None, description="torch device for the model, e.g. cpu")

@@ -43,7 +43,7 @@ class MirrorSearch:
     ) -> AsyncIterator[MirrorSearch]:
         from vecmirror.app import default_embedder_factory
 
-        client = redis.Redis.from_url(settings.require_redis_url())
+        client = redis.Redis.from_url(settings.require_redis_url(), socket_timeout=settings.redis_timeout)
         try:
             yield cls(config, client, embedder_factory or default_embedder_factory(settings))
         finally:

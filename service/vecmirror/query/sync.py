@@ -26,7 +26,9 @@ class SyncMirrorSearch:
         from vecmirror.app import default_embedder_factory
 
         self._loop = asyncio.new_event_loop()
-        self._client = redis.Redis.from_url(settings.require_redis_url())
+        self._client = redis.Redis.from_url(
+            settings.require_redis_url(), socket_timeout=settings.redis_timeout
+        )
         self._search = MirrorSearch(
             config, self._client, embedder_factory or default_embedder_factory(settings)
         )
