@@ -15,7 +15,7 @@ import redis.asyncio as redis
 
 from vecmirror.config import Config, MirrorConfig
 from vecmirror.errors import NotMigratedError, StartupError
-from vecmirror.index.manage import ensure_index
+from vecmirror.index.manage import check_eviction_policy, ensure_index
 from vecmirror.pipeline.embedder import Embedder, SentenceTransformerEmbedder
 from vecmirror.settings import Settings
 from vecmirror.sink.writer import RedisSink
@@ -86,7 +86,11 @@ async def _build(
         for mirror in config.mirrors:
             table = await inspect_table(conn, mirror)
             embedder = embedders.get(mirror.embed.model) if mirror.embed else None
-            syncs.append(MirrorSync(mirror, table, RedisSink(client, mirror), embedder, settings.batch_size))
+            sink = RedisSink(client, mirror)
+            syncs.append(
+                MirrorSync(mirror, table, sink, embedder, settings.batch_size, settings.embed_batch_size)
+            )
+    await check_eviction_policy(client)
     for mirror in config.mirrors:
         await ensure_index(client, mirror)
     return App(settings, config, pool, client, syncs, embedders)

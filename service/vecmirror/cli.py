@@ -172,6 +172,71 @@ def _parse_vector(text: str, option: str) -> list[float]:
 
 
 @main.group()
+def failed() -> None:
+    """Rows that could not become indexed documents (vecmirror.failed_v1)."""
+
+
+def _failed_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    command = click.argument("keys", nargs=-1)(command)
+    command = click.option("--mirror", default=None, help="Only this mirror.")(command)
+    return config_option(command)
+
+
+@failed.command("list")
+@_failed_options
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON array and nothing else.")
+@handles_errors
+def failed_list(config_path: Path | None, mirror: str | None, keys: tuple[str, ...], as_json: bool) -> None:
+    """List failed rows (optionally only KEYS: a value, or a JSON array for composite keys)."""
+    from vecmirror.commands import failed_command, print_failed
+
+    rows = run_async(failed_command(_settings(config_path), "list", mirror, _row_keys(keys)))
+    assert isinstance(rows, list)
+    print_failed(rows, as_json=as_json)
+
+
+@failed.command("retry")
+@_failed_options
+@handles_errors
+def failed_retry(config_path: Path | None, mirror: str | None, keys: tuple[str, ...]) -> None:
+    """Queue failed rows again (all, or only KEYS) once you have fixed them."""
+    from vecmirror.commands import failed_command
+
+    count = run_async(failed_command(_settings(config_path), "retry", mirror, _row_keys(keys)))
+    click.echo(f"queued {count} row(s) again")
+
+
+@failed.command("discard")
+@_failed_options
+@click.option("--all", "everything", is_flag=True, help="Discard every failed row (of --mirror).")
+@handles_errors
+def failed_discard(
+    config_path: Path | None, mirror: str | None, keys: tuple[str, ...], everything: bool
+) -> None:
+    """Forget failed rows: KEYS, or --all."""
+    from vecmirror.commands import failed_command
+
+    if not keys and not everything:
+        raise click.UsageError("name the KEYS to discard, or pass --all")
+    count = run_async(failed_command(_settings(config_path), "discard", mirror, _row_keys(keys)))
+    click.echo(f"discarded {count} row(s)")
+
+
+def _row_keys(keys: tuple[str, ...]) -> list[tuple[str, ...]] | None:
+    """A plain value is a one-column key; a JSON array is a composite key."""
+    if not keys:
+        return None
+    parsed = []
+    for key in keys:
+        if key.startswith("["):
+            values = json.loads(key)
+            parsed.append(tuple(str(v) for v in values))
+        else:
+            parsed.append((key,))
+    return parsed
+
+
+@main.group()
 def stack() -> None:
     """Embedded Postgres + Redis (Query Engine, JSON) from pip packages, for demos and tests."""
 

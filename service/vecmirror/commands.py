@@ -11,6 +11,7 @@ from typing import Any
 
 import asyncpg
 import click
+import structlog
 from tqdm import tqdm
 
 from vecmirror.app import App, EmbedderFactory, open_app
@@ -21,10 +22,13 @@ from vecmirror.query.search import MirrorSearch
 from vecmirror.settings import Settings
 from vecmirror.source import changes
 from vecmirror.source.backfill import count_rows, queue_all_rows, start_backfill
+from vecmirror.source.failures import FailedRow, discard_failed, list_failed, retry_failed
 from vecmirror.source.listener import ChangeListener
 from vecmirror.source.migrate import MigrateReport, migrate
 from vecmirror.sync import BatchStats
 from vecmirror.worker import DrainStats
+
+log = structlog.get_logger(__name__)
 
 
 async def migrate_command(settings: Settings, config: Config) -> MigrateReport:
@@ -48,11 +52,42 @@ async def run_command(
         if once:
             return await worker.run_once()
         stop = asyncio.Event()
-        for signum in stop_signals:
-            asyncio.get_running_loop().add_signal_handler(signum, stop.set)
         listener = ChangeListener(settings.require_database_url())
-        await worker.run_forever(listener, stop, settings.poll_interval, settings.error_backoff)
+        task = asyncio.create_task(
+            worker.run_forever(listener, stop, settings.poll_interval, settings.error_backoff),
+            name="vecmirror-worker",
+        )
+        shutdown = GracefulShutdown(stop, task, settings.shutdown_grace)
+        for signum in stop_signals:
+            asyncio.get_running_loop().add_signal_handler(signum, shutdown.request)
+        await shutdown.wait()
         return None
+
+
+class GracefulShutdown:
+    """First signal: stop claiming and let the batch in hand finish, for at most `grace` seconds.
+    Then, or at a second signal, cancel it: its transaction rolls back, so its changes stay queued
+    for the next worker. Either way the process exits 0 and loses nothing."""
+
+    def __init__(self, stop: asyncio.Event, task: asyncio.Task[None], grace: float) -> None:
+        self._stop, self._task, self._grace = stop, task, grace
+
+    def request(self) -> None:
+        if self._stop.is_set():
+            log.warning("shutdown_forced")
+            self._task.cancel()
+            return
+        log.info("shutdown_requested", grace_seconds=self._grace)
+        self._stop.set()
+        asyncio.get_running_loop().call_later(self._grace, self._task.cancel)
+
+    async def wait(self) -> None:
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            if not self._task.cancelled():
+                raise  # we ourselves were cancelled, not the worker
+            log.warning("shutdown_cancelled_in_flight_batch")
 
 
 async def backfill_command(
@@ -146,6 +181,42 @@ async def query_command(
             ef_runtime=request.ef_runtime,
             offset=request.offset,
         )
+
+
+async def failed_command(
+    settings: Settings, action: str, mirror: str | None, keys: list[tuple[str, ...]] | None
+) -> list[FailedRow] | int:
+    conn = await asyncpg.connect(settings.require_database_url())
+    try:
+        if action == "list":
+            return await list_failed(conn, mirror, keys)
+        if action == "retry":
+            return await retry_failed(conn, mirror, keys)
+        return await discard_failed(conn, mirror, keys)
+    finally:
+        await conn.close()
+
+
+def print_failed(rows: Sequence[FailedRow], *, as_json: bool) -> None:
+    if as_json:
+        payload = [
+            {
+                "mirror": r.mirror,
+                "key": list(r.key),
+                "field": r.field,
+                "error": r.error,
+                "failed_at": r.failed_at.isoformat(),
+            }
+            for r in rows
+        ]
+        click.echo(json.dumps(payload, ensure_ascii=False))
+        return
+    for row in rows:
+        click.echo(
+            f"{row.mirror}  {list(row.key)}  {row.field}: {row.error}  ({row.failed_at:%Y-%m-%d %H:%M:%S})"
+        )
+    if not rows:
+        click.echo("no failed rows")
 
 
 def print_hits(hits: Sequence[Hit], *, as_json: bool) -> None:

@@ -32,6 +32,11 @@ class Settings(BaseSettings):
     error_backoff: float = Field(
         default=2.0, gt=0, description="seconds to wait after a batch failed before retrying"
     )
+    shutdown_grace: float = Field(
+        default=20.0,
+        gt=0,
+        description="seconds a SIGTERM waits for the batch in hand (keep below Kubernetes' 30 s)",
+    )
     redis_timeout: float = Field(
         default=30.0, gt=0, description="seconds a Redis command may take before it counts as failed"
     )

@@ -53,6 +53,7 @@ class MirrorSync:
         sink: RedisSink,
         embedder: Embedder | None,
         batch_size: int,
+        embed_batch_size: int = 64,
     ) -> None:
         self.mirror = mirror
         self.table = table
@@ -60,6 +61,7 @@ class MirrorSync:
         self._embedder = embedder
         self._builder = DocumentBuilder(mirror)
         self._batch_size = batch_size
+        self._embed_batch_size = embed_batch_size
         self._failures_seen: int | None = None
 
     @property
@@ -128,9 +130,19 @@ class MirrorSync:
         stats.embedded = len(todo)
         if todo:
             texts = [d.text or "" for d in todo]
-            vectors = await asyncio.to_thread(self._embedder.embed, texts)
+            vectors = await self._embed_texts(texts)
             self._attach_vectors(plan, todo, list(vectors))
         return stats
+
+    async def _embed_texts(self, texts: list[str]) -> list[object]:
+        """One model call per embed batch, each in a thread: the event loop stays free, and a
+        shutdown that cancels the batch waits for one model call at most, not for all of them."""
+        assert self._embedder is not None
+        vectors: list[object] = []
+        for start in range(0, len(texts), self._embed_batch_size):
+            chunk = texts[start : start + self._embed_batch_size]
+            vectors.extend(await asyncio.to_thread(self._embedder.embed, chunk))
+        return vectors
 
     def _attach_vectors(self, plan: _Plan, todo: list[Document], vectors: list[object]) -> None:
         assert self.mirror.embed is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -260,3 +261,80 @@ async def test_query_options_from_the_cli(
     )
     assert table.stdout.splitlines()[0].split() == ["#", "distance", "score", "id", "fields"]
     assert "product:pen" in table.stdout.splitlines()[1]
+
+
+async def test_failed_rows_listed_retried_and_discarded(
+    pg: asyncpg.Connection, redis_client: redis.Redis, cli_env: dict[str, str], write_config: Any
+) -> None:
+    await pg.execute(PRODUCTS_TABLE)
+    path, _ = write_config([PRODUCTS_MIRROR])
+    config = ["--config", str(path)]
+    assert vecmirror(cli_env, "migrate", *config).returncode == 0
+    await pg.execute(
+        "INSERT INTO products VALUES ('ok', 'Ok', 1, '{1,0,0,0}'), ('short', 'Short', 1, '{1,2}'), "
+        "('nan', 'NaN', 1, '{1,NaN,0,0}')"
+    )
+    assert vecmirror(cli_env, "run", "--once", *config).returncode == 0
+    listed = json.loads(vecmirror(cli_env, "failed", "list", "--json", *config).stdout)
+    assert sorted(r["key"] for r in listed) == [["nan"], ["short"]]
+    assert {r["field"] for r in listed} == {"vec"}
+
+    await pg.execute("ALTER TABLE products DISABLE TRIGGER USER")  # fix 'short' without queueing it
+    await pg.execute("UPDATE products SET vec = '{0,1,0,0}' WHERE sku = 'short'")
+    await pg.execute("ALTER TABLE products ENABLE TRIGGER USER")
+    retried = vecmirror(cli_env, "failed", "retry", *config)
+    assert retried.stdout.strip() == "queued 2 row(s) again"
+    assert vecmirror(cli_env, "run", "--once", *config).returncode == 0
+    assert keys(redis_client, "product:*") == {"product:ok", "product:short"}
+    still = json.loads(vecmirror(cli_env, "failed", "list", "--json", "--mirror", "products", *config).stdout)
+    assert [r["key"] for r in still] == [["nan"]]
+
+    refused = vecmirror(cli_env, "failed", "discard", *config)
+    assert refused.returncode == 2 and "--all" in refused.stderr
+    assert vecmirror(cli_env, "failed", "discard", "nan", *config).stdout.strip() == "discarded 1 row(s)"
+    assert vecmirror(cli_env, "failed", "list", *config).stdout.strip() == "no failed rows"
+
+
+async def _batch_in_flight(pg: asyncpg.Connection) -> bool:
+    # A claim holds per-key advisory locks until its batch is written and acknowledged.
+    return bool(await pg.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"))
+
+
+async def _wait_until(check: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+async def test_sigterm_with_a_batch_in_flight_exits_0_within_the_grace_and_loses_nothing(
+    pg: asyncpg.Connection, redis_client: redis.Redis, cli_env: dict[str, str], write_config: Any
+) -> None:
+    await pg.execute(DOCS_TABLE)
+    path, _ = write_config([DOCS_MIRROR])
+    assert vecmirror(cli_env, "migrate", "--config", str(path)).returncode == 0
+    await pg.execute(
+        "INSERT INTO docs SELECT g, 'Title ' || g, repeat('many words here ', 40) || g, 'x' "
+        "FROM generate_series(1, 600) g"
+    )
+    env = {**cli_env, "VECMIRROR_BATCH_SIZE": "600", "VECMIRROR_SHUTDOWN_GRACE": "1"}
+    for signals in ([signal.SIGTERM], [signal.SIGTERM, signal.SIGTERM]):
+        worker = start_worker({**env, "VECMIRROR_SHUTDOWN_GRACE": "1" if len(signals) == 1 else "60"}, path)
+        try:
+            await _wait_until(lambda: _batch_in_flight(pg), 90, "a batch in flight")
+            started = time.monotonic()
+            for signum in signals:
+                worker.send_signal(signum)
+                await asyncio.sleep(0.2)
+            assert worker.wait(timeout=30) == 0
+            assert time.monotonic() - started < 15
+        finally:
+            worker.kill()
+            worker.communicate()
+        assert not await _batch_in_flight(pg)
+        assert await pg.fetchval("SELECT count(*) FROM vecmirror.changes_v1") > 0  # released, not lost
+    assert vecmirror(cli_env, "run", "--once", "--config", str(path)).returncode == 0
+    assert len(keys(redis_client, "doc:*")) == 600
+    assert await pg.fetchval("SELECT count(*) FROM vecmirror.changes_v1") == 0

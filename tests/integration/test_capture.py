@@ -217,3 +217,23 @@ async def test_sync_once_uses_fake_embedder_contract(
     fake = FakeEmbedder(8)
     await sync_once(settings_for(path), config, lambda _: fake)
     assert fake.texts_embedded == 1 and keys(redis_client, "doc:*") == {"doc:1"}
+
+
+async def test_an_evicting_redis_stops_start_up(
+    pg: asyncpg.Connection, redis_client: redis.Redis, write_config: Any, settings_for: Any
+) -> None:
+    await pg.execute(PRODUCTS_TABLE)
+    path, config = write_config([PRODUCTS_MIRROR])
+    await migrate_command(settings_for(path), config)
+    redis_client.config_set("maxmemory", "1gb")
+    redis_client.config_set("maxmemory-policy", "allkeys-lru")
+    try:
+        with pytest.raises(StartupError, match="maxmemory-policy allkeys-lru"):
+            async with open_app(settings_for(path), config):
+                pass
+        redis_client.config_set("maxmemory-policy", "volatile-lru")  # only keys with a TTL: ours have none
+        async with open_app(settings_for(path), config):
+            pass
+    finally:
+        redis_client.config_set("maxmemory", "0")
+        redis_client.config_set("maxmemory-policy", "noeviction")

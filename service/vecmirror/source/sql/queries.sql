@@ -136,9 +136,36 @@ WHERE mirror = $1 AND row_key IN (
 );
 
 -- name: list_failures
--- What `vecmirror` reports about rows it could not index.
+-- `vecmirror failed list`: rows that could not be indexed, and why.
 SELECT mirror, row_key, field, error, failed_at FROM vecmirror.failed_v1
-WHERE $1::text IS NULL OR mirror = $1 ORDER BY mirror, failed_at;
+WHERE ($1::text IS NULL OR mirror = $1)
+  AND ($2::jsonb IS NULL OR to_jsonb(row_key) IN (SELECT value FROM jsonb_array_elements($2::jsonb)))
+ORDER BY mirror, failed_at;
+
+-- name: retry_failures
+-- `vecmirror failed retry`: queue the rows again; a clean sync then removes them from failed_v1.
+WITH queued AS (
+    INSERT INTO vecmirror.changes_v1 (mirror, row_key)
+    SELECT mirror, row_key FROM vecmirror.failed_v1
+    WHERE ($1::text IS NULL OR mirror = $1)
+      AND ($2::jsonb IS NULL OR to_jsonb(row_key) IN (SELECT value FROM jsonb_array_elements($2::jsonb)))
+    RETURNING 1
+)
+SELECT count(*) FROM queued;
+
+-- name: discard_failures
+-- `vecmirror failed discard`: forget failed rows (their documents stay out of Redis).
+WITH gone AS (
+    DELETE FROM vecmirror.failed_v1
+    WHERE ($1::text IS NULL OR mirror = $1)
+      AND ($2::jsonb IS NULL OR to_jsonb(row_key) IN (SELECT value FROM jsonb_array_elements($2::jsonb)))
+    RETURNING 1
+)
+SELECT count(*) FROM gone;
+
+-- name: wake_workers
+-- Re-queued changes wake the workers like the triggers' changes do.
+SELECT pg_notify('vecmirror_changes_v1', '');
 
 -- name: backfill_state
 -- Where a mirror's backfill stands; the cursor is the last key enqueued.
