@@ -171,6 +171,23 @@ def _parse_vector(text: str, option: str) -> list[float]:
     return [float(v) for v in values]
 
 
+@main.command()
+@config_option
+@click.argument("mirror", required=False)
+@click.option("--repair", is_flag=True, help="Queue every drifted key; a running worker then fixes it.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON array and nothing else.")
+@handles_errors
+def verify(config_path: Path | None, mirror: str | None, repair: bool, as_json: bool) -> None:
+    """Compare each table with its Redis documents; exit 1 when they drifted."""
+    from vecmirror.commands import print_drift, verify_command
+
+    settings = _settings(config_path)
+    drifts = run_async(verify_command(settings, _config(settings), mirror, repair=repair))
+    print_drift(drifts, as_json=as_json)
+    if not all(d.clean for d in drifts):
+        sys.exit(1)
+
+
 @main.group()
 def failed() -> None:
     """Rows that could not become indexed documents (vecmirror.failed_v1)."""

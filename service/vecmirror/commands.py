@@ -14,7 +14,7 @@ import click
 import structlog
 from tqdm import tqdm
 
-from vecmirror.app import App, EmbedderFactory, open_app
+from vecmirror.app import App, EmbedderFactory, open_app, redis_client
 from vecmirror.config import Config
 from vecmirror.errors import QueryError
 from vecmirror.query.results import Hit
@@ -25,7 +25,9 @@ from vecmirror.source.backfill import count_rows, queue_all_rows, start_backfill
 from vecmirror.source.failures import FailedRow, discard_failed, list_failed, retry_failed
 from vecmirror.source.listener import ChangeListener
 from vecmirror.source.migrate import MigrateReport, migrate
+from vecmirror.source.tables import inspect_table
 from vecmirror.sync import BatchStats
+from vecmirror.verify import Drift, Verifier
 from vecmirror.worker import DrainStats
 
 log = structlog.get_logger(__name__)
@@ -183,6 +185,27 @@ async def query_command(
         )
 
 
+async def verify_command(
+    settings: Settings, config: Config, mirror_name: str | None, *, repair: bool
+) -> list[Drift]:
+    """Compares each mirror's table with Redis; with `repair`, queues every drifted key."""
+    mirrors = [config.mirror(mirror_name)] if mirror_name else list(config.mirrors)
+    drifts = []
+    conn = await asyncpg.connect(settings.require_database_url())
+    try:
+        async with redis_client(settings) as client:
+            for mirror in mirrors:
+                verifier = Verifier(mirror, await inspect_table(conn, mirror), client)
+                drift = await verifier.verify(conn)
+                if repair:
+                    queued = await verifier.repair(conn, drift)
+                    log.info("drift_queued", mirror=mirror.name, keys=queued)
+                drifts.append(drift)
+    finally:
+        await conn.close()
+    return drifts
+
+
 async def failed_command(
     settings: Settings, action: str, mirror: str | None, keys: list[tuple[str, ...]] | None
 ) -> list[FailedRow] | int:
@@ -195,6 +218,20 @@ async def failed_command(
         return await discard_failed(conn, mirror, keys)
     finally:
         await conn.close()
+
+
+def print_drift(drifts: Sequence[Drift], *, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps([d.as_dict() for d in drifts], ensure_ascii=False))
+        return
+    for drift in drifts:
+        state = "in sync" if drift.clean else "DRIFTED"
+        click.echo(
+            f"{drift.mirror}: {state}: {drift.rows} rows, {drift.documents} documents, "
+            f"{len(drift.missing)} missing, {len(drift.extra)} extra, {len(drift.stale)} stale"
+        )
+        for key, reason in list(drift.stale.items())[:20]:
+            click.echo(f"  stale {list(key)}: {reason}")
 
 
 def print_failed(rows: Sequence[FailedRow], *, as_json: bool) -> None:

@@ -80,6 +80,21 @@ class TableStatements:
             f"(SELECT {text_key} FROM page ORDER BY {descending} LIMIT 1) AS last_key"
         )
 
+    def key_page(self, *, after_cursor: bool) -> str:
+        """The next page of rows in key order, read-only (for `vecmirror verify`).
+
+        $1 page size, $2.. the last key of the previous page as text. Returns the key as text in
+        `_vm_key` and the value columns, like load_rows.
+        """
+        keys = [f"t.{quote_ident(k.name)}" for k in self.key_columns]
+        where = ""
+        if after_cursor:
+            bounds = ", ".join(f"${i + 2}::text::{k.sql_type}" for i, k in enumerate(self.key_columns))
+            where = f"WHERE ({', '.join(keys)}) > ({bounds})"
+        key_array = "ARRAY[" + ", ".join(f"{k}::text" for k in keys) + "] AS _vm_key"
+        columns = ", ".join([key_array, *self.select_list])
+        return f"SELECT {columns} FROM {self.qualified_table} t {where} ORDER BY {', '.join(keys)} LIMIT $1"
+
     def count_rows(self) -> str:
         return f"SELECT count(*) FROM {self.qualified_table}"
 

@@ -1,0 +1,208 @@
+"""`vecmirror verify [MIRROR] [--repair]`: compare every table with its Redis documents.
+
+Walks the table in key order and the mirror's keys in Redis, and reports drift: rows with no
+document (missing), documents with no row (extra), and documents that differ from what the row
+would produce now (stale: a field, the content hash, the vector's length). `--repair` queues every
+drifted key as an ordinary change; the worker then rewrites or deletes it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as redis
+
+from vecmirror.config import META_HASH_FIELD, META_KEY_FIELD, MirrorConfig
+from vecmirror.errors import RowError
+from vecmirror.pipeline.documents import Document, DocumentBuilder, RowKey
+from vecmirror.sink.encode import HashEncoder, JsonEncoder
+from vecmirror.sink.writer import RedisSink
+from vecmirror.source import Connection, changes
+from vecmirror.source.tables import SourceTable
+
+PAGE = 1000
+
+
+@dataclass
+class Drift:
+    mirror: str
+    rows: int = 0
+    documents: int = 0
+    missing: list[RowKey] = field(default_factory=list)
+    extra: list[RowKey] = field(default_factory=list)
+    stale: dict[RowKey, str] = field(default_factory=dict)
+
+    @property
+    def clean(self) -> bool:
+        return not (self.missing or self.extra or self.stale)
+
+    def keys(self) -> list[RowKey]:
+        return [*self.missing, *self.extra, *self.stale]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "mirror": self.mirror,
+            "rows": self.rows,
+            "documents": self.documents,
+            "missing": [list(k) for k in self.missing],
+            "extra": [list(k) for k in self.extra],
+            "stale": [{"key": list(k), "reason": reason} for k, reason in self.stale.items()],
+        }
+
+
+class Verifier:
+    def __init__(self, mirror: MirrorConfig, table: SourceTable, client: redis.Redis) -> None:
+        self._mirror, self._table, self._redis = mirror, table, client
+        self._sink = RedisSink(client, mirror)
+        self._builder = DocumentBuilder(mirror)
+        self._expected = _Expected(mirror)
+
+    async def verify(self, conn: Connection) -> Drift:
+        drift = Drift(self._mirror.name)
+        seen: set[RowKey] = set()
+        cursor: list[str] | None = None
+        while True:
+            statement = self._table.statements.key_page(after_cursor=cursor is not None)
+            rows = await conn.fetch(statement, PAGE, *(cursor or []))
+            if not rows:
+                break
+            page = {tuple(r["_vm_key"]): {k: v for k, v in dict(r).items() if k != "_vm_key"} for r in rows}
+            seen.update(page)
+            await self._compare_page(page, drift)
+            cursor = list(rows[-1]["_vm_key"])
+        drift.rows = len(seen)
+        async for keys in self._sink.scan_row_keys():
+            drift.documents += len(keys)
+            drift.extra += [k for k in keys if k not in seen]
+        return drift
+
+    async def repair(self, conn: Connection, drift: Drift) -> int:
+        keys = drift.keys()
+        if keys:
+            await changes.enqueue(conn, self._mirror.name, keys)
+        return len(keys)
+
+    async def _compare_page(self, page: dict[RowKey, dict[str, Any]], drift: Drift) -> None:
+        stored = await self._stored([self._sink.key(k) for k in page])
+        for (key, row), document in zip(page.items(), stored, strict=True):
+            reason = self._difference(key, row, document)
+            if reason == "missing":
+                drift.missing.append(key)
+            elif reason is not None:
+                drift.stale[key] = reason
+
+    def _difference(self, key: RowKey, row: dict[str, Any], stored: dict[str, Any] | None) -> str | None:
+        try:
+            expected = self._builder.build(key, row)
+        except RowError as exc:  # a failed row must have no document
+            return (
+                None if stored is None else f"the row fails ({exc.field}: {exc.problem}) but has a document"
+            )
+        if stored is None:
+            return "missing"
+        return self._expected.difference(expected, stored)
+
+    async def _stored(self, keys: list[str]) -> list[dict[str, Any] | None]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                if self._mirror.storage == "json":
+                    pipe.execute_command("JSON.GET", key)
+                else:
+                    pipe.hgetall(key)
+            replies = await pipe.execute()
+        vector = self._mirror.vector_field
+        name = vector.name if vector is not None else None
+        return [_as_document(reply, self._mirror.storage == "json", name) for reply in replies]
+
+
+class _Expected:
+    """What a row's document must hold, compared the way each storage type stores it."""
+
+    def __init__(self, mirror: MirrorConfig) -> None:
+        self._mirror = mirror
+        self._hash, self._json = HashEncoder(mirror), JsonEncoder(mirror)
+        vector = mirror.vector_field
+        self._vector_name = vector.name if vector is not None else None
+        self._dims = int(vector.attrs.dims) if vector is not None else 0
+        self._vector_path = (vector.path or f"$.{vector.name}") if vector is not None else None
+
+    def difference(self, expected: Document, stored: dict[str, Any]) -> str | None:
+        stored, vector = self._split_vector(stored)
+        if expected.text_hash is not None and stored.get(META_HASH_FIELD) != expected.text_hash:
+            return "content hash differs: the text changed since it was embedded"
+        wanted = self._wanted_fields(expected)
+        for name, value in wanted.items():
+            if stored.get(name) != value:
+                return f"field {name!r} differs"
+        extra = set(stored) - set(wanted) - {META_KEY_FIELD, META_HASH_FIELD}
+        if extra:
+            return f"unexpected field(s) {sorted(extra)}"
+        return self._vector_difference(vector)
+
+    def _split_vector(self, stored: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+        """The document without its vector, and the vector (raw bytes for HASH, a list for JSON)."""
+        stored = copy.deepcopy(stored)
+        if self._vector_name is None:
+            return stored, None
+        if self._mirror.storage != "json":
+            return stored, stored.pop(self._vector_name, None)
+        node: Any = stored
+        parts = (self._vector_path or "").removeprefix("$.").split(".")
+        for part in parts[:-1]:
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        vector = node.pop(parts[-1], None) if isinstance(node, dict) else None
+        _drop_empty(stored)
+        return stored, vector
+
+    def _wanted_fields(self, expected: Document) -> dict[str, Any]:
+        expected.vector = None  # vectors are checked by length only: the model's output is not re-run
+        if self._mirror.storage == "json":
+            return {
+                k: v
+                for k, v in self._json.document(expected, with_nulls=False).items()
+                if k != META_KEY_FIELD
+            }
+        return {k: str(v) for k, v in self._hash.mapping(expected).items() if k != META_KEY_FIELD}
+
+    def _vector_difference(self, stored: Any) -> str | None:
+        if self._vector_name is None:
+            return None
+        length = _vector_length(stored, self._mirror)
+        if length != self._dims:
+            return f"vector has {length} values, dims is {self._dims}"
+        return None
+
+
+def _vector_length(stored: Any, mirror: MirrorConfig) -> int:
+    if stored is None:
+        return 0
+    if isinstance(stored, list):
+        return len(stored)
+    vector = mirror.vector_field
+    assert vector is not None
+    itemsize = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8, "int8": 1, "uint8": 1}
+    return len(stored) // itemsize[str(vector.attrs.datatype.value).lower()]
+
+
+def _drop_empty(node: dict[str, Any]) -> None:
+    for key in [k for k, v in node.items() if isinstance(v, dict)]:
+        _drop_empty(node[key])
+        if not node[key]:
+            del node[key]
+
+
+def _as_document(reply: Any, is_json: bool, vector_name: str | None) -> dict[str, Any] | None:
+    if not reply:
+        return None
+    if is_json:
+        parsed: dict[str, Any] = json.loads(reply)
+        return parsed
+    document: dict[str, Any] = {}
+    for name, value in reply.items():
+        key = name.decode() if isinstance(name, bytes) else name
+        # The vector stays raw bytes: they might even happen to decode as text.
+        document[key] = value if key == vector_name or not isinstance(value, bytes) else value.decode()
+    return document
