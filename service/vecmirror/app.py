@@ -6,7 +6,7 @@ config or a mismatching server stops start-up with a message instead of failing 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -16,7 +16,7 @@ import redis.asyncio as redis
 from vecmirror.config import Config, MirrorConfig
 from vecmirror.errors import NotMigratedError, StartupError
 from vecmirror.index.manage import check_eviction_policy, ensure_index
-from vecmirror.pipeline.embedder import Embedder, SentenceTransformerEmbedder
+from vecmirror.pipeline.embedder import Embedder, EmbedderFactory, default_embedder_factory
 from vecmirror.settings import Settings
 from vecmirror.sink.writer import RedisSink
 from vecmirror.source import Connection
@@ -24,8 +24,6 @@ from vecmirror.source.sql import QUERIES
 from vecmirror.source.tables import inspect_table
 from vecmirror.sync import MirrorSync
 from vecmirror.worker import BatchCallback, Worker
-
-EmbedderFactory = Callable[[str], Embedder]
 
 
 @dataclass
@@ -41,15 +39,6 @@ class App:
         return Worker(
             self.pool, self.syncs, backfill_page=self.settings.backfill_batch_size, on_batch=on_batch
         )
-
-
-def default_embedder_factory(settings: Settings) -> EmbedderFactory:
-    def load(model: str) -> Embedder:
-        return SentenceTransformerEmbedder(
-            model, device=settings.device, batch_size=settings.embed_batch_size
-        )
-
-    return load
 
 
 @asynccontextmanager

@@ -14,9 +14,10 @@ import click
 import structlog
 from tqdm import tqdm
 
-from vecmirror.app import App, EmbedderFactory, open_app, redis_client
+from vecmirror.app import App, open_app, redis_client
 from vecmirror.config import Config
 from vecmirror.errors import QueryError
+from vecmirror.pipeline.embedder import EmbedderFactory
 from vecmirror.query.results import Hit
 from vecmirror.query.search import MirrorSearch
 from vecmirror.settings import Settings

@@ -236,14 +236,10 @@ async def check_eviction_policy(client: redis.Redis) -> None:
     except ResponseError as exc:  # managed services may refuse CONFIG; that is not our call to make
         log.warning("eviction_policy_unknown", error=str(exc))
         return
-    values = {_decode(k): _decode(v) for k, v in config.items()}
+    values = {str(_text(k)): str(_text(v)) for k, v in config.items()}
     policy, limit = values.get("maxmemory-policy", ""), values.get("maxmemory", "0")
     if limit != "0" and policy.startswith("allkeys-"):
         raise StartupError(
             f"Redis evicts keys under memory pressure (maxmemory {limit}, maxmemory-policy {policy}): "
             "indexed documents could vanish. Set maxmemory-policy to noeviction (or a volatile-* policy)."
         )
-
-
-def _decode(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -12,6 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from vecmirror.config import DEFAULT_MODEL
+from vecmirror.settings import Settings
 
 Vectors = npt.NDArray[np.float32]
 
@@ -75,6 +76,20 @@ class SentenceTransformerEmbedder:
                 list(texts), batch_size=self._batch_size, convert_to_numpy=True, show_progress_bar=False
             )
         return np.asarray(vectors, dtype=np.float32)
+
+
+EmbedderFactory = Callable[[str], Embedder]
+
+
+def default_embedder_factory(settings: Settings) -> EmbedderFactory:
+    """sentence-transformers models with the settings' device and batch size."""
+
+    def load(model: str) -> Embedder:
+        return SentenceTransformerEmbedder(
+            model, device=settings.device, batch_size=settings.embed_batch_size
+        )
+
+    return load
 
 
 class FakeEmbedder:

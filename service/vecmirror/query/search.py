@@ -7,7 +7,7 @@ Every argument is checked before Redis is called; each error says what to fix.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -15,15 +15,14 @@ import redis.asyncio as redis
 from redisvl.index import AsyncSearchIndex
 from redisvl.query import AggregateHybridQuery, VectorQuery, VectorRangeQuery
 
-from vecmirror.config import Config, MirrorConfig
+from vecmirror.config import Config
 from vecmirror.errors import QueryError
-from vecmirror.pipeline.embedder import Embedder
+from vecmirror.pipeline.embedder import Embedder, EmbedderFactory, default_embedder_factory
 from vecmirror.query.checks import Target, check_filter, check_return_fields, check_vector, target_of
 from vecmirror.query.filters import Filter
 from vecmirror.query.results import Hit, decode_field, decode_vector
 from vecmirror.settings import Settings
 
-EmbedderFactory = Callable[[str], Embedder]
 FilterArg = Filter | str | None
 
 
@@ -41,8 +40,6 @@ class MirrorSearch:
     async def open(
         cls, settings: Settings, config: Config, embedder_factory: EmbedderFactory | None = None
     ) -> AsyncIterator[MirrorSearch]:
-        from vecmirror.app import default_embedder_factory
-
         client = redis.Redis.from_url(settings.require_redis_url(), socket_timeout=settings.redis_timeout)
         try:
             yield cls(config, client, embedder_factory or default_embedder_factory(settings))
@@ -201,6 +198,3 @@ def _check_counts(*, k: int, offset: int) -> None:
         raise QueryError(f"k/limit must be a whole number of at least 1, not {k!r}")
     if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
         raise QueryError(f"offset must be a whole number of at least 0, not {offset!r}")
-
-
-__all__ = ["EmbedderFactory", "Hit", "MirrorConfig", "MirrorSearch"]

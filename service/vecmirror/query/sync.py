@@ -10,8 +10,9 @@ from typing import Any, TypeVar
 import redis.asyncio as redis
 
 from vecmirror.config import Config
+from vecmirror.pipeline.embedder import EmbedderFactory, default_embedder_factory
 from vecmirror.query.results import Hit
-from vecmirror.query.search import EmbedderFactory, MirrorSearch
+from vecmirror.query.search import MirrorSearch
 from vecmirror.settings import Settings
 
 T = TypeVar("T")
@@ -23,8 +24,6 @@ class SyncMirrorSearch:
     def __init__(
         self, settings: Settings, config: Config, embedder_factory: EmbedderFactory | None = None
     ) -> None:
-        from vecmirror.app import default_embedder_factory
-
         self._loop = asyncio.new_event_loop()
         self._client = redis.Redis.from_url(
             settings.require_redis_url(), socket_timeout=settings.redis_timeout
