@@ -111,6 +111,9 @@ def write_config(tmp_path: Path) -> Callable[[list[dict[str, Any]]], tuple[Path,
 @pytest.fixture
 def settings_for(database_url: str, redis_url: str) -> Callable[..., Settings]:
     def make(config_path: Path, **overrides: Any) -> Settings:
+        # Failing rows are retried after 10 ms, not 5 s: tests with poison rows drain in seconds.
+        # tests/integration/test_faults.py checks the attempts and the backoff itself.
+        overrides.setdefault("row_retry_backoff", 0.01)
         return Settings(database_url=database_url, redis_url=redis_url, config=config_path, **overrides)
 
     return make
@@ -124,5 +127,6 @@ def cli_env(database_url: str, redis_url: str) -> dict[str, str]:
         "VECMIRROR_DATABASE_URL": database_url,
         "VECMIRROR_REDIS_URL": redis_url,
         "VECMIRROR_LOG_FORMAT": "json",
+        "VECMIRROR_ROW_RETRY_BACKOFF": "0.01",
         "HF_HUB_OFFLINE": "1",
     }

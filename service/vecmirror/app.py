@@ -20,9 +20,11 @@ from vecmirror.pipeline.embedder import Embedder, EmbedderFactory, default_embed
 from vecmirror.settings import Settings
 from vecmirror.sink.writer import RedisSink
 from vecmirror.source import Connection
+from vecmirror.source.changes import RetryPolicy
+from vecmirror.source.migrate import bundled_migrations
 from vecmirror.source.sql import QUERIES
 from vecmirror.source.tables import inspect_table
-from vecmirror.sync import MirrorSync
+from vecmirror.sync import MirrorSync, SyncOptions
 from vecmirror.worker import BatchCallback, Worker
 
 
@@ -54,7 +56,9 @@ async def redis_client(settings: Settings) -> AsyncIterator[redis.Redis]:
 async def open_app(
     settings: Settings, config: Config, embedder_factory: EmbedderFactory | None = None
 ) -> AsyncIterator[App]:
-    pool = await asyncpg.create_pool(settings.require_database_url(), min_size=1, max_size=4)
+    pool = await asyncpg.create_pool(
+        settings.require_database_url(), min_size=1, max_size=4, server_settings=session_settings(settings)
+    )
     try:
         async with redis_client(settings) as client:
             app = await _build(
@@ -63,6 +67,25 @@ async def open_app(
             yield app
     finally:
         await pool.close()
+
+
+def session_settings(settings: Settings) -> dict[str, str]:
+    """A claim lives in a transaction that is idle while the model runs; the worker pings it between
+    model calls, so only a frozen or cut-off worker stays idle past the claim timeout, and Postgres
+    then ends its session, releasing its changes to the other workers."""
+    return {
+        "application_name": "vecmirror",
+        "idle_in_transaction_session_timeout": str(int(settings.claim_timeout * 1000)),
+    }
+
+
+def sync_options(settings: Settings) -> SyncOptions:
+    return SyncOptions(
+        batch_size=settings.batch_size,
+        embed_batch_size=settings.embed_batch_size,
+        max_text_length=settings.max_text_length,
+        retry=RetryPolicy(settings.row_max_attempts, settings.row_retry_backoff),
+    )
 
 
 async def _build(
@@ -75,10 +98,8 @@ async def _build(
         for mirror in config.mirrors:
             table = await inspect_table(conn, mirror)
             embedder = embedders.get(mirror.embed.model) if mirror.embed else None
-            sink = RedisSink(client, mirror)
-            syncs.append(
-                MirrorSync(mirror, table, sink, embedder, settings.batch_size, settings.embed_batch_size)
-            )
+            sink = RedisSink(client, mirror, tombstone_ttl=settings.tombstone_ttl)
+            syncs.append(MirrorSync(mirror, table, sink, embedder, sync_options(settings)))
     await check_eviction_policy(client)
     for mirror in config.mirrors:
         await ensure_index(client, mirror)
@@ -111,6 +132,13 @@ def check_dimension(mirror: MirrorConfig, embedder: Embedder) -> None:
 async def check_migrated(conn: Connection, config: Config) -> None:
     if not await conn.fetchval("SELECT to_regclass('vecmirror.mirrors_v1') IS NOT NULL"):
         raise NotMigratedError("the vecmirror schema is missing: run `vecmirror migrate` first")
+    applied = {r["version"] for r in await conn.fetch(QUERIES["applied_migrations"])}
+    missing = [f"{m.version:04d}_{m.name}" for m in bundled_migrations() if m.version not in applied]
+    if missing:
+        raise NotMigratedError(
+            f"the vecmirror schema lacks {', '.join(missing)}: run `vecmirror migrate` (it also "
+            "updates every mirror's capture function)"
+        )
     installed = {r["name"]: r for r in await conn.fetch(QUERIES["installed_mirrors"])}
     for mirror in config.mirrors:
         row = installed.get(mirror.name)

@@ -57,7 +57,9 @@ async def run_command(
         stop = asyncio.Event()
         listener = ChangeListener(settings.require_database_url())
         task = asyncio.create_task(
-            worker.run_forever(listener, stop, settings.poll_interval, settings.error_backoff),
+            worker.run_forever(
+                listener, stop, settings.poll_interval, settings.error_backoff, settings.check_interval
+            ),
             name="vecmirror-worker",
         )
         shutdown = GracefulShutdown(stop, task, settings.shutdown_grace)

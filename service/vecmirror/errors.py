@@ -46,3 +46,12 @@ class RowError(VecmirrorError):
         self.field = field
         self.problem = problem
         super().__init__(f"mirror {mirror!r}, row key {self.key}, field {field!r}: {problem}")
+
+
+class RedisForgotError(VecmirrorError):
+    """Redis lost a mirror's marker key: it restarted empty, was flushed, or the key was removed.
+    Its documents can no longer be trusted to match the table, so the mirror is resynced."""
+
+    def __init__(self, mirror: str) -> None:
+        self.mirror = mirror
+        super().__init__(f"mirror {mirror!r}: Redis no longer holds the mirror's marker key")

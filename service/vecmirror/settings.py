@@ -40,6 +40,38 @@ class Settings(BaseSettings):
     redis_timeout: float = Field(
         default=30.0, gt=0, description="seconds a Redis command may take before it counts as failed"
     )
+    redis_tls_ca_cert: Path | None = Field(
+        default=None, description="CA file that signed the Redis server's certificate (rediss:// only)"
+    )
+    redis_tls_cert: Path | None = Field(default=None, description="client certificate for mutual TLS")
+    redis_tls_key: Path | None = Field(default=None, description="the client certificate's private key")
+    redis_tls_verify: Literal["required", "none"] = Field(
+        default="required", description="verify the Redis server's certificate (none: encrypt only)"
+    )
+    redis_tls_check_hostname: bool = Field(
+        default=True, description="the server's certificate must name the host in VECMIRROR_REDIS_URL"
+    )
+    claim_timeout: float = Field(
+        default=60.0,
+        gt=0,
+        description="seconds a claimed batch may go without a sign of life before Postgres ends its session "
+        "and other workers take its changes (a frozen worker)",
+    )
+    row_max_attempts: int = Field(
+        default=5, ge=1, le=100, description="attempts of a failing row before it is dead-lettered"
+    )
+    row_retry_backoff: float = Field(
+        default=5.0, ge=0, description="seconds before a failed row's second attempt; doubles each time"
+    )
+    tombstone_ttl: float = Field(
+        default=86400.0, gt=0, description="seconds a deleted document's version is kept in Redis"
+    )
+    max_text_length: int = Field(
+        default=100_000, ge=1, description="characters of rendered text a row may have to be embedded"
+    )
+    check_interval: float = Field(
+        default=300.0, gt=0, description="seconds between the worker's checks of Redis against Postgres"
+    )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     device: str | None = Field(default=None, description="torch device for the model, e.g. cpu")

@@ -6,22 +6,26 @@ Stages meet only here and in app.py; each stage knows nothing of the ones after 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import structlog
 
 from vecmirror.config import MirrorConfig
 from vecmirror.errors import RowError
+from vecmirror.index.manage import ensure_index
 from vecmirror.pipeline.documents import Document, DocumentBuilder, RowKey
 from vecmirror.pipeline.embedder import Embedder
 from vecmirror.sink.writer import RedisSink
 from vecmirror.source import Connection, changes
-from vecmirror.source.changes import RowFailure
-from vecmirror.source.rows import Row, load_rows
+from vecmirror.source.changes import RetryPolicy, RowFailure
+from vecmirror.source.rows import LoadedRows, load_rows
 from vecmirror.source.tables import SourceTable
 
 log = structlog.get_logger(__name__)
 INDEX_REFUSED_FIELD = "(document)"
+# Checks that the claim's transaction is still ours (its session not ended by the claim timeout).
+Keepalive = Callable[[], Awaitable[object]]
 
 
 @dataclass
@@ -33,16 +37,30 @@ class BatchStats:
     embedded: int = 0
     embedding_skipped: int = 0
     failed: int = 0
+    refused_stale: int = 0
     truncated: bool = False
+    resynced: bool = False  # Redis had forgotten the mirror; every row is queued again
     failures: list[RowFailure] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SyncOptions:
+    batch_size: int = 256
+    embed_batch_size: int = 64
+    max_text_length: int = 100_000  # characters of rendered text; longer rows fail (see README)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
 
 
 @dataclass
 class _Plan:
-    documents: list[Document]
-    deletes: list[RowKey]
-    failures: list[RowFailure]
+    versions: dict[RowKey, int]
+    documents: list[Document] = field(default_factory=list)
+    deletes: list[RowKey] = field(default_factory=list)
+    failures: list[RowFailure] = field(default_factory=list)
     keep_vector: set[RowKey] = field(default_factory=set)
+
+    def versioned_deletes(self) -> list[tuple[RowKey, int]]:
+        return [(key, self.versions[key]) for key in self.deletes]
 
 
 class MirrorSync:
@@ -52,16 +70,14 @@ class MirrorSync:
         table: SourceTable,
         sink: RedisSink,
         embedder: Embedder | None,
-        batch_size: int,
-        embed_batch_size: int = 64,
+        options: SyncOptions,
     ) -> None:
         self.mirror = mirror
         self.table = table
         self.sink = sink
         self._embedder = embedder
         self._builder = DocumentBuilder(mirror)
-        self._batch_size = batch_size
-        self._embed_batch_size = embed_batch_size
+        self._options = options
         self._failures_seen: int | None = None
 
     @property
@@ -73,19 +89,44 @@ class MirrorSync:
         if await self._sync_truncate(conn):
             return BatchStats(self.name, changes=1, truncated=True)
         async with conn.transaction():
-            batch = await changes.claim(conn, self.name, self._batch_size)
+            batch = await changes.claim(conn, self.name, self._options.batch_size)
             if not batch.change_ids:
                 return None
-            rows = await load_rows(conn, self.table, batch.keys)
-            plan = self._plan(batch.keys, rows)
-            stats = await self._embed(plan)
-            await self._write(plan)
-            await changes.record_outcome(conn, self.name, plan.failures, [d.key for d in plan.documents])
-            await changes.acknowledge(conn, self.name, batch.change_ids)
+            plan = self._plan(batch.keys, await load_rows(conn, self.table, batch.keys))
+            stats = await self._embed(plan, keepalive=lambda: conn.execute("SELECT 1"))
+            # Still our claim? If the claim timeout ended the session while this worker was frozen,
+            # this fails and nothing is written (the versions would refuse it anyway).
+            await conn.execute("SELECT 1")
+            stats.refused_stale = await self._write(plan)
+            await self._acknowledge(conn, plan, batch.change_ids)
         stats.changes = len(batch.change_ids)
         stats.upserted, stats.deleted = len(plan.documents), len(plan.deletes)
         stats.failed, stats.failures = len(plan.failures), plan.failures
         return stats
+
+    async def _acknowledge(self, conn: Connection, plan: _Plan, change_ids: Sequence[int]) -> None:
+        failed = {f.key for f in plan.failures}
+        gone = [(k, v) for k, v in plan.versioned_deletes() if k not in failed]
+        # A deleted row is no longer failing either.
+        succeeded = [d.key for d in plan.documents] + [k for k, _ in gone]
+        await changes.record_outcome(conn, self.name, plan.failures, succeeded, self._options.retry)
+        await changes.forget_deleted_versions(conn, self.name, gone)
+        await changes.acknowledge(conn, self.name, change_ids)
+
+    async def resync_if_forgotten(self, conn: Connection) -> bool:
+        """A Redis without the mirror's marker (first start, restarted empty, flushed) gets the
+        index back and every row and key queued again; writes are refused until then."""
+        if await self.sink.versioned.is_marked():
+            return False
+        await self.resync(conn, reason="no marker key in Redis")
+        return True
+
+    async def resync(self, conn: Connection, reason: str) -> None:
+        await ensure_index(self.sink.client, self.mirror)
+        async with conn.transaction():
+            await changes.queue_resync(conn, self.name)
+        await self.sink.versioned.mark()
+        log.warning("mirror_resync_queued", mirror=self.name, reason=reason)
 
     async def _sync_truncate(self, conn: Connection) -> bool:
         """A TRUNCATE re-queues every key the mirror has in Redis; re-reading them deletes the
@@ -100,18 +141,31 @@ class MirrorSync:
         log.info("truncate_queued", mirror=self.name)
         return True
 
-    def _plan(self, keys: list[RowKey], rows: dict[RowKey, Row]) -> _Plan:
-        plan = _Plan([], [], [])
+    def _plan(self, keys: list[RowKey], loaded: LoadedRows) -> _Plan:
+        plan = _Plan(loaded.versions)
         for key in keys:
-            row = rows.get(key)
+            row = loaded.rows.get(key)
             if row is None:
                 plan.deletes.append(key)
                 continue
             try:
-                plan.documents.append(self._builder.build(key, row))
+                document = self._builder.build(key, row)
+                self._check_text_length(document)
             except RowError as exc:
                 self._fail(plan, key, exc)
+                continue
+            document.version = loaded.versions[key]
+            plan.documents.append(document)
         return plan
+
+    def _check_text_length(self, document: Document) -> None:
+        # The model reads only its first few hundred tokens, but tokenizing megabytes of text
+        # stalls the whole batch: such a row is refused instead.
+        limit = self._options.max_text_length
+        if document.text is not None and len(document.text) > limit:
+            assert self.mirror.embed is not None
+            problem = f"the rendered text is {len(document.text)} characters long, over the limit of {limit}"
+            raise RowError(self.name, document.key, self.mirror.embed.field, problem)
 
     def _fail(self, plan: _Plan, key: RowKey, exc: RowError) -> None:
         # The row can no longer be represented: its old document would be stale, so it goes too.
@@ -119,7 +173,7 @@ class MirrorSync:
         plan.failures.append(RowFailure(key, exc.field, exc.problem))
         plan.deletes.append(key)
 
-    async def _embed(self, plan: _Plan) -> BatchStats:
+    async def _embed(self, plan: _Plan, keepalive: Keepalive) -> BatchStats:
         stats = BatchStats(self.name)
         if self._embedder is None or self.mirror.embed is None or not plan.documents:
             return stats
@@ -129,49 +183,80 @@ class MirrorSync:
         stats.embedding_skipped = len(plan.documents) - len(todo)
         stats.embedded = len(todo)
         if todo:
-            texts = [d.text or "" for d in todo]
-            vectors = await self._embed_texts(texts)
-            self._attach_vectors(plan, todo, list(vectors))
+            vectors = await self._embed_texts([d.text or "" for d in todo], keepalive)
+            self._attach_vectors(plan, todo, vectors)
         return stats
 
-    async def _embed_texts(self, texts: list[str]) -> list[object]:
+    async def _embed_texts(self, texts: list[str], keepalive: Keepalive) -> list[object]:
         """One model call per embed batch, each in a thread: the event loop stays free, and a
         shutdown that cancels the batch waits for one model call at most. Texts go to the model
-        sorted by length so each call pads little (unsorted chunks halved throughput here)."""
-        assert self._embedder is not None
+        sorted by length so each call pads little (unsorted chunks halved throughput here). The
+        claim is kept alive between calls, so the claim timeout only ends a frozen worker's."""
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         vectors: list[object] = [None] * len(texts)
-        for start in range(0, len(order), self._embed_batch_size):
-            chunk = order[start : start + self._embed_batch_size]
-            embedded = await asyncio.to_thread(self._embedder.embed, [texts[i] for i in chunk])
+        size = self._options.embed_batch_size
+        for start in range(0, len(order), size):
+            chunk = order[start : start + size]
+            embedded = await self._embed_isolating_failures([texts[i] for i in chunk])
             for position, vector in zip(chunk, embedded, strict=True):
                 vectors[position] = vector
+            await keepalive()
         return vectors
+
+    async def _embed_isolating_failures(self, texts: list[str]) -> list[object]:
+        """Vectors, or the exception the model raised for that one text: a failing call is split
+        in halves until the text that fails it is found, so one bad row fails alone."""
+        assert self._embedder is not None
+        try:
+            return list(await asyncio.to_thread(self._embedder.embed, texts))
+        except Exception as exc:  # the model's own error, whatever its type: it is the row's failure
+            if len(texts) == 1:
+                return [exc]
+            half = len(texts) // 2
+            return [
+                *await self._embed_isolating_failures(texts[:half]),
+                *await self._embed_isolating_failures(texts[half:]),
+            ]
 
     def _attach_vectors(self, plan: _Plan, todo: list[Document], vectors: list[object]) -> None:
         assert self.mirror.embed is not None
+        source = self.mirror.embed.field
         bad: set[RowKey] = set()
         for document, vector in zip(todo, vectors, strict=True):
             try:
-                document.vector = self._builder.vector(document.key, vector, self.mirror.embed.field)
+                if isinstance(vector, Exception):
+                    problem = f"the model failed on this row's text: {type(vector).__name__}: {vector}"
+                    raise RowError(self.name, document.key, source, problem) from vector
+                document.vector = self._builder.vector(document.key, vector, source)
             except RowError as exc:
                 self._fail(plan, document.key, exc)
                 bad.add(document.key)
         plan.documents = [d for d in plan.documents if d.key not in bad]
 
-    async def _write(self, plan: _Plan) -> None:
+    async def _write(self, plan: _Plan) -> int:
+        """Writes the plan; returns how many writes Redis refused as older than what it holds."""
         if self._failures_seen is None:
             self._failures_seen, _ = await self.sink.indexing_failures()
-        await self.sink.write(plan.documents, plan.deletes, keep_vector=plan.keep_vector)
+        refused = await self.sink.write(
+            plan.documents, plan.versioned_deletes(), keep_vector=plan.keep_vector
+        )
+        if refused:
+            # Only a worker that lost its claim (frozen past the claim timeout) should see this.
+            log.warning("stale_writes_refused", mirror=self.name, keys=[list(k) for k in refused])
         failures_now, reason = await self.sink.indexing_failures()
         if failures_now > self._failures_seen and plan.documents:
             await self._report_refused(plan, reason)
         self._failures_seen = failures_now
+        return len(refused)
 
     async def _report_refused(self, plan: _Plan, reason: str | None) -> None:
+        """Documents the index refused fail like bad rows, and leave Redis: an unindexed key under
+        the prefix would be invisible to queries yet counted as mirrored."""
         refused = set(await self.sink.not_indexed([d.key for d in plan.documents]))
         for key in refused:
             problem = "Redis refused to index the document" + (f": {reason}" if reason else "")
             log.error("document_not_indexed", mirror=self.name, key=self.sink.key(key), error=problem)
             plan.failures.append(RowFailure(key, INDEX_REFUSED_FIELD, problem))
         plan.documents = [d for d in plan.documents if d.key not in refused]
+        gone = [(key, plan.versions[key]) for key in refused]
+        await self.sink.write([], gone, keep_vector=set())

@@ -1,24 +1,39 @@
-"""The worker loop: wait for a notification, a poll timeout or a stop, then drain every mirror."""
+"""The worker loop: wait for a notification, a poll timeout or a stop, then drain every mirror.
+
+Server trouble (Postgres or Redis down, connections reset, timeouts) never fails a row: the batch
+rolls back, its changes stay queued, and the loop retries with a growing backoff until the servers
+answer again. A Redis that forgot a mirror is resynced; every `check_interval` the counts of each
+table and index are compared, and a drift found while nothing is queued is repaired.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 import asyncpg
 import structlog
 from redis.exceptions import RedisError
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
+from vecmirror.errors import RedisForgotError
+from vecmirror.source import changes
 from vecmirror.source.backfill import backfill_pending, queue_all_rows
 from vecmirror.source.listener import ChangeListener
 from vecmirror.sync import BatchStats, MirrorSync
+from vecmirror.verify import CountCheck, Verifier, count_check
 
 log = structlog.get_logger(__name__)
 # Server trouble, not a bug: the batch rolled back and its changes are still queued.
 TRANSIENT_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, RedisError)
 BatchCallback = Callable[[BatchStats], None]
+_T = TypeVar("_T")
+MAX_ERROR_BACKOFF = 60.0  # seconds: a long outage is retried at least once a minute
 
 
 @dataclass
@@ -42,6 +57,17 @@ class Worker:
         self._syncs = list(syncs)
         self._backfill_page = backfill_page
         self._on_batch = on_batch
+        self._prepared = False
+        self.last_checks: dict[str, CountCheck] = {}
+
+    async def prepare(self) -> None:
+        """Before draining, and again after server trouble: resync every mirror Redis forgot
+        (restarted empty, flushed), then queue the rows of new mirrors."""
+        async with self._pool.acquire() as conn:
+            for sync in self._syncs:
+                await sync.resync_if_forgotten(conn)
+        await self.backfill_new_mirrors()
+        self._prepared = True
 
     async def backfill_new_mirrors(self) -> None:
         """Rows that existed before `migrate` are queued on the first run."""
@@ -67,22 +93,32 @@ class Worker:
 
     async def _sync_one(self, sync: MirrorSync) -> BatchStats | None:
         async with self._pool.acquire() as conn:
-            stats = await sync.sync_batch(conn)
+            try:
+                stats = await sync.sync_batch(conn)
+            except RedisForgotError as exc:
+                await sync.resync(conn, reason=str(exc))
+                stats = BatchStats(sync.name, resynced=True)
+        if stats is not None and stats.resynced:
+            await self.backfill_new_mirrors()
         if stats is not None:
-            log.info(
-                "batch_synced",
-                mirror=stats.mirror,
-                changes=stats.changes,
-                upserted=stats.upserted,
-                deleted=stats.deleted,
-                embedded=stats.embedded,
-                embedding_skipped=stats.embedding_skipped,
-                failed=stats.failed,
-                truncated=stats.truncated,
-            )
-            if self._on_batch is not None:
-                self._on_batch(stats)
+            self._report(stats)
         return stats
+
+    def _report(self, stats: BatchStats) -> None:
+        log.info(
+            "batch_synced",
+            mirror=stats.mirror,
+            changes=stats.changes,
+            upserted=stats.upserted,
+            deleted=stats.deleted,
+            embedded=stats.embedded,
+            embedding_skipped=stats.embedding_skipped,
+            failed=stats.failed,
+            refused_stale=stats.refused_stale,
+            truncated=stats.truncated,
+        )
+        if self._on_batch is not None:
+            self._on_batch(stats)
 
     @staticmethod
     def _count(totals: DrainStats, stats: BatchStats) -> None:
@@ -92,33 +128,126 @@ class Worker:
         totals.by_mirror[stats.mirror] = totals.by_mirror.get(stats.mirror, 0) + stats.changes
 
     async def run_once(self) -> DrainStats:
-        await self.backfill_new_mirrors()
-        return await self.drain()
+        """Drains the queue, waiting for failed rows' delayed attempts, and returns."""
+        await self.prepare()
+        totals = DrainStats()
+        while True:
+            drained = await self.drain()
+            totals.batches += drained.batches
+            totals.changes += drained.changes
+            totals.failed += drained.failed
+            for mirror, count in drained.by_mirror.items():
+                totals.by_mirror[mirror] = totals.by_mirror.get(mirror, 0) + count
+            delay = await self._seconds_to_next_retry()
+            if delay is None:
+                return totals
+            await asyncio.sleep(delay)
+
+    async def check_mirrors(self) -> list[CountCheck]:
+        """The cheap check: a forgotten mirror is resynced; counts that disagree while nothing is
+        queued start a full verify, whose drifted keys are queued (repaired by the next drain)."""
+        checks = []
+        async with self._pool.acquire() as conn:
+            for sync in self._syncs:
+                if await sync.resync_if_forgotten(conn):
+                    await self.backfill_new_mirrors()
+                try:
+                    check = await count_check(conn, sync.table, sync.sink)
+                except RedisForgotError as exc:  # the index itself is gone
+                    await sync.resync(conn, reason=str(exc))
+                    await self.backfill_new_mirrors()
+                    continue
+                log.info("mirror_checked", **vars(check), drifted=check.drifted)
+                if check.drifted:
+                    await self._repair(conn, sync)
+                self.last_checks[sync.name] = check
+                checks.append(check)
+        return checks
+
+    async def _repair(self, conn: Any, sync: MirrorSync) -> None:
+        verifier = Verifier(sync.mirror, sync.table, sync.sink.client)
+        drift = await verifier.verify(conn)
+        queued = await verifier.repair(conn, drift)
+        log.warning(
+            "drift_repaired",
+            mirror=sync.name,
+            missing=len(drift.missing),
+            extra=len(drift.extra),
+            stale=len(drift.stale),
+            queued=queued,
+        )
+
+    async def _seconds_to_next_retry(self) -> float | None:
+        async with self._pool.acquire() as conn:
+            times = [await changes.next_retry_at(conn, sync.name) for sync in self._syncs]
+        pending = [t for t in times if t is not None]
+        if not pending:
+            return None
+        return max(0.0, (min(pending) - datetime.now(UTC)).total_seconds()) + 0.05
 
     async def run_forever(
-        self, listener: ChangeListener, stop: asyncio.Event, poll_interval: float, error_backoff: float
+        self,
+        listener: ChangeListener,
+        stop: asyncio.Event,
+        poll_interval: float,
+        error_backoff: float,
+        check_interval: float = 300.0,
     ) -> None:
         """LISTEN first, then catch up, then drain on every wake-up until `stop` is set."""
         await listener.start()
+        next_check = time.monotonic() + check_interval
         try:
-            await self.backfill_new_mirrors()
             while not stop.is_set():
-                await self._drain_logging_errors(stop, error_backoff)
-                await _wait_for_wake(listener, stop, poll_interval)
+                await self._retrying(stop, error_backoff, self._cycle)
+                if time.monotonic() >= next_check and not stop.is_set():
+                    await self._retrying(stop, error_backoff, self.check_mirrors)
+                    next_check = time.monotonic() + check_interval
+                wait = min(poll_interval, max(0.0, next_check - time.monotonic()))
+                retry = await self._retrying(stop, error_backoff, self._seconds_to_next_retry)
+                await _wait_for_wake(listener, stop, wait if retry is None else min(wait, retry))
         finally:
             await listener.close()
 
-    async def _drain_logging_errors(self, stop: asyncio.Event, error_backoff: float) -> None:
-        try:
-            await self.drain(stop)
-        except TRANSIENT_ERRORS as exc:
-            log.error("drain_failed", error=str(exc), error_type=type(exc).__name__)
-            await _sleep_unless_stopped(stop, error_backoff)
+    async def _cycle(self) -> None:
+        if not self._prepared:
+            await self.prepare()
+        await self.drain()
+
+    async def _retrying(
+        self, stop: asyncio.Event, error_backoff: float, step: Callable[[], Awaitable[_T]]
+    ) -> _T | None:
+        """Runs `step` until it succeeds or `stop` is set, backing off on server trouble (never a
+        row's attempt: the batch rolled back and its changes are still queued)."""
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(TRANSIENT_ERRORS),
+            wait=wait_exponential_jitter(initial=error_backoff, max=MAX_ERROR_BACKOFF),
+            sleep=lambda seconds: _sleep_unless_stopped(stop, seconds),
+            before_sleep=self._on_server_trouble,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                if stop.is_set():
+                    return None
+                return await step()
+        return None
+
+    def _on_server_trouble(self, state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome is not None else None
+        log.error(
+            "server_unavailable",
+            error=str(error),
+            error_type=type(error).__name__,
+            attempt=state.attempt_number,
+            retry_in=round(state.upcoming_sleep, 2),
+        )
+        # Whatever the servers lost meanwhile (a Redis restarted empty) is checked before draining.
+        self._prepared = False
 
 
-async def _wait_for_wake(listener: ChangeListener, stop: asyncio.Event, poll_interval: float) -> None:
+async def _wait_for_wake(listener: ChangeListener, stop: asyncio.Event, timeout: float) -> None:
     stop_task = asyncio.create_task(stop.wait(), name="vecmirror-stop-wait")
-    wake_task = asyncio.create_task(listener.wait(poll_interval), name="vecmirror-listen-wait")
+    wake_task = asyncio.create_task(listener.wait(timeout), name="vecmirror-listen-wait")
     try:
         await asyncio.wait({stop_task, wake_task}, return_when=asyncio.FIRST_COMPLETED)
     finally:

@@ -15,6 +15,7 @@ from vecmirror.commands import migrate_command
 from vecmirror.errors import NotMigratedError, StartupError
 from vecmirror.pipeline.embedder import FakeEmbedder
 from vecmirror.source.listener import CHANNEL
+from vecmirror.source.migrate import bundled_migrations
 
 
 async def test_notify_fires_once_per_statement_without_payload(
@@ -62,7 +63,8 @@ async def test_migrate_is_idempotent_and_removes_dropped_mirrors(
     path, config = write_config([DOCS_MIRROR, PRODUCTS_MIRROR])
     first = await migrate_command(settings_for(path), config)
     again = await migrate_command(settings_for(path), config)
-    assert first.applied == ["0001_initial"] and sorted(first.installed) == ["docs", "products"]
+    assert first.applied == ["0001_initial", "0002_versions_retries"]
+    assert sorted(first.installed) == ["docs", "products"]
     assert again.applied == [] and again.installed == [] and sorted(again.unchanged) == ["docs", "products"]
     await pg.execute("INSERT INTO products VALUES ('a', 'A', 1, '{1,0,0,0}')")
 
@@ -83,8 +85,8 @@ async def test_concurrent_migrations_apply_once(
     await pg.execute(DOCS_TABLE)
     path, config = write_config([DOCS_MIRROR])
     reports = await asyncio.gather(*(migrate_command(settings_for(path), config) for _ in range(3)))
-    assert sorted(len(r.applied) for r in reports) == [0, 0, 1]
-    assert await pg.fetchval("SELECT count(*) FROM vecmirror.migrations") == 1
+    assert sorted(len(r.applied) for r in reports) == [0, 0, len(bundled_migrations())]
+    assert await pg.fetchval("SELECT count(*) FROM vecmirror.migrations") == len(bundled_migrations())
 
 
 async def test_two_workers_share_the_queue_and_never_hold_one_key_twice(

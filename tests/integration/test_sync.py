@@ -174,12 +174,11 @@ async def test_malformed_vectors_are_reported_and_the_rest_synced(
         "('nan', 'NaN', 1, '{1,NaN,3,4}'), ('price', 'Price', 'NaN', '{1,2,3,4}')"
     )
     stats = await sync_once(settings, config)
-    assert stats.failed == 3
+    assert stats.failed == 3 * settings.row_max_attempts  # every attempt of each bad row counts
     assert keys(redis_client, "product:*") == {"product:ok"}
-    failures = {
-        r["row_key"][0]: (r["field"], r["error"])
-        for r in await pg.fetch("SELECT row_key, field, error FROM vecmirror.failed_v1")
-    }
+    records = await pg.fetch("SELECT row_key, field, error, attempts, retry_at FROM vecmirror.failed_v1")
+    assert {(r["attempts"], r["retry_at"]) for r in records} == {(settings.row_max_attempts, None)}
+    failures = {r["row_key"][0]: (r["field"], r["error"]) for r in records}
     assert failures["short"] == ("vec", "the vector has 2 values, the index expects dims=4")
     assert failures["nan"] == ("vec", "the vector contains NaN or infinite values")
     assert failures["price"][0] == "price"
@@ -218,8 +217,9 @@ async def test_documents_redis_refuses_are_reported_by_key(
         "INSERT INTO places VALUES (1, 'Paris', '2.35,48.85', '{1,2}'), (2, 'Nowhere', '999,999', '{1,2}')"
     )
     stats = await sync_once(settings, config)
-    assert stats.failed == 1
+    assert stats.failed == settings.row_max_attempts
     assert search_ids(redis_client, "places_idx", "*") == {"place:1"}
+    assert keys(redis_client, "place:*") == {"place:1"}  # the refused document left Redis
     row = await pg.fetchrow("SELECT row_key, error FROM vecmirror.failed_v1")
     assert row["row_key"] == ["2"] and "refused to index" in row["error"]
     assert "geo" in row["error"].lower()  # Redis's own reason is passed on
@@ -288,7 +288,8 @@ async def test_pgvector_and_bytea_vector_columns(
     await pg.execute("INSERT INTO items VALUES (1, 'one', '[1,2,3]', $1)", raw)
     await pg.execute("INSERT INTO items VALUES (2, 'two', '[1,2]', $1)", raw[:8])
     stats = await sync_once(settings_for(path), config)
-    assert stats.failed == 2  # row 2 is bad in both mirrors: the pgvector has 2 values, the bytea 8 bytes
+    # row 2 is bad in both mirrors (the pgvector has 2 values, the bytea 8 bytes), at every attempt
+    assert stats.failed == 2 * settings_for(path).row_max_attempts
     np.testing.assert_array_equal(vector_of(hash_doc(redis_client, "pgv:1"), "v"), [1, 2, 3])
     np.testing.assert_array_equal(vector_of(hash_doc(redis_client, "raw:1"), "v"), [0.5, 0.25, 2.0])
     assert keys(redis_client, "pgv:*") == {"pgv:1"} and keys(redis_client, "raw:*") == {"raw:1"}

@@ -9,7 +9,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vecmirror.config import META_HASH_FIELD, META_KEY_FIELD, MirrorConfig, parse_config
+from vecmirror.config import META_HASH_FIELD, META_KEY_FIELD, META_VERSION_FIELD, MirrorConfig, parse_config
 from vecmirror.pipeline.documents import Document, DocumentBuilder
 from vecmirror.pipeline.embedder import FakeEmbedder
 from vecmirror.sink.encode import HashEncoder, JsonEncoder, tag_separator, vector_bytes
@@ -66,7 +66,8 @@ def test_hash_mapping_without_hash_or_vector_and_with_nulls() -> None:
     config = mirror("hash", HASH_FIELDS)
     document = Document(("1",), {"title": "x", "genre": None, "labels": None, "price": None})
     mapping = HashEncoder(config).mapping(document)
-    assert set(mapping) == {META_KEY_FIELD, "title"}  # the stored vector and hash stay as they are
+    # the stored vector and hash stay as they are; the version is always written
+    assert set(mapping) == {META_KEY_FIELD, META_VERSION_FIELD, "title"}
     assert HashEncoder.removed(document) == ["genre", "labels", "price"]
 
 
@@ -124,9 +125,11 @@ def test_json_document_nested_paths_and_arrays() -> None:
         "vec": [1, 0, 0, 0],
     }
     document = DocumentBuilder(config).build(("acme", "1"), row)
+    document.version = 42
     body = JsonEncoder(config).document(document, with_nulls=False)
     assert body == {
         META_KEY_FIELD: ["acme", "1"],
+        META_VERSION_FIELD: 42,
         "title": "Lamp",
         "meta": {"labels": "red|urgent", "tags": ["a", "b"]},
         "shop": {"price": 19.5},
@@ -150,12 +153,14 @@ def test_json_nulls_only_for_merge() -> None:
     document.text_hash = "h"
     assert JsonEncoder(config).document(document, with_nulls=False) == {
         META_KEY_FIELD: ["1"],
+        META_VERSION_FIELD: 0,
         META_HASH_FIELD: "h",
         "title": "t",
     }
     merged = JsonEncoder(config).document(document, with_nulls=True)
     assert merged == {
         META_KEY_FIELD: ["1"],
+        META_VERSION_FIELD: 0,
         META_HASH_FIELD: "h",
         "title": "t",
         "meta": {"labels": None, "tags": None},

@@ -115,17 +115,21 @@ def test_key_expression() -> None:
 
 
 def test_load_rows_single_key() -> None:
+    # every key comes back (deleted rows too), with its version from the same snapshot
     assert SINGLE.load_rows() == (
-        'SELECT ARRAY[k.k0] AS _vm_key, t."title" AS "title", t."embedding"::real[] AS "embedding" '
-        'FROM "public"."docs" t JOIN unnest($1::text[]) AS k(k0) ON t."id" = k.k0::integer'
+        'SELECT ARRAY[k.k0] AS _vm_key, t."id" IS NOT NULL AS _vm_found, '
+        'coalesce(v.version, 0) AS _vm_version, t."title" AS "title", t."embedding"::real[] AS "embedding" '
+        'FROM unnest($1::text[]) AS k(k0) LEFT JOIN "public"."docs" t ON t."id" = k.k0::integer '
+        "LEFT JOIN vecmirror.versions_v1 v ON v.mirror = $2 AND v.row_key = ARRAY[k.k0]"
     )
 
 
 def test_load_rows_composite_key() -> None:
     sql = COMPOSITE.load_rows()
-    assert sql.startswith('SELECT ARRAY[k.k0, k.k1] AS _vm_key, t."body" AS "body" FROM "app"."notes" t ')
-    assert "JOIN unnest($1::text[], $2::text[]) AS k(k0, k1)" in sql
-    assert sql.endswith('ON t."tenant" = k.k0::character varying(20) AND t."n""o" = k.k1::bigint')
+    assert sql.startswith('SELECT ARRAY[k.k0, k.k1] AS _vm_key, t."tenant" IS NOT NULL AS _vm_found, ')
+    assert 'FROM unnest($1::text[], $2::text[]) AS k(k0, k1) LEFT JOIN "app"."notes" t ' in sql
+    assert 'ON t."tenant" = k.k0::character varying(20) AND t."n""o" = k.k1::bigint LEFT JOIN' in sql
+    assert sql.endswith("v.mirror = $3 AND v.row_key = ARRAY[k.k0, k.k1]")
 
 
 def test_backfill_first_page() -> None:
@@ -175,9 +179,12 @@ def test_capture_function_quotes_key_columns_and_queues_every_event() -> None:
     sql = capture_function("docs", COMPOSITE)
     assert sql.startswith('\nCREATE OR REPLACE FUNCTION vecmirror."capture_v1_docs"() RETURNS trigger')
     key = 'ARRAY["tenant"::text, "n""o"::text]'
-    assert f"SELECT 'docs', {key} FROM vecmirror_new;" in sql
+    assert f"SELECT 'docs', {key} FROM vecmirror_new RETURNING row_key, id" in sql
     assert f"SELECT {key} AS k FROM vecmirror_new" in sql and f"UNION SELECT {key} FROM vecmirror_old" in sql
-    assert f"SELECT 'docs', {key} FROM vecmirror_old;" in sql
+    assert f"SELECT 'docs', {key} FROM vecmirror_old RETURNING row_key, id" in sql
+    # each statement's keys get the id of their last change as version, in the same INSERT
+    assert sql.count("INSERT INTO vecmirror.versions_v1") == 3
+    assert "SET version = GREATEST(vecmirror.versions_v1.version, EXCLUDED.version)" in sql
     assert "VALUES ('docs', NULL)" in sql
     assert "pg_notify('vecmirror_changes_v1', '')" in sql
     assert drop_capture_function("docs") == 'DROP FUNCTION IF EXISTS vecmirror."capture_v1_docs"()'

@@ -8,7 +8,14 @@ from pydantic import ValidationError
 from redisvl.schema import IndexSchema
 from redisvl.schema.fields import BaseField
 
-from vecmirror.config.model import RESERVED_PREFIX, SIMPLE_JSON_PATH, EmbedConfig, MirrorConfig, field_type
+from vecmirror.config.model import (
+    OWN_KEY_PREFIX,
+    RESERVED_PREFIX,
+    SIMPLE_JSON_PATH,
+    EmbedConfig,
+    MirrorConfig,
+    field_type,
+)
 
 
 def schema_problems(schema: IndexSchema, entry: dict[str, Any]) -> list[str]:
@@ -132,6 +139,12 @@ def _prefix_overlaps(prefixes: list[tuple[str, str]]) -> list[str]:
     # indexes every key starting with it, so no prefix may start another.
     problems = [f"mirror {name!r}: index.index.prefix: must not be empty" for name, p in prefixes if not p]
     prefixes = [(name, p) for name, p in prefixes if p]
+    problems += [
+        f"mirror {name!r}: index.index.prefix: keys {p!r}* overlap vecmirror's own keys "
+        f"{OWN_KEY_PREFIX!r}* (markers and tombstones)"
+        for name, p in prefixes
+        if p.startswith(OWN_KEY_PREFIX) or OWN_KEY_PREFIX.startswith(p)
+    ]
     for i, (name_a, prefix_a) in enumerate(prefixes):
         for name_b, prefix_b in prefixes[i + 1 :]:
             if prefix_a.startswith(prefix_b) or prefix_b.startswith(prefix_a):

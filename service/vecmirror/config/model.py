@@ -17,6 +17,9 @@ DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 # Fields vecmirror keeps in every document next to the user's fields.
 META_KEY_FIELD = "_vm_key"
 META_HASH_FIELD = "_vm_hash"
+META_VERSION_FIELD = "_vm_version"
+# vecmirror's own keys (per-mirror markers, tombstones of deleted documents) live under this.
+OWN_KEY_PREFIX = "vecmirror:"
 RESERVED_PREFIX = "_vm_"
 # Mirror names become parts of trigger names, which Postgres caps at 63 bytes.
 MIRROR_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")

@@ -35,6 +35,7 @@ class Document:
     text: str | None = None  # the rendered template, for mirrors that embed
     text_hash: str | None = None
     vector: npt.NDArray[Any] | None = field(default=None, repr=False)
+    version: int = 0  # of the row this document was built from (see migrations/0002)
 
 
 class DocumentBuilder:

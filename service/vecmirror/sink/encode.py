@@ -9,7 +9,7 @@ import numpy as np
 import numpy.typing as npt
 from redisvl.schema.fields import BaseField
 
-from vecmirror.config import META_HASH_FIELD, META_KEY_FIELD, MirrorConfig
+from vecmirror.config import META_HASH_FIELD, META_KEY_FIELD, META_VERSION_FIELD, MirrorConfig
 from vecmirror.pipeline.documents import Document, FieldValue
 
 ARRAY_SUFFIX = "[*]"
@@ -39,7 +39,10 @@ class HashEncoder:
 
     def mapping(self, document: Document) -> dict[str, str | bytes | int | float]:
         """Fields to HSET; vector only when the document carries one."""
-        mapping: dict[str, str | bytes | int | float] = {META_KEY_FIELD: json.dumps(list(document.key))}
+        mapping: dict[str, str | bytes | int | float] = {
+            META_KEY_FIELD: json.dumps(list(document.key)),
+            META_VERSION_FIELD: document.version,
+        }
         if document.text_hash is not None:
             mapping[META_HASH_FIELD] = document.text_hash
         for name, value in document.fields.items():
@@ -68,7 +71,7 @@ class JsonEncoder:
 
     def document(self, document: Document, *, with_nulls: bool) -> dict[str, Any]:
         """The object to JSON.SET (nulls dropped) or JSON.MERGE (nulls delete fields)."""
-        body: dict[str, Any] = {META_KEY_FIELD: list(document.key)}
+        body: dict[str, Any] = {META_KEY_FIELD: list(document.key), META_VERSION_FIELD: document.version}
         if document.text_hash is not None:
             body[META_HASH_FIELD] = document.text_hash
         for name, value in document.fields.items():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from vecmirror.source import Connection
 from vecmirror.source.sql import QUERIES
@@ -55,9 +56,26 @@ async def enqueue(conn: Connection, mirror: str, keys: Iterable[RowKey]) -> None
     await conn.execute(QUERIES["enqueue_keys"], mirror, payload)
 
 
+async def queue_resync(conn: Connection, mirror: str) -> None:
+    await conn.execute(QUERIES["queue_resync"], mirror)
+
+
+async def failed_rows(conn: Connection, mirror: str) -> int:
+    count: int = await conn.fetchval(QUERIES["failed_rows"], mirror)
+    return count
+
+
 async def pending(conn: Connection, mirror: str) -> int:
     count: int = await conn.fetchval(QUERIES["pending_changes"], mirror)
     return count
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often a failing row is tried before it is dead-lettered, and how long to wait first."""
+
+    max_attempts: int = 5
+    first_backoff: float = 5.0  # seconds; doubles with each attempt, at most an hour
 
 
 async def record_outcome(
@@ -65,10 +83,27 @@ async def record_outcome(
     mirror: str,
     failures: Sequence[RowFailure],
     succeeded: Sequence[RowKey],
+    retry: RetryPolicy,
 ) -> None:
-    """Failed rows are upserted with their reason; rows that synced leave the failed table."""
+    """Failed rows count an attempt and are queued again or dead-lettered; rows that synced leave
+    the failed table."""
     if failures:
         payload = [{"key": list(f.key), "field": f.field, "error": f.error} for f in failures]
-        await conn.execute(QUERIES["record_failures"], mirror, json.dumps(payload))
+        await conn.execute(
+            QUERIES["record_failures"], mirror, json.dumps(payload), retry.max_attempts, retry.first_backoff
+        )
     if succeeded:
         await conn.execute(QUERIES["clear_failures"], mirror, json.dumps([list(k) for k in succeeded]))
+
+
+async def forget_deleted_versions(
+    conn: Connection, mirror: str, deleted: Sequence[tuple[RowKey, int]]
+) -> None:
+    if deleted:
+        payload = [{"key": list(k), "version": v} for k, v in deleted]
+        await conn.execute(QUERIES["forget_deleted_versions"], mirror, json.dumps(payload))
+
+
+async def next_retry_at(conn: Connection, mirror: str) -> datetime | None:
+    when: datetime | None = await conn.fetchval(QUERIES["next_retry_at"], mirror)
+    return when

@@ -24,8 +24,12 @@ class ChangeListener:
         self._wake = asyncio.Event()
 
     async def start(self) -> None:
-        connection = await asyncpg.connect(self._database_url)
+        connection = await asyncpg.connect(
+            self._database_url, server_settings={"application_name": "vecmirror-listener"}
+        )
         await connection.add_listener(CHANNEL, self._on_notification)
+        # A lost connection wakes the worker at once, so it reconnects and catches up now.
+        connection.add_termination_listener(self._on_notification)
         self._connection = connection
         self._wake.set()  # the first wait returns at once: catch up on what queued while we were away
 
@@ -43,6 +47,8 @@ class ChangeListener:
             await self._ensure_alive()
             return False
         self._wake.clear()
+        if self._connection is None or self._connection.is_closed():
+            await self._ensure_alive()
         return True
 
     def _on_notification(self, *_: object) -> None:

@@ -125,5 +125,10 @@ async def _drop_mirror_triggers(conn: Connection, previous: asyncpg.Record) -> N
 async def _remove_mirror(conn: Connection, previous: asyncpg.Record) -> None:
     await _drop_mirror_triggers(conn, previous)
     await conn.execute(drop_capture_function(previous["name"]))
-    for query in ("forget_mirror_changes", "forget_mirror_failures", "forget_mirror"):
+    for query in (
+        "forget_mirror_changes",
+        "forget_mirror_versions",
+        "forget_mirror_failures",
+        "forget_mirror",
+    ):
         await conn.execute(QUERIES[query], previous["name"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from vecmirror.source import Connection
@@ -12,14 +13,23 @@ from vecmirror.source.tables import SourceTable
 Row = dict[str, Any]
 
 
-async def load_rows(conn: Connection, table: SourceTable, keys: Sequence[RowKey]) -> dict[RowKey, Row]:
-    """Rows by key; a key absent from the result was deleted (or never existed)."""
+@dataclass(frozen=True)
+class LoadedRows:
+    rows: dict[RowKey, Row]  # a key absent here was deleted (or never existed)
+    versions: dict[RowKey, int]  # every key asked for, deleted ones included
+
+
+async def load_rows(conn: Connection, table: SourceTable, keys: Sequence[RowKey]) -> LoadedRows:
+    """Rows and their versions by key, from one snapshot."""
     if not keys:
-        return {}
+        return LoadedRows({}, {})
     columns = [list(parts) for parts in zip(*keys, strict=True)]
-    records = await conn.fetch(table.statements.load_rows(), *columns)
-    rows: dict[RowKey, Row] = {}
+    records = await conn.fetch(table.statements.load_rows(), *columns, table.mirror)
+    loaded = LoadedRows({}, {})
     for record in records:
         row = dict(record)
-        rows[tuple(row.pop("_vm_key"))] = row
-    return rows
+        key = tuple(row.pop("_vm_key"))
+        loaded.versions[key] = row.pop("_vm_version")
+        if row.pop("_vm_found"):
+            loaded.rows[key] = row
+    return loaded

@@ -41,18 +41,23 @@ class TableStatements:
         return f"ARRAY[{parts}]"
 
     def load_rows(self) -> str:
-        """Current rows for a list of keys; $n is the text array of the n-th key column."""
+        """Current rows and versions for a list of keys, read in one snapshot so a version always
+        describes the row read with it. $1..$n: the text array of each key column; $n+1: the
+        mirror. Every key comes back; `_vm_found` is false where the row is gone."""
         aliases = [f"k{i}" for i in range(len(self.key_columns))]
         params = ", ".join(f"${i + 1}::text[]" for i in range(len(aliases)))
         join = " AND ".join(
             f"t.{quote_ident(k.name)} = k.{alias}::{k.sql_type}"
             for k, alias in zip(self.key_columns, aliases, strict=True)
         )
-        key_array = "ARRAY[" + ", ".join(f"k.{a}" for a in aliases) + "] AS _vm_key"
-        columns = ", ".join([key_array, *self.select_list])
+        key_array = "ARRAY[" + ", ".join(f"k.{a}" for a in aliases) + "]"
+        found = f"t.{quote_ident(self.key_columns[0].name)} IS NOT NULL AS _vm_found"
+        version = "coalesce(v.version, 0) AS _vm_version"
+        columns = ", ".join([f"{key_array} AS _vm_key", found, version, *self.select_list])
         return (
-            f"SELECT {columns} FROM {self.qualified_table} t "
-            f"JOIN unnest({params}) AS k({', '.join(aliases)}) ON {join}"
+            f"SELECT {columns} FROM unnest({params}) AS k({', '.join(aliases)}) "
+            f"LEFT JOIN {self.qualified_table} t ON {join} "
+            f"LEFT JOIN vecmirror.versions_v1 v ON v.mirror = ${len(aliases) + 1} AND v.row_key = {key_array}"
         )
 
     def backfill_page(self, *, after_cursor: bool) -> str:
@@ -83,17 +88,22 @@ class TableStatements:
     def key_page(self, *, after_cursor: bool) -> str:
         """The next page of rows in key order, read-only (for `vecmirror verify`).
 
-        $1 page size, $2.. the last key of the previous page as text. Returns the key as text in
-        `_vm_key` and the value columns, like load_rows.
+        $1 page size, $2 the mirror, $3.. the last key of the previous page as text. Returns the key
+        as text in `_vm_key`, its version in `_vm_version` and the value columns, like load_rows.
         """
         keys = [f"t.{quote_ident(k.name)}" for k in self.key_columns]
         where = ""
         if after_cursor:
-            bounds = ", ".join(f"${i + 2}::text::{k.sql_type}" for i, k in enumerate(self.key_columns))
+            bounds = ", ".join(f"${i + 3}::text::{k.sql_type}" for i, k in enumerate(self.key_columns))
             where = f"WHERE ({', '.join(keys)}) > ({bounds})"
-        key_array = "ARRAY[" + ", ".join(f"{k}::text" for k in keys) + "] AS _vm_key"
-        columns = ", ".join([key_array, *self.select_list])
-        return f"SELECT {columns} FROM {self.qualified_table} t {where} ORDER BY {', '.join(keys)} LIMIT $1"
+        key_array = "ARRAY[" + ", ".join(f"{k}::text" for k in keys) + "]"
+        version = "coalesce(v.version, 0) AS _vm_version"
+        columns = ", ".join([f"{key_array} AS _vm_key", version, *self.select_list])
+        versions = f"LEFT JOIN vecmirror.versions_v1 v ON v.mirror = $2 AND v.row_key = {key_array}"
+        return (
+            f"SELECT {columns} FROM {self.qualified_table} t {versions} {where} "
+            f"ORDER BY {', '.join(keys)} LIMIT $1"
+        )
 
     def count_rows(self) -> str:
         return f"SELECT count(*) FROM {self.qualified_table}"
@@ -118,10 +128,25 @@ def capture_function_name(mirror: str) -> str:
 def capture_function(mirror: str, statements: TableStatements) -> str:
     """The mirror's trigger function. Its SQL is static, so PL/pgSQL plans each branch once per
     session: a generic function with EXECUTE cost the user's single-row writes about 5x more.
+    Each statement queues its keys and sets their versions in one INSERT (see 0002's versions_v1).
     SECURITY DEFINER: the roles writing to the table need no grant on the vecmirror schema; the
     fixed search_path keeps such a function safe from objects a caller could plant."""
     name, key = quote_literal(mirror), statements.key_expression
-    queue = "INSERT INTO vecmirror.changes_v1 (mirror, row_key)"
+
+    def queue(keys: str) -> str:
+        return f"""WITH queued AS (
+            INSERT INTO vecmirror.changes_v1 (mirror, row_key) {keys} RETURNING row_key, id
+        )
+        INSERT INTO vecmirror.versions_v1 (mirror, row_key, version)
+        SELECT {name}, row_key, max(id) FROM queued GROUP BY row_key
+        ON CONFLICT (mirror, row_key)
+        DO UPDATE SET version = GREATEST(vecmirror.versions_v1.version, EXCLUDED.version);
+        GET DIAGNOSTICS recorded = ROW_COUNT;"""
+
+    changed = (
+        f"SELECT {name}, k FROM (SELECT {key} AS k FROM vecmirror_new "
+        f"UNION SELECT {key} FROM vecmirror_old) AS changed"
+    )
     return f"""
 CREATE OR REPLACE FUNCTION {capture_function_name(mirror)}() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $vecmirror$
@@ -129,18 +154,15 @@ DECLARE
     recorded bigint := 1;
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        {queue} SELECT {name}, {key} FROM vecmirror_new;
-        GET DIAGNOSTICS recorded = ROW_COUNT;
+        {queue(f"SELECT {name}, {key} FROM vecmirror_new")}
     ELSIF TG_OP = 'UPDATE' THEN
         -- A changed key queues both the old key (its document goes) and the new one.
-        {queue} SELECT {name}, k FROM (SELECT {key} AS k FROM vecmirror_new
-                                       UNION SELECT {key} FROM vecmirror_old) AS changed;
-        GET DIAGNOSTICS recorded = ROW_COUNT;
+        {queue(changed)}
     ELSIF TG_OP = 'DELETE' THEN
-        {queue} SELECT {name}, {key} FROM vecmirror_old;
-        GET DIAGNOSTICS recorded = ROW_COUNT;
+        {queue(f"SELECT {name}, {key} FROM vecmirror_old")}
     ELSE
-        {queue} VALUES ({name}, NULL);  -- TRUNCATE: one marker for the whole table
+        -- TRUNCATE: one marker for the whole table; versions stay, so deletes get tombstones.
+        INSERT INTO vecmirror.changes_v1 (mirror, row_key) VALUES ({name}, NULL);
     END IF;
     IF recorded > 0 THEN
         -- No payload: NOTIFY only wakes workers, the queue table is the truth.

@@ -73,6 +73,10 @@ DELETE FROM vecmirror.mirrors_v1 WHERE name = $1;
 -- Pending changes of a removed mirror would never be claimed again.
 DELETE FROM vecmirror.changes_v1 WHERE mirror = $1;
 
+-- name: forget_mirror_versions
+-- Versions of a removed mirror's keys would only mislead a later mirror of the same name.
+DELETE FROM vecmirror.versions_v1 WHERE mirror = $1;
+
 -- name: forget_mirror_failures
 -- Failures of a removed mirror no longer mean anything.
 DELETE FROM vecmirror.failed_v1 WHERE mirror = $1;
@@ -90,9 +94,10 @@ SELECT pg_advisory_xact_lock(hashtext('vecmirror.mirror'), hashtext($1));
 -- Oldest changes first; SKIP LOCKED lets workers pass each other, and the per-key advisory lock
 -- (held until commit) keeps one key out of two workers' hands even when it has several changes.
 -- The candidates are materialised first so locks are only tried on at most $2 rows.
+-- A change with a future not_before is a failing row's next attempt: not yet.
 WITH candidates AS MATERIALIZED (
     SELECT id, row_key FROM vecmirror.changes_v1
-    WHERE mirror = $1 AND row_key IS NOT NULL
+    WHERE mirror = $1 AND row_key IS NOT NULL AND (not_before IS NULL OR not_before <= now())
     ORDER BY id LIMIT $2
     FOR UPDATE SKIP LOCKED
 )
@@ -116,17 +121,51 @@ INSERT INTO vecmirror.changes_v1 (mirror, row_key)
 SELECT $1, ARRAY(SELECT jsonb_array_elements_text(k))
 FROM jsonb_array_elements($2::jsonb) AS k;
 
+-- name: queue_resync
+-- Redis lost a mirror: a TRUNCATE marker re-checks every key Redis still has, and a new backfill
+-- walk queues every row.
+WITH truncate_marker AS (INSERT INTO vecmirror.changes_v1 (mirror, row_key) VALUES ($1, NULL))
+UPDATE vecmirror.mirrors_v1 SET backfill_state = 'pending', backfill_cursor = NULL WHERE name = $1;
+
+-- name: failed_rows
+-- Rows of a mirror that have no document because they fail (retrying or dead-lettered).
+SELECT count(*) FROM vecmirror.failed_v1 WHERE mirror = $1;
+
 -- name: pending_changes
 -- Queue depth per mirror, for `run --once` and the tests.
 SELECT count(*) FROM vecmirror.changes_v1 WHERE mirror = $1;
 
 -- name: record_failures
--- Upsert: the newest reason wins, so the table says why the row fails now.
-INSERT INTO vecmirror.failed_v1 (mirror, row_key, field, error)
-SELECT $1, ARRAY(SELECT jsonb_array_elements_text(f->'key')), f->>'field', f->>'error'
-FROM jsonb_array_elements($2::jsonb) AS f
-ON CONFLICT (mirror, row_key) DO UPDATE
-SET field = EXCLUDED.field, error = EXCLUDED.error, failed_at = now();
+-- Counts the attempt of each failing row and keeps the newest reason. While attempts remain
+-- ($3 at most), the row is queued again after a backoff: $4 seconds, doubling, at most an hour.
+-- Then retry_at stays NULL: the row is dead-lettered.
+WITH failed AS (
+    INSERT INTO vecmirror.failed_v1 AS f (mirror, row_key, field, error, attempts, retry_at)
+    SELECT $1, ARRAY(SELECT jsonb_array_elements_text(r->'key')), r->>'field', r->>'error', 1,
+           CASE WHEN $3 > 1 THEN now() + make_interval(secs => $4) END
+    FROM jsonb_array_elements($2::jsonb) AS r
+    ON CONFLICT (mirror, row_key) DO UPDATE
+    SET field = EXCLUDED.field, error = EXCLUDED.error, failed_at = now(),
+        attempts = f.attempts + 1,
+        retry_at = CASE WHEN f.attempts + 1 < $3
+                        THEN now() + make_interval(secs => least($4 * 2 ^ f.attempts, 3600)) END
+    RETURNING f.row_key, f.retry_at
+)
+INSERT INTO vecmirror.changes_v1 (mirror, row_key, not_before)
+SELECT $1, row_key, retry_at FROM failed WHERE retry_at IS NOT NULL;
+
+-- name: forget_deleted_versions
+-- A deleted row's version lives on in its Redis tombstone; dropping it here keeps versions_v1 the
+-- size of the table. Only if unchanged since it was read: a re-insert keeps its newer version.
+DELETE FROM vecmirror.versions_v1 v
+USING jsonb_array_elements($2::jsonb) AS d
+WHERE v.mirror = $1
+  AND v.row_key = ARRAY(SELECT jsonb_array_elements_text(d->'key'))
+  AND v.version = (d->>'version')::bigint;
+
+-- name: next_retry_at
+-- When the earliest delayed change becomes claimable, so `run --once` can wait for it.
+SELECT min(not_before) FROM vecmirror.changes_v1 WHERE mirror = $1 AND not_before > now();
 
 -- name: clear_failures
 -- A row that synced cleanly is no longer failed.
@@ -136,8 +175,8 @@ WHERE mirror = $1 AND row_key IN (
 );
 
 -- name: list_failures
--- `vecmirror failed list`: rows that could not be indexed, and why.
-SELECT mirror, row_key, field, error, failed_at FROM vecmirror.failed_v1
+-- `vecmirror failed list`: rows that could not be indexed, and why; retry_at NULL = dead-lettered.
+SELECT mirror, row_key, field, error, failed_at, attempts, retry_at FROM vecmirror.failed_v1
 WHERE ($1::text IS NULL OR mirror = $1)
   AND ($2::jsonb IS NULL OR to_jsonb(row_key) IN (SELECT value FROM jsonb_array_elements($2::jsonb)))
 ORDER BY mirror, failed_at;
