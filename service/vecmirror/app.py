@@ -45,7 +45,9 @@ class App:
 
 @asynccontextmanager
 async def redis_client(settings: Settings) -> AsyncIterator[redis.Redis]:
-    client = redis.Redis.from_url(settings.require_redis_url(), socket_timeout=settings.redis_timeout)
+    from vecmirror.connections import redis_from_settings
+
+    client = redis_from_settings(settings)
     try:
         yield client
     finally:

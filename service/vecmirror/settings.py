@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -79,9 +80,39 @@ class Settings(BaseSettings):
     def require_database_url(self) -> str:
         if self.database_url is None:
             raise ConfigError(["VECMIRROR_DATABASE_URL is not set"])
-        return self.database_url.get_secret_value()
+        return _parsable(self.database_url.get_secret_value(), "VECMIRROR_DATABASE_URL")
 
     def require_redis_url(self) -> str:
         if self.redis_url is None:
             raise ConfigError(["VECMIRROR_REDIS_URL is not set"])
-        return self.redis_url.get_secret_value()
+        return _parsable(self.redis_url.get_secret_value(), "VECMIRROR_REDIS_URL")
+
+
+def _parsable(url: str, variable: str) -> str:
+    """Refuses a URL the drivers would reject quoting a piece of it: a password holding an unencoded
+    `/`, `#` or `?` ends the host part early, and asyncpg and redis-py then quote what follows (part
+    of the password) in their error ("invalid literal for int(): 'pa'", "bad query field: ...")."""
+    if _ports_are_numbers(url) and _query_is_pairs(url):
+        return url
+    raise ConfigError(
+        [
+            f"{variable} cannot be parsed: percent-encode its user name and password "
+            "(/ as %2F, # as %23, ? as %3F, @ as %40)"
+        ]
+    )
+
+
+def _ports_are_numbers(url: str) -> bool:
+    hosts = urlsplit(url).netloc.rpartition("@")[2]
+    # asyncpg takes several hosts ("h1:5432,h2"); an IPv6 host is bracketed ("[::1]:5432").
+    ports = (host.rpartition("]")[2].partition(":")[2] for host in hosts.split(","))
+    return all(port.isdigit() for port in ports if port)
+
+
+def _query_is_pairs(url: str) -> bool:
+    query = urlsplit(url).query
+    try:
+        parse_qs(query, strict_parsing=bool(query))  # asyncpg parses strictly
+    except ValueError:
+        return False
+    return True

@@ -16,6 +16,7 @@ from redisvl.index import AsyncSearchIndex
 from redisvl.query import AggregateHybridQuery, VectorQuery, VectorRangeQuery
 
 from vecmirror.config import Config
+from vecmirror.connections import redis_from_settings
 from vecmirror.errors import QueryError
 from vecmirror.pipeline.embedder import Embedder, EmbedderFactory, default_embedder_factory
 from vecmirror.query.checks import Target, check_filter, check_return_fields, check_vector, target_of
@@ -40,7 +41,7 @@ class MirrorSearch:
     async def open(
         cls, settings: Settings, config: Config, embedder_factory: EmbedderFactory | None = None
     ) -> AsyncIterator[MirrorSearch]:
-        client = redis.Redis.from_url(settings.require_redis_url(), socket_timeout=settings.redis_timeout)
+        client = redis_from_settings(settings)
         try:
             yield cls(config, client, embedder_factory or default_embedder_factory(settings))
         finally:

@@ -7,9 +7,8 @@ from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any, TypeVar
 
-import redis.asyncio as redis
-
 from vecmirror.config import Config
+from vecmirror.connections import redis_from_settings
 from vecmirror.pipeline.embedder import EmbedderFactory, default_embedder_factory
 from vecmirror.query.results import Hit
 from vecmirror.query.search import MirrorSearch
@@ -24,10 +23,8 @@ class SyncMirrorSearch:
     def __init__(
         self, settings: Settings, config: Config, embedder_factory: EmbedderFactory | None = None
     ) -> None:
+        self._client = redis_from_settings(settings)  # first: a bad setting must not leak a loop
         self._loop = asyncio.new_event_loop()
-        self._client = redis.Redis.from_url(
-            settings.require_redis_url(), socket_timeout=settings.redis_timeout
-        )
         self._search = MirrorSearch(
             config, self._client, embedder_factory or default_embedder_factory(settings)
         )
