@@ -1,10 +1,12 @@
-"""The Redis client's TLS options and the URL checks that keep a password out of error messages.
+"""The Redis client's TLS options, the URL checks that keep a password out of error messages, and
+the README's table of settings.
 
 No server: what a client would do is read from the connection pool redis-py built.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -120,3 +122,9 @@ def test_a_url_redis_py_rejects_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="VECMIRROR_REDIS_URL is not a valid") as refused:
         redis_from_settings(settings)
     assert SECRET not in str(refused.value)
+
+
+def test_the_readme_lists_every_setting() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    documented = set(re.findall(r"^\| `(VECMIRROR_[A-Z_]+)` \|", readme, re.MULTILINE))
+    assert documented == {f"VECMIRROR_{name.upper()}" for name in Settings.model_fields}
