@@ -34,6 +34,7 @@ async def assert_invariant(
     *,
     poison: Iterable[RowKey] = (),
     failures_before: int = 0,
+    max_text_length: int = 100_000,
 ) -> None:
     poison = set(poison)
     await _assert_queue_empty(pg, mirror.name)
@@ -51,7 +52,7 @@ async def assert_invariant(
         _assert_index_counts(client, mirror, len(in_scope), failures_before)
     finally:
         client.close()
-    await _assert_verify_clean(pg, redis_url, mirror, table)
+    await _assert_verify_clean(pg, redis_url, mirror, table, max_text_length)
     await _assert_dead_letters(pg, mirror.name, poison)
 
 
@@ -103,11 +104,11 @@ def _assert_index_counts(client: redis.Redis, mirror: MirrorConfig, rows: int, f
 
 
 async def _assert_verify_clean(
-    pg: asyncpg.Connection, redis_url: str, mirror: MirrorConfig, table: Any
+    pg: asyncpg.Connection, redis_url: str, mirror: MirrorConfig, table: Any, max_text_length: int
 ) -> None:
     client = aredis.Redis.from_url(redis_url)
     try:
-        drift = await Verifier(mirror, table, client).verify(pg)
+        drift = await Verifier(mirror, table, client, max_text_length=max_text_length).verify(pg)
     finally:
         await client.aclose()
     assert drift.clean, drift.as_dict()

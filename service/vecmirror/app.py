@@ -14,6 +14,7 @@ import asyncpg
 import redis.asyncio as redis
 
 from vecmirror.config import Config, MirrorConfig
+from vecmirror.connections import redis_from_settings
 from vecmirror.errors import NotMigratedError, StartupError
 from vecmirror.index.manage import check_eviction_policy, ensure_index
 from vecmirror.pipeline.embedder import Embedder, EmbedderFactory, default_embedder_factory
@@ -39,14 +40,16 @@ class App:
 
     def worker(self, on_batch: BatchCallback | None = None) -> Worker:
         return Worker(
-            self.pool, self.syncs, backfill_page=self.settings.backfill_batch_size, on_batch=on_batch
+            self.pool,
+            self.syncs,
+            backfill_page=self.settings.backfill_batch_size,
+            on_batch=on_batch,
+            error_backoff=self.settings.error_backoff,
         )
 
 
 @asynccontextmanager
 async def redis_client(settings: Settings) -> AsyncIterator[redis.Redis]:
-    from vecmirror.connections import redis_from_settings
-
     client = redis_from_settings(settings)
     try:
         yield client

@@ -57,9 +57,7 @@ async def run_command(
         stop = asyncio.Event()
         listener = ChangeListener(settings.require_database_url())
         task = asyncio.create_task(
-            worker.run_forever(
-                listener, stop, settings.poll_interval, settings.error_backoff, settings.check_interval
-            ),
+            worker.run_forever(listener, stop, settings.poll_interval, settings.check_interval),
             name="vecmirror-worker",
         )
         shutdown = GracefulShutdown(stop, task, settings.shutdown_grace)
@@ -198,7 +196,8 @@ async def verify_command(
     try:
         async with redis_client(settings) as client:
             for mirror in mirrors:
-                verifier = Verifier(mirror, await inspect_table(conn, mirror), client)
+                table = await inspect_table(conn, mirror)
+                verifier = Verifier(mirror, table, client, max_text_length=settings.max_text_length)
                 drift = await verifier.verify(conn)
                 if repair:
                     queued = await verifier.repair(conn, drift)

@@ -234,7 +234,7 @@ async def _serve(settings: Settings, config: Config, stop: asyncio.Event) -> Non
         refresher = asyncio.create_task(_refresh_answers(app, changed), name="vecmirror-demo-refresh")
         try:
             listener = ChangeListener(settings.require_database_url())
-            await worker.run_forever(listener, stop, poll_interval=1.0, error_backoff=1.0)
+            await worker.run_forever(listener, stop, poll_interval=1.0)
         finally:
             refresher.cancel()
             await asyncio.gather(refresher, return_exceptions=True)

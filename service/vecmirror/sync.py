@@ -76,8 +76,8 @@ class MirrorSync:
         self.table = table
         self.sink = sink
         self._embedder = embedder
-        self._builder = DocumentBuilder(mirror)
-        self._options = options
+        self._builder = DocumentBuilder(mirror, max_text_length=options.max_text_length)
+        self.options = options
         self._failures_seen: int | None = None
 
     @property
@@ -89,7 +89,7 @@ class MirrorSync:
         if await self._sync_truncate(conn):
             return BatchStats(self.name, changes=1, truncated=True)
         async with conn.transaction():
-            batch = await changes.claim(conn, self.name, self._options.batch_size)
+            batch = await changes.claim(conn, self.name, self.options.batch_size)
             if not batch.change_ids:
                 return None
             plan = self._plan(batch.keys, await load_rows(conn, self.table, batch.keys))
@@ -109,7 +109,7 @@ class MirrorSync:
         gone = [(k, v) for k, v in plan.versioned_deletes() if k not in failed]
         # A deleted row is no longer failing either.
         succeeded = [d.key for d in plan.documents] + [k for k, _ in gone]
-        await changes.record_outcome(conn, self.name, plan.failures, succeeded, self._options.retry)
+        await changes.record_outcome(conn, self.name, plan.failures, succeeded, self.options.retry)
         await changes.forget_deleted_versions(conn, self.name, gone)
         await changes.acknowledge(conn, self.name, change_ids)
 
@@ -150,22 +150,12 @@ class MirrorSync:
                 continue
             try:
                 document = self._builder.build(key, row)
-                self._check_text_length(document)
             except RowError as exc:
                 self._fail(plan, key, exc)
                 continue
             document.version = loaded.versions[key]
             plan.documents.append(document)
         return plan
-
-    def _check_text_length(self, document: Document) -> None:
-        # The model reads only its first few hundred tokens, but tokenizing megabytes of text
-        # stalls the whole batch: such a row is refused instead.
-        limit = self._options.max_text_length
-        if document.text is not None and len(document.text) > limit:
-            assert self.mirror.embed is not None
-            problem = f"the rendered text is {len(document.text)} characters long, over the limit of {limit}"
-            raise RowError(self.name, document.key, self.mirror.embed.field, problem)
 
     def _fail(self, plan: _Plan, key: RowKey, exc: RowError) -> None:
         # The row can no longer be represented: its old document would be stale, so it goes too.
@@ -194,7 +184,7 @@ class MirrorSync:
         claim is kept alive between calls, so the claim timeout only ends a frozen worker's."""
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         vectors: list[object] = [None] * len(texts)
-        size = self._options.embed_batch_size
+        size = self.options.embed_batch_size
         for start in range(0, len(order), size):
             chunk = order[start : start + size]
             embedded = await self._embed_isolating_failures([texts[i] for i in chunk])

@@ -81,10 +81,12 @@ class Drift:
 
 
 class Verifier:
-    def __init__(self, mirror: MirrorConfig, table: SourceTable, client: redis.Redis) -> None:
+    def __init__(
+        self, mirror: MirrorConfig, table: SourceTable, client: redis.Redis, *, max_text_length: int = 100_000
+    ) -> None:
         self._mirror, self._table, self._redis = mirror, table, client
         self._sink = RedisSink(client, mirror)
-        self._builder = DocumentBuilder(mirror)
+        self._builder = DocumentBuilder(mirror, max_text_length=max_text_length)
         self._expected = _Expected(mirror)
 
     async def verify(self, conn: Connection) -> Drift:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from typing import Any, TypeVar
 import asyncpg
 import structlog
 from redis.exceptions import RedisError
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential, wait_random
 
 from vecmirror.errors import RedisForgotError
 from vecmirror.source import changes
@@ -52,11 +53,13 @@ class Worker:
         *,
         backfill_page: int,
         on_batch: BatchCallback | None = None,
+        error_backoff: float = 2.0,
     ) -> None:
         self._pool = pool
         self._syncs = list(syncs)
         self._backfill_page = backfill_page
         self._on_batch = on_batch
+        self._error_backoff = error_backoff
         self._prepared = False
         self.last_checks: dict[str, CountCheck] = {}
 
@@ -78,12 +81,15 @@ class Worker:
                     log.info("backfill_queued", mirror=sync.name, rows=queued)
 
     async def drain(self, stop: asyncio.Event | None = None) -> DrainStats:
-        """Syncs batches, round-robin over mirrors, until no mirror has a claimable change."""
+        """Syncs batches, round-robin over mirrors, until no mirror has a claimable change. Each
+        batch is retried on its own through server trouble, so the backoff starts small again
+        after every batch that got through."""
+        stop = stop or asyncio.Event()
         totals = DrainStats()
-        while stop is None or not stop.is_set():
+        while not stop.is_set():
             progressed = False
             for sync in self._syncs:
-                stats = await self._sync_one(sync)
+                stats = await self._retrying(stop, functools.partial(self._sync_one, sync))
                 if stats is not None:
                     progressed = True
                     self._count(totals, stats)
@@ -128,8 +134,10 @@ class Worker:
         totals.by_mirror[stats.mirror] = totals.by_mirror.get(stats.mirror, 0) + stats.changes
 
     async def run_once(self) -> DrainStats:
-        """Drains the queue, waiting for failed rows' delayed attempts, and returns."""
-        await self.prepare()
+        """Drains the queue, waiting for failed rows' delayed attempts, and returns. Server
+        trouble is retried like `run` does, so a job that must finish does."""
+        never = asyncio.Event()
+        await self._retrying(never, self.prepare)
         totals = DrainStats()
         while True:
             drained = await self.drain()
@@ -138,7 +146,7 @@ class Worker:
             totals.failed += drained.failed
             for mirror, count in drained.by_mirror.items():
                 totals.by_mirror[mirror] = totals.by_mirror.get(mirror, 0) + count
-            delay = await self._seconds_to_next_retry()
+            delay = await self._retrying(never, self._seconds_to_next_retry)
             if delay is None:
                 return totals
             await asyncio.sleep(delay)
@@ -165,7 +173,9 @@ class Worker:
         return checks
 
     async def _repair(self, conn: Any, sync: MirrorSync) -> None:
-        verifier = Verifier(sync.mirror, sync.table, sync.sink.client)
+        verifier = Verifier(
+            sync.mirror, sync.table, sync.sink.client, max_text_length=sync.options.max_text_length
+        )
         drift = await verifier.verify(conn)
         queued = await verifier.repair(conn, drift)
         log.warning(
@@ -190,7 +200,6 @@ class Worker:
         listener: ChangeListener,
         stop: asyncio.Event,
         poll_interval: float,
-        error_backoff: float,
         check_interval: float = 300.0,
     ) -> None:
         """LISTEN first, then catch up, then drain on every wake-up until `stop` is set."""
@@ -198,29 +207,25 @@ class Worker:
         next_check = time.monotonic() + check_interval
         try:
             while not stop.is_set():
-                await self._retrying(stop, error_backoff, self._cycle)
+                if not self._prepared:
+                    await self._retrying(stop, self.prepare)
+                await self.drain(stop)
                 if time.monotonic() >= next_check and not stop.is_set():
-                    await self._retrying(stop, error_backoff, self.check_mirrors)
+                    await self._retrying(stop, self.check_mirrors)
                     next_check = time.monotonic() + check_interval
                 wait = min(poll_interval, max(0.0, next_check - time.monotonic()))
-                retry = await self._retrying(stop, error_backoff, self._seconds_to_next_retry)
+                retry = await self._retrying(stop, self._seconds_to_next_retry)
                 await _wait_for_wake(listener, stop, wait if retry is None else min(wait, retry))
         finally:
             await listener.close()
 
-    async def _cycle(self) -> None:
-        if not self._prepared:
-            await self.prepare()
-        await self.drain()
-
-    async def _retrying(
-        self, stop: asyncio.Event, error_backoff: float, step: Callable[[], Awaitable[_T]]
-    ) -> _T | None:
+    async def _retrying(self, stop: asyncio.Event, step: Callable[[], Awaitable[_T]]) -> _T | None:
         """Runs `step` until it succeeds or `stop` is set, backing off on server trouble (never a
         row's attempt: the batch rolled back and its changes are still queued)."""
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(TRANSIENT_ERRORS),
-            wait=wait_exponential_jitter(initial=error_backoff, max=MAX_ERROR_BACKOFF),
+            wait=wait_exponential(multiplier=self._error_backoff, max=MAX_ERROR_BACKOFF)
+            + wait_random(0, self._error_backoff),
             sleep=lambda seconds: _sleep_unless_stopped(stop, seconds),
             before_sleep=self._on_server_trouble,
             reraise=True,

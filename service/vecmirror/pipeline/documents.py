@@ -39,9 +39,10 @@ class Document:
 
 
 class DocumentBuilder:
-    def __init__(self, mirror: MirrorConfig) -> None:
+    def __init__(self, mirror: MirrorConfig, *, max_text_length: int = 100_000) -> None:
         self._mirror = mirror
         self._vector_field = mirror.vector_field
+        self._max_text_length = max_text_length
 
     def build(self, key: RowKey, row: dict[str, Any]) -> Document:
         fields = {f.name: self._field_value(key, f, row.get(f.name)) for f in self._mirror.value_fields}
@@ -52,12 +53,22 @@ class DocumentBuilder:
                 document.text = render(embed.template, row)
             except TemplateValueError as exc:
                 raise RowError(self._mirror.name, key, exc.column, str(exc)) from exc
+            self._check_length(key, document.text, embed.field)
             document.text_hash = content_hash(embed.model, document.text)
         elif self._mirror.vector_column is not None:
             document.vector = self.vector(
                 key, row.get(self._mirror.vector_column), self._mirror.vector_column
             )
         return document
+
+    def _check_length(self, key: RowKey, text: str, field_name: str) -> None:
+        # The model reads only its first few hundred tokens, but tokenizing megabytes of text
+        # stalls the whole batch: such a row is refused instead.
+        if len(text) > self._max_text_length:
+            problem = (
+                f"the rendered text is {len(text)} characters long, over the limit of {self._max_text_length}"
+            )
+            raise RowError(self._mirror.name, key, field_name, problem)
 
     def vector(self, key: RowKey, value: Any, source: str) -> npt.NDArray[Any]:
         """Checks a vector (from a column or the model) against the vector field's dims."""
