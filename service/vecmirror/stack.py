@@ -61,6 +61,27 @@ def stack_down(directory: Path) -> None:
     _postgres_down(directory / "postgres")
 
 
+def restart_postgres(directory: Path, down_for: float = 0.0) -> None:
+    """Stops the stack's Postgres (fast shutdown: sessions are cut) and starts it again."""
+    pgdata = directory.resolve() / "postgres"
+    _postgres_down(pgdata)
+    time.sleep(down_for)
+    _postgres_up(pgdata)
+
+
+def stop_redis(directory: Path) -> None:
+    """Stops the stack's Redis; it keeps nothing, so it comes back empty (fault-injection tests)."""
+    _redis_down(directory.resolve() / "redis")
+
+
+def start_redis(directory: Path) -> str:
+    return _redis_up(directory.resolve() / "redis")
+
+
+def redis_pid(directory: Path) -> int | None:
+    return _read_int(directory.resolve() / "redis" / "redis.pid")
+
+
 def env_lines(urls: StackUrls) -> str:
     """Two `NAME=value` lines, no trailing newline; quoted since the Postgres URL holds `?` and `=`."""
     return (

@@ -14,6 +14,8 @@ import asyncpg
 import structlog
 
 CHANNEL = "vecmirror_changes_v1"
+RECONNECT_DELAY = 2.0  # seconds between attempts to re-open a lost LISTEN connection
+CONNECTION_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 log = structlog.get_logger(__name__)
 
 
@@ -40,7 +42,12 @@ class ChangeListener:
             self._connection = None
 
     async def wait(self, timeout: float) -> bool:
-        """True when notified; False after `timeout` seconds (then the connection is checked)."""
+        """True when notified; False after `timeout` seconds (then the connection is checked).
+        Without a connection (Postgres unreachable), tries to open one first and waits a little
+        when that fails, so the worker's loop neither spins nor sleeps through the recovery."""
+        if self._connection is None and not await self._reconnect():
+            await asyncio.sleep(min(timeout, RECONNECT_DELAY))
+            return False
         try:
             await asyncio.wait_for(self._wake.wait(), timeout)
         except TimeoutError:
@@ -59,12 +66,21 @@ class ChangeListener:
             return
         log.warning("listener_reconnecting")
         await self.close()
-        await self.start()
+        await self._reconnect()
+
+    async def _reconnect(self) -> bool:
+        try:
+            await self.start()
+        except CONNECTION_ERRORS as exc:
+            log.warning("listener_reconnect_failed", error=str(exc), error_type=type(exc).__name__)
+            return False
+        log.info("listener_connected")
+        return True
 
 
 async def _answers(connection: asyncpg.Connection) -> bool:
     try:
         await connection.execute("SELECT 1", timeout=5)
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+    except CONNECTION_ERRORS:
         return False
     return True
