@@ -245,6 +245,8 @@ def print_failed(rows: Sequence[FailedRow], *, as_json: bool) -> None:
                 "field": r.field,
                 "error": r.error,
                 "failed_at": r.failed_at.isoformat(),
+                "attempts": r.attempts,
+                "retry_at": None if r.retry_at is None else r.retry_at.isoformat(),
             }
             for r in rows
         ]
@@ -252,7 +254,8 @@ def print_failed(rows: Sequence[FailedRow], *, as_json: bool) -> None:
         return
     for row in rows:
         click.echo(
-            f"{row.mirror}  {list(row.key)}  {row.field}: {row.error}  ({row.failed_at:%Y-%m-%d %H:%M:%S})"
+            f"{row.mirror}  {list(row.key)}  {row.field}: {row.error}  "
+            f"({row.attempts} attempts, {row.state}; last {row.failed_at:%Y-%m-%d %H:%M:%S})"
         )
     if not rows:
         click.echo("no failed rows")

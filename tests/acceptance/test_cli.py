@@ -250,6 +250,7 @@ async def test_failed_rows_listed_retried_and_discarded(
     listed = json.loads(vecmirror(cli_env, "failed", "list", "--json", *config).stdout)
     assert sorted(r["key"] for r in listed) == [["nan"], ["short"]]
     assert {r["field"] for r in listed} == {"vec"}
+    assert {(r["attempts"], r["retry_at"]) for r in listed} == {(5, None)}  # out of attempts: dead
 
     await pg.execute("ALTER TABLE products DISABLE TRIGGER USER")  # fix 'short' without queueing it
     await pg.execute("UPDATE products SET vec = '{0,1,0,0}' WHERE sku = 'short'")

@@ -22,7 +22,7 @@ class _Pings:
 
 def _sync(embedder: Any, embed_batch_size: int) -> Any:
     sync: Any = MirrorSync.__new__(MirrorSync)
-    sync._embedder, sync._options = embedder, SyncOptions(embed_batch_size=embed_batch_size)
+    sync._embedder, sync.options = embedder, SyncOptions(embed_batch_size=embed_batch_size)
     return sync
 
 

@@ -19,6 +19,12 @@ class FailedRow:
     field: str
     error: str
     failed_at: datetime
+    attempts: int = 1
+    retry_at: datetime | None = None  # None: dead-lettered, no automatic attempt left
+
+    @property
+    def state(self) -> str:
+        return "dead" if self.retry_at is None else f"retrying at {self.retry_at:%Y-%m-%d %H:%M:%S}"
 
 
 def _keys(keys: Sequence[RowKey] | None) -> str | None:
@@ -29,7 +35,18 @@ async def list_failed(
     conn: Connection, mirror: str | None, keys: Sequence[RowKey] | None = None
 ) -> list[FailedRow]:
     rows = await conn.fetch(QUERIES["list_failures"], mirror, _keys(keys))
-    return [FailedRow(r["mirror"], tuple(r["row_key"]), r["field"], r["error"], r["failed_at"]) for r in rows]
+    return [
+        FailedRow(
+            r["mirror"],
+            tuple(r["row_key"]),
+            r["field"],
+            r["error"],
+            r["failed_at"],
+            r["attempts"],
+            r["retry_at"],
+        )
+        for r in rows
+    ]
 
 
 async def retry_failed(conn: Connection, mirror: str | None, keys: Sequence[RowKey] | None = None) -> int:
