@@ -1,6 +1,6 @@
 """Faults injected into an in-process worker on real servers; invariant P must hold afterwards.
 
-Subprocess faults (SIGKILL, SIGSTOP, server restarts) are in tests/acceptance/test_faults.py.
+Subprocess faults (SIGKILL, SIGSTOP, server restarts) are in tests/acceptance/test_faults_processes.py.
 """
 
 from __future__ import annotations
