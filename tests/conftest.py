@@ -112,7 +112,7 @@ def write_config(tmp_path: Path) -> Callable[[list[dict[str, Any]]], tuple[Path,
 def settings_for(database_url: str, redis_url: str) -> Callable[..., Settings]:
     def make(config_path: Path, **overrides: Any) -> Settings:
         # Failing rows are retried after 10 ms, not 5 s: tests with poison rows drain in seconds.
-        # tests/integration/test_faults.py checks the attempts and the backoff itself.
+        # tests/integration/test_faults_in_process.py checks the attempts and the backoff itself.
         overrides.setdefault("row_retry_backoff", 0.01)
         return Settings(database_url=database_url, redis_url=redis_url, config=config_path, **overrides)
 
