@@ -129,14 +129,15 @@ class MirrorSync:
         log.warning("mirror_resync_queued", mirror=self.name, reason=reason)
 
     async def _sync_truncate(self, conn: Connection) -> bool:
-        """A TRUNCATE re-queues every key the mirror has in Redis; re-reading them deletes the
-        ones whose rows are gone."""
+        """A TRUNCATE re-queues every key the mirror has in Redis, and every failing row (which
+        has none); re-reading them deletes the ones whose rows are gone."""
         async with conn.transaction():
             marker = await changes.claim_truncate(conn, self.name)
             if marker is None:
                 return False
             async for keys in self.sink.scan_row_keys():
                 await changes.enqueue(conn, self.name, keys)
+            await changes.enqueue_failed(conn, self.name)
             await changes.acknowledge(conn, self.name, [marker])
         log.info("truncate_queued", mirror=self.name)
         return True

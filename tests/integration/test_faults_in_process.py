@@ -153,3 +153,16 @@ async def test_a_flushed_redis_and_keys_deleted_behind_our_back_are_repaired(
         [check] = await worker.check_mirrors()  # an idle worker notices it too
         await worker.run_once()
         await assert_invariant(pg, redis_url, config.mirrors[0])
+
+
+async def test_a_truncate_clears_the_failing_rows_it_removed(
+    pg: asyncpg.Connection, redis_url: str, write_config: Any, settings_for: Any
+) -> None:
+    settings, config = await _products(pg, write_config, settings_for)
+    await pg.execute("INSERT INTO products VALUES ('ok', 'Fine', 1, '{1,2,3,4}'), ('bad', 'Bad', 1, '{1,2}')")
+    await sync_once(settings, config)
+    assert await pg.fetchval("SELECT count(*) FROM vecmirror.failed_v1") == 1
+    await pg.execute("TRUNCATE products")
+    await pg.execute("INSERT INTO products VALUES ('new', 'New', 1, '{1,2,3,4}')")
+    await sync_once(settings, config)
+    await assert_invariant(pg, redis_url, config.mirrors[0])  # no dead letter left for a gone row

@@ -56,6 +56,10 @@ async def enqueue(conn: Connection, mirror: str, keys: Iterable[RowKey]) -> None
     await conn.execute(QUERIES["enqueue_keys"], mirror, payload)
 
 
+async def enqueue_failed(conn: Connection, mirror: str) -> None:
+    await conn.execute(QUERIES["enqueue_failed_keys"], mirror)
+
+
 async def queue_resync(conn: Connection, mirror: str) -> None:
     await conn.execute(QUERIES["queue_resync"], mirror)
 

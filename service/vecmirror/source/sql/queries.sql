@@ -121,6 +121,12 @@ INSERT INTO vecmirror.changes_v1 (mirror, row_key)
 SELECT $1, ARRAY(SELECT jsonb_array_elements_text(k))
 FROM jsonb_array_elements($2::jsonb) AS k;
 
+-- name: enqueue_failed_keys
+-- A TRUNCATE also re-checks the failing rows: they have no document to find in Redis, and once
+-- re-read as gone they leave failed_v1.
+INSERT INTO vecmirror.changes_v1 (mirror, row_key)
+SELECT mirror, row_key FROM vecmirror.failed_v1 WHERE mirror = $1;
+
 -- name: queue_resync
 -- Redis lost a mirror: a TRUNCATE marker re-checks every key Redis still has, and a new backfill
 -- walk queues every row.
