@@ -89,6 +89,9 @@ async def test_worker_sigkilled_before_and_after_the_redis_write_loses_nothing(
     config_path = tmp_path / "mirrors.yaml"
     mirror = _products_config(config_path)
     assert vecmirror(cli_env, "migrate", "--config", str(config_path)).returncode == 0
+    # A first run marks Redis: a worker that finds no marker resyncs, and that resync reads
+    # failed_v1 before any batch is written, which would stop it before the gate below.
+    assert vecmirror(cli_env, "run", "--once", "--config", str(config_path)).returncode == 0
     await _insert_products(pg, 1, 300)
     # Hold a table the worker needs next, so it stops at an exact point of its batch: versions_v1
     # is read with the rows (before any write), failed_v1 is written with the acknowledgement
