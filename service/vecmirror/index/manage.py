@@ -17,7 +17,8 @@ from typing import Any
 
 import redis.asyncio as redis
 import structlog
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
+from redisvl.exceptions import RedisSearchError
 from redisvl.index import AsyncSearchIndex
 from redisvl.schema import IndexSchema
 from redisvl.schema.fields import BaseField
@@ -56,7 +57,7 @@ async def ensure_index(client: redis.Redis, mirror: MirrorConfig) -> bool:
     name = mirror.index.index.name
     info = await index_info(client, name)
     if info is None:
-        await AsyncSearchIndex(mirror.index, redis_client=client).create(overwrite=False)
+        await _create(client, mirror)
         log.info("index_created", mirror=mirror.name, index=name)
         return True
     differences = index_differences(mirror.index, info)
@@ -67,6 +68,17 @@ async def ensure_index(client: redis.Redis, mirror: MirrorConfig) -> bool:
             + "\nDrop it (FT.DROPINDEX) or change the config back; vecmirror will not rebuild it."
         )
     return False
+
+
+async def _create(client: redis.Redis, mirror: MirrorConfig) -> None:
+    try:
+        await AsyncSearchIndex(mirror.index, redis_client=client).create(overwrite=False)
+    except RedisSearchError as exc:
+        # RedisVL wraps every error, a dropped connection too: the worker retries server trouble
+        # only when it sees it as such.
+        if isinstance(exc.__cause__, RedisError):
+            raise exc.__cause__ from exc
+        raise
 
 
 async def index_info(client: redis.Redis, name: str) -> dict[str, Any] | None:
