@@ -6,7 +6,8 @@ Stages meet only here and in app.py; each stage knows nothing of the ones after 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import structlog
@@ -17,7 +18,7 @@ from vecmirror.index.manage import ensure_index
 from vecmirror.pipeline.documents import Document, DocumentBuilder, RowKey
 from vecmirror.pipeline.embedder import Embedder
 from vecmirror.sink.writer import RedisSink
-from vecmirror.source import Connection, changes
+from vecmirror.source import Connection, changes, discard
 from vecmirror.source.changes import RetryPolicy, RowFailure
 from vecmirror.source.rows import LoadedRows, load_rows
 from vecmirror.source.tables import SourceTable
@@ -63,6 +64,23 @@ class _Plan:
         return [(key, self.versions[key]) for key in self.deletes]
 
 
+@contextlib.asynccontextmanager
+async def claim_transaction(conn: Connection) -> AsyncIterator[None]:
+    """The claim's transaction, rolled back by ending the session when anything goes wrong. After a
+    cancellation (shutdown) or a backend killed mid-statement, the connection may still be waiting
+    for that statement's end, and a ROLLBACK would fail ("another operation is in progress"),
+    hiding the real error; ending the session rolls back just as well, at once, and the pool opens
+    a new connection."""
+    transaction = conn.transaction()
+    await transaction.start()
+    try:
+        yield
+    except BaseException:
+        discard(conn)
+        raise
+    await transaction.commit()
+
+
 class MirrorSync:
     def __init__(
         self,
@@ -88,7 +106,7 @@ class MirrorSync:
         """Processes one batch; None when the mirror's queue had nothing claimable."""
         if await self._sync_truncate(conn):
             return BatchStats(self.name, changes=1, truncated=True)
-        async with conn.transaction():
+        async with claim_transaction(conn):
             batch = await changes.claim(conn, self.name, self.options.batch_size)
             if not batch.change_ids:
                 return None
@@ -131,7 +149,7 @@ class MirrorSync:
     async def _sync_truncate(self, conn: Connection) -> bool:
         """A TRUNCATE re-queues every key the mirror has in Redis, and every failing row (which
         has none); re-reading them deletes the ones whose rows are gone."""
-        async with conn.transaction():
+        async with claim_transaction(conn):
             marker = await changes.claim_truncate(conn, self.name)
             if marker is None:
                 return False

@@ -23,18 +23,27 @@ from redis.exceptions import RedisError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential, wait_random
 
 from vecmirror.errors import RedisForgotError
-from vecmirror.source import changes
+from vecmirror.source import changes, pooled
 from vecmirror.source.backfill import backfill_pending, queue_all_rows
 from vecmirror.source.listener import ChangeListener
 from vecmirror.sync import BatchStats, MirrorSync
 from vecmirror.verify import CountCheck, Verifier, count_check
 
 log = structlog.get_logger(__name__)
-# Server trouble, not a bug: the batch rolled back and its changes are still queued.
-TRANSIENT_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, RedisError)
+# Server trouble, not a bug: the batch rolled back and its changes are still queued. asyncpg raises
+# InternalClientError ("another operation is in progress") when a backend killed while the client
+# was idle is noticed only at the next statement; the connection is discarded (source.pooled).
+TRANSIENT_ERRORS = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    RedisError,
+)
 BatchCallback = Callable[[BatchStats], None]
 _T = TypeVar("_T")
 MAX_ERROR_BACKOFF = 60.0  # seconds: a long outage is retried at least once a minute
+UNCLAIMABLE_RECHECK = 0.1  # seconds: `run --once` waits this long for a change it cannot claim yet
 
 
 @dataclass
@@ -66,7 +75,7 @@ class Worker:
     async def prepare(self) -> None:
         """Before draining, and again after server trouble: resync every mirror Redis forgot
         (restarted empty, flushed), then queue the rows of new mirrors."""
-        async with self._pool.acquire() as conn:
+        async with pooled(self._pool) as conn:
             for sync in self._syncs:
                 await sync.resync_if_forgotten(conn)
         await self.backfill_new_mirrors()
@@ -74,7 +83,7 @@ class Worker:
 
     async def backfill_new_mirrors(self) -> None:
         """Rows that existed before `migrate` are queued on the first run."""
-        async with self._pool.acquire() as conn:
+        async with pooled(self._pool) as conn:
             for sync in self._syncs:
                 if await backfill_pending(conn, sync.name):
                     queued = await queue_all_rows(conn, sync.table, self._backfill_page)
@@ -98,12 +107,14 @@ class Worker:
         return totals
 
     async def _sync_one(self, sync: MirrorSync) -> BatchStats | None:
-        async with self._pool.acquire() as conn:
-            try:
+        try:
+            async with pooled(self._pool) as conn:
                 stats = await sync.sync_batch(conn)
-            except RedisForgotError as exc:
+        except RedisForgotError as exc:
+            # On a connection of its own: the batch's was discarded with its claim.
+            async with pooled(self._pool) as conn:
                 await sync.resync(conn, reason=str(exc))
-                stats = BatchStats(sync.name, resynced=True)
+            stats = BatchStats(sync.name, resynced=True)
         if stats is not None and stats.resynced:
             await self.backfill_new_mirrors()
         if stats is not None:
@@ -148,14 +159,23 @@ class Worker:
                 totals.by_mirror[mirror] = totals.by_mirror.get(mirror, 0) + count
             delay = await self._retrying(never, self._seconds_to_next_retry)
             if delay is None:
-                return totals
+                if not await self._retrying(never, self._anything_queued):
+                    return totals
+                # Queued yet not claimable: another worker's key, or an attempt that came due
+                # between this batch's start (its now()) and its claim. Look again shortly.
+                delay = UNCLAIMABLE_RECHECK
             await asyncio.sleep(delay)
+
+    async def _anything_queued(self) -> bool:
+        async with pooled(self._pool) as conn:
+            counts = [await changes.pending(conn, sync.name) for sync in self._syncs]
+        return any(counts)
 
     async def check_mirrors(self) -> list[CountCheck]:
         """The cheap check: a forgotten mirror is resynced; counts that disagree while nothing is
         queued start a full verify, whose drifted keys are queued (repaired by the next drain)."""
         checks = []
-        async with self._pool.acquire() as conn:
+        async with pooled(self._pool) as conn:
             for sync in self._syncs:
                 if await sync.resync_if_forgotten(conn):
                     await self.backfill_new_mirrors()
@@ -188,7 +208,7 @@ class Worker:
         )
 
     async def _seconds_to_next_retry(self) -> float | None:
-        async with self._pool.acquire() as conn:
+        async with pooled(self._pool) as conn:
             times = [await changes.next_retry_at(conn, sync.name) for sync in self._syncs]
         pending = [t for t in times if t is not None]
         if not pending:
