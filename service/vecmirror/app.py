@@ -17,6 +17,7 @@ from vecmirror.config import Config, MirrorConfig
 from vecmirror.connections import redis_from_settings
 from vecmirror.errors import NotMigratedError, StartupError
 from vecmirror.index.manage import check_eviction_policy, ensure_index
+from vecmirror.metrics import Metrics
 from vecmirror.pipeline.embedder import Embedder, EmbedderFactory, default_embedder_factory
 from vecmirror.settings import Settings
 from vecmirror.sink.writer import RedisSink
@@ -38,13 +39,14 @@ class App:
     syncs: list[MirrorSync]
     embedders: dict[str, Embedder]
 
-    def worker(self, on_batch: BatchCallback | None = None) -> Worker:
+    def worker(self, on_batch: BatchCallback | None = None, metrics: Metrics | None = None) -> Worker:
         return Worker(
             self.pool,
             self.syncs,
             backfill_page=self.settings.backfill_batch_size,
             on_batch=on_batch,
             error_backoff=self.settings.error_backoff,
+            metrics=metrics,
         )
 
 

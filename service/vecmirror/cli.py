@@ -188,6 +188,19 @@ def verify(config_path: Path | None, mirror: str | None, repair: bool, as_json: 
         sys.exit(1)
 
 
+@main.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON array and nothing else.")
+@handles_errors
+def status(config_path: Path | None, as_json: bool) -> None:
+    """Per mirror: queued changes, oldest change's age, dead letters, table rows vs documents,
+    index state and last sync."""
+    from vecmirror.commands import print_status, status_command
+
+    settings = _settings(config_path)
+    print_status(run_async(status_command(settings, _config(settings))), as_json=as_json)
+
+
 @main.group()
 def failed() -> None:
     """Rows that could not become indexed documents (vecmirror.failed_v1)."""

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,21 +12,23 @@ from typing import Any
 import asyncpg
 import click
 import structlog
+from redis.exceptions import RedisError
 from tqdm import tqdm
 
-from vecmirror.app import App, open_app, redis_client
+from vecmirror.app import App, check_migrated, open_app, redis_client
 from vecmirror.config import Config
 from vecmirror.errors import QueryError
 from vecmirror.pipeline.embedder import EmbedderFactory
 from vecmirror.query.results import Hit
 from vecmirror.query.search import MirrorSearch
+from vecmirror.serve import serve
 from vecmirror.settings import Settings
 from vecmirror.source import changes
 from vecmirror.source.backfill import count_rows, queue_all_rows, start_backfill
 from vecmirror.source.failures import FailedRow, discard_failed, list_failed, retry_failed
-from vecmirror.source.listener import ChangeListener
 from vecmirror.source.migrate import MigrateReport, migrate
 from vecmirror.source.tables import inspect_table
+from vecmirror.status import MirrorStatus, ServerUnavailableError, format_status, mirror_status
 from vecmirror.sync import BatchStats
 from vecmirror.verify import Drift, Verifier
 from vecmirror.worker import DrainStats
@@ -50,47 +52,13 @@ async def run_command(
     stop_signals: Sequence[signal.Signals] = (),
     embedder_factory: EmbedderFactory | None = None,
 ) -> DrainStats | None:
-    async with open_app(settings, config, embedder_factory) as app:
-        worker = app.worker()
-        if once:
-            return await worker.run_once()
-        stop = asyncio.Event()
-        listener = ChangeListener(settings.require_database_url())
-        task = asyncio.create_task(
-            worker.run_forever(listener, stop, settings.poll_interval, settings.check_interval),
-            name="vecmirror-worker",
-        )
-        shutdown = GracefulShutdown(stop, task, settings.shutdown_grace)
-        for signum in stop_signals:
-            asyncio.get_running_loop().add_signal_handler(signum, shutdown.request)
-        await shutdown.wait()
+    """--once drains and returns its totals; otherwise the worker runs with its HTTP server and
+    side tasks (vecmirror.serve) until a stop signal, and returns None."""
+    if not once:
+        await serve(settings, config, stop_signals=stop_signals, embedder_factory=embedder_factory)
         return None
-
-
-class GracefulShutdown:
-    """First signal: stop claiming and let the batch in hand finish, for at most `grace` seconds.
-    Then, or at a second signal, cancel it: its transaction rolls back, so its changes stay queued
-    for the next worker. Either way the process exits 0 and loses nothing."""
-
-    def __init__(self, stop: asyncio.Event, task: asyncio.Task[None], grace: float) -> None:
-        self._stop, self._task, self._grace = stop, task, grace
-
-    def request(self) -> None:
-        if self._stop.is_set():
-            log.warning("shutdown_forced")
-            self._task.cancel()
-            return
-        log.info("shutdown_requested", grace_seconds=self._grace)
-        self._stop.set()
-        asyncio.get_running_loop().call_later(self._grace, self._task.cancel)
-
-    async def wait(self) -> None:
-        try:
-            await self._task
-        except asyncio.CancelledError:
-            if not self._task.cancelled():
-                raise  # we ourselves were cancelled, not the worker
-            log.warning("shutdown_cancelled_in_flight_batch")
+    async with open_app(settings, config, embedder_factory) as app:
+        return await app.worker().run_once()
 
 
 async def backfill_command(
@@ -220,6 +188,31 @@ async def failed_command(
         return await discard_failed(conn, mirror, keys)
     finally:
         await conn.close()
+
+
+async def status_command(settings: Settings, config: Config) -> list[MirrorStatus]:
+    """Each mirror's queue, dead letters, table rows, index and last sync, read from the servers.
+    An unreachable server is an error that names it, not a traceback."""
+    try:
+        conn = await asyncpg.connect(settings.require_database_url())
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise ServerUnavailableError("Postgres", exc) from None
+    try:
+        await check_migrated(conn, config)
+        async with redis_client(settings) as client:
+            return [await mirror_status(conn, client, mirror) for mirror in config.mirrors]
+    except RedisError as exc:
+        raise ServerUnavailableError("Redis", exc) from None
+    finally:
+        await conn.close()
+
+
+def print_status(statuses: Sequence[MirrorStatus], *, as_json: bool) -> None:
+    now = time.time()
+    if as_json:
+        click.echo(json.dumps([s.as_dict(now) for s in statuses], ensure_ascii=False))
+        return
+    click.echo(format_status(statuses, now))
 
 
 def print_drift(drifts: Sequence[Drift], *, as_json: bool) -> None:

@@ -73,6 +73,15 @@ class Settings(BaseSettings):
     check_interval: float = Field(
         default=300.0, gt=0, description="seconds between the worker's checks of Redis against Postgres"
     )
+    http_host: str = Field(
+        default="0.0.0.0", description="address `run` serves /metrics, /healthz and /readyz on"
+    )
+    http_port: int = Field(
+        default=9400, ge=0, le=65535, description="port of /metrics, /healthz and /readyz (0: no HTTP server)"
+    )
+    metrics_interval: float = Field(
+        default=15.0, gt=0, description="seconds between samples of queue depth, dead letters and index state"
+    )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     device: str | None = Field(default=None, description="torch device for the model, e.g. cpu")

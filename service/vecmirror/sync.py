@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -17,9 +19,11 @@ from vecmirror.errors import RowError
 from vecmirror.index.manage import ensure_index
 from vecmirror.pipeline.documents import Document, DocumentBuilder, RowKey
 from vecmirror.pipeline.embedder import Embedder
+from vecmirror.sink.observe import record_last_sync
 from vecmirror.sink.writer import RedisSink
 from vecmirror.source import Connection, changes, discard
-from vecmirror.source.changes import RetryPolicy, RowFailure
+from vecmirror.source.changes import ClaimedBatch, RetryPolicy, RowFailure
+from vecmirror.source.observe import change_ages
 from vecmirror.source.rows import LoadedRows, load_rows
 from vecmirror.source.tables import SourceTable
 
@@ -42,6 +46,13 @@ class BatchStats:
     truncated: bool = False
     resynced: bool = False  # Redis had forgotten the mirror; every row is queued again
     failures: list[RowFailure] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)  # failed rows by stage: document, embed, index
+    duration_seconds: float = 0.0
+    embed_call_seconds: list[float] = field(default_factory=list)  # one per model call
+    redis_write_seconds: float | None = None
+    synced_at: float | None = None  # Unix time the batch was written to Redis
+    # Commit-to-searchable seconds of each user write the batch made searchable (see _freshness).
+    freshness_seconds: list[float] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -59,6 +70,7 @@ class _Plan:
     deletes: list[RowKey] = field(default_factory=list)
     failures: list[RowFailure] = field(default_factory=list)
     keep_vector: set[RowKey] = field(default_factory=set)
+    errors: Counter[str] = field(default_factory=Counter)
 
     def versioned_deletes(self) -> list[tuple[RowKey, int]]:
         return [(key, self.versions[key]) for key in self.deletes]
@@ -104,8 +116,11 @@ class MirrorSync:
 
     async def sync_batch(self, conn: Connection) -> BatchStats | None:
         """Processes one batch; None when the mirror's queue had nothing claimable."""
+        started = time.monotonic()
         if await self._sync_truncate(conn):
-            return BatchStats(self.name, changes=1, truncated=True)
+            return BatchStats(
+                self.name, changes=1, truncated=True, duration_seconds=time.monotonic() - started
+            )
         async with claim_transaction(conn):
             batch = await changes.claim(conn, self.name, self.options.batch_size)
             if not batch.change_ids:
@@ -115,12 +130,34 @@ class MirrorSync:
             # Still our claim? If the claim timeout ended the session while this worker was frozen,
             # this fails and nothing is written (the versions would refuse it anyway).
             await conn.execute("SELECT 1")
-            stats.refused_stale = await self._write(plan)
+            refused = await self._write(plan, stats)
+            stats.freshness_seconds = await self._freshness(conn, plan, batch, refused)
+            stats.synced_at = time.time()
+            await record_last_sync(self.sink.client, self.name, stats.synced_at)
             await self._acknowledge(conn, plan, batch.change_ids)
-        stats.changes = len(batch.change_ids)
-        stats.upserted, stats.deleted = len(plan.documents), len(plan.deletes)
-        stats.failed, stats.failures = len(plan.failures), plan.failures
+        self._summarise(stats, plan, batch)
+        stats.duration_seconds = time.monotonic() - started
         return stats
+
+    @staticmethod
+    def _summarise(stats: BatchStats, plan: _Plan, batch: ClaimedBatch) -> None:
+        stats.changes = len(batch.change_ids)
+        failed = {f.key for f in plan.failures}
+        stats.upserted = len(plan.documents)
+        stats.deleted = len([k for k in plan.deletes if k not in failed])  # rows gone, not failed ones
+        stats.failed, stats.failures, stats.errors = len(plan.failures), plan.failures, dict(plan.errors)
+
+    async def _freshness(
+        self, conn: Connection, plan: _Plan, batch: ClaimedBatch, refused: set[RowKey]
+    ) -> list[float]:
+        """Commit-to-searchable seconds of the user writes this batch made searchable, measured now
+        that Redis acknowledged them. A key's version is the id of its newest captured change, so
+        the claimed changes that are versions are exactly those writes; what backfills, resyncs,
+        repairs and retries queue are not writes of a user, and would only measure the queue."""
+        failed = {f.key for f in plan.failures}
+        synced = [d.key for d in plan.documents] + [k for k in plan.deletes if k not in failed]
+        versions = {plan.versions[k] for k in synced if k not in refused}
+        return await change_ages(conn, self.name, versions.intersection(batch.change_ids))
 
     async def _acknowledge(self, conn: Connection, plan: _Plan, change_ids: Sequence[int]) -> None:
         failed = {f.key for f in plan.failures}
@@ -170,17 +207,20 @@ class MirrorSync:
             try:
                 document = self._builder.build(key, row)
             except RowError as exc:
-                self._fail(plan, key, exc)
+                self._fail(plan, key, exc, stage="document")
                 continue
             document.version = loaded.versions[key]
             plan.documents.append(document)
         return plan
 
-    def _fail(self, plan: _Plan, key: RowKey, exc: RowError) -> None:
+    def _fail(self, plan: _Plan, key: RowKey, exc: RowError, *, stage: str) -> None:
         # The row can no longer be represented: its old document would be stale, so it goes too.
-        log.error("row_failed", mirror=self.name, key=list(key), field=exc.field, error=exc.problem)
+        log.error(
+            "row_failed", mirror=self.name, key=list(key), stage=stage, field=exc.field, error=exc.problem
+        )
         plan.failures.append(RowFailure(key, exc.field, exc.problem))
         plan.deletes.append(key)
+        plan.errors[stage] += 1
 
     async def _embed(self, plan: _Plan, keepalive: Keepalive) -> BatchStats:
         stats = BatchStats(self.name)
@@ -192,40 +232,50 @@ class MirrorSync:
         stats.embedding_skipped = len(plan.documents) - len(todo)
         stats.embedded = len(todo)
         if todo:
-            vectors = await self._embed_texts([d.text or "" for d in todo], keepalive)
+            texts = [d.text or "" for d in todo]
+            vectors = await self._embed_texts(texts, keepalive, stats.embed_call_seconds)
             self._attach_vectors(plan, todo, vectors)
         return stats
 
-    async def _embed_texts(self, texts: list[str], keepalive: Keepalive) -> list[object]:
+    async def _embed_texts(
+        self, texts: list[str], keepalive: Keepalive, timings: list[float] | None = None
+    ) -> list[object]:
         """One model call per embed batch, each in a thread: the event loop stays free, and a
         shutdown that cancels the batch waits for one model call at most. Texts go to the model
         sorted by length so each call pads little (unsorted chunks halved throughput here). The
-        claim is kept alive between calls, so the claim timeout only ends a frozen worker's."""
+        claim is kept alive between calls, so the claim timeout only ends a frozen worker's. Each
+        call's duration is appended to `timings`."""
+        timings = [] if timings is None else timings
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         vectors: list[object] = [None] * len(texts)
         size = self.options.embed_batch_size
         for start in range(0, len(order), size):
             chunk = order[start : start + size]
-            embedded = await self._embed_isolating_failures([texts[i] for i in chunk])
+            embedded = await self._embed_isolating_failures([texts[i] for i in chunk], timings)
             for position, vector in zip(chunk, embedded, strict=True):
                 vectors[position] = vector
             await keepalive()
         return vectors
 
-    async def _embed_isolating_failures(self, texts: list[str]) -> list[object]:
+    async def _embed_isolating_failures(self, texts: list[str], timings: list[float]) -> list[object]:
         """Vectors, or the exception the model raised for that one text: a failing call is split
-        in halves until the text that fails it is found, so one bad row fails alone."""
+        in halves until the text that fails it is found, so one bad row fails alone. Each call's
+        duration is appended to `timings`."""
         assert self._embedder is not None
+        started = time.monotonic()
         try:
-            return list(await asyncio.to_thread(self._embedder.embed, texts))
+            vectors = list(await asyncio.to_thread(self._embedder.embed, texts))
         except Exception as exc:  # the model's own error, whatever its type: it is the row's failure
+            timings.append(time.monotonic() - started)
             if len(texts) == 1:
                 return [exc]
             half = len(texts) // 2
             return [
-                *await self._embed_isolating_failures(texts[:half]),
-                *await self._embed_isolating_failures(texts[half:]),
+                *await self._embed_isolating_failures(texts[:half], timings),
+                *await self._embed_isolating_failures(texts[half:], timings),
             ]
+        timings.append(time.monotonic() - started)
+        return vectors
 
     def _attach_vectors(self, plan: _Plan, todo: list[Document], vectors: list[object]) -> None:
         assert self.mirror.embed is not None
@@ -238,17 +288,20 @@ class MirrorSync:
                     raise RowError(self.name, document.key, source, problem) from vector
                 document.vector = self._builder.vector(document.key, vector, source)
             except RowError as exc:
-                self._fail(plan, document.key, exc)
+                self._fail(plan, document.key, exc, stage="embed")
                 bad.add(document.key)
         plan.documents = [d for d in plan.documents if d.key not in bad]
 
-    async def _write(self, plan: _Plan) -> int:
-        """Writes the plan; returns how many writes Redis refused as older than what it holds."""
+    async def _write(self, plan: _Plan, stats: BatchStats) -> set[RowKey]:
+        """Writes the plan; returns the keys Redis refused as older than what it holds."""
         if self._failures_seen is None:
             self._failures_seen, _ = await self.sink.indexing_failures()
+        started = time.monotonic()
         refused = await self.sink.write(
             plan.documents, plan.versioned_deletes(), keep_vector=plan.keep_vector
         )
+        stats.redis_write_seconds = time.monotonic() - started
+        stats.refused_stale = len(refused)
         if refused:
             # Only a worker that lost its claim (frozen past the claim timeout) should see this.
             log.warning("stale_writes_refused", mirror=self.name, keys=[list(k) for k in refused])
@@ -256,7 +309,7 @@ class MirrorSync:
         if failures_now > self._failures_seen and plan.documents:
             await self._report_refused(plan, reason)
         self._failures_seen = failures_now
-        return len(refused)
+        return set(refused)
 
     async def _report_refused(self, plan: _Plan, reason: str | None) -> None:
         """Documents the index refused fail like bad rows, and leave Redis: an unindexed key under
@@ -266,6 +319,7 @@ class MirrorSync:
             problem = "Redis refused to index the document" + (f": {reason}" if reason else "")
             log.error("document_not_indexed", mirror=self.name, key=self.sink.key(key), error=problem)
             plan.failures.append(RowFailure(key, INDEX_REFUSED_FIELD, problem))
+            plan.errors["index"] += 1
         plan.documents = [d for d in plan.documents if d.key not in refused]
         gone = [(key, plan.versions[key]) for key in refused]
         await self.sink.write([], gone, keep_vector=set())

@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential, wait_random
 
 from vecmirror.errors import RedisForgotError
+from vecmirror.metrics import Metrics
 from vecmirror.source import changes, pooled
 from vecmirror.source.backfill import backfill_pending, queue_all_rows
 from vecmirror.source.listener import ChangeListener
@@ -63,6 +64,7 @@ class Worker:
         backfill_page: int,
         on_batch: BatchCallback | None = None,
         error_backoff: float = 2.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self._pool = pool
         self._syncs = list(syncs)
@@ -71,6 +73,8 @@ class Worker:
         self._error_backoff = error_backoff
         self._prepared = False
         self.last_checks: dict[str, CountCheck] = {}
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.metrics.declare_mirrors(sync.name for sync in self._syncs)
 
     async def prepare(self) -> None:
         """Before draining, and again after server trouble: resync every mirror Redis forgot
@@ -86,7 +90,8 @@ class Worker:
         async with pooled(self._pool) as conn:
             for sync in self._syncs:
                 if await backfill_pending(conn, sync.name):
-                    queued = await queue_all_rows(conn, sync.table, self._backfill_page)
+                    progress = functools.partial(self.metrics.backfill_queued, sync.name)
+                    queued = await queue_all_rows(conn, sync.table, self._backfill_page, progress)
                     log.info("backfill_queued", mirror=sync.name, rows=queued)
 
     async def drain(self, stop: asyncio.Event | None = None) -> DrainStats:
@@ -126,6 +131,8 @@ class Worker:
             "batch_synced",
             mirror=stats.mirror,
             changes=stats.changes,
+            rows=stats.upserted + stats.deleted,
+            duration_seconds=round(stats.duration_seconds, 4),
             upserted=stats.upserted,
             deleted=stats.deleted,
             embedded=stats.embedded,
@@ -134,6 +141,7 @@ class Worker:
             refused_stale=stats.refused_stale,
             truncated=stats.truncated,
         )
+        self.metrics.batch_synced(stats)
         if self._on_batch is not None:
             self._on_batch(stats)
 
@@ -186,6 +194,7 @@ class Worker:
                     await self.backfill_new_mirrors()
                     continue
                 log.info("mirror_checked", **vars(check), drifted=check.drifted)
+                self.metrics.mirror_checked(check)
                 if check.drifted:
                     await self._repair(conn, sync)
                 self.last_checks[sync.name] = check
@@ -266,6 +275,8 @@ class Worker:
             attempt=state.attempt_number,
             retry_in=round(state.upcoming_sleep, 2),
         )
+        # redis-py wraps its socket errors in RedisError; the others come from asyncpg or its sockets.
+        self.metrics.server_error("redis" if isinstance(error, RedisError) else "postgres")
         # Whatever the servers lost meanwhile (a Redis restarted empty) is checked before draining.
         self._prepared = False
 

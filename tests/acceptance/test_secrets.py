@@ -28,6 +28,7 @@ COMMANDS = [
     ("backfill",),
     ("verify",),
     ("failed", "list"),
+    ("status",),
     ("query", "products", "--vector", "[1,0,0,0]"),
 ]
 

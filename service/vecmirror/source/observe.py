@@ -1,0 +1,45 @@
+"""What the queue says about a mirror, for /metrics and `vecmirror status` (read-only)."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from importlib.resources import files
+
+from vecmirror.source import Connection
+from vecmirror.source.sql import parse_named_sql
+
+OBSERVE_QUERIES = parse_named_sql(files("vecmirror.source.sql").joinpath("observe.sql").read_text())
+
+
+@dataclass(frozen=True)
+class QueueState:
+    pending: int  # queued changes, delayed retries included
+    oldest_age: float | None  # seconds the oldest claimable change has waited; None: nothing claimable
+    dead_letters: int  # failed rows with no automatic attempt left
+    failed_rows: int  # failed rows, still retried or dead-lettered
+    backfill_state: str  # pending, running or done
+
+    @property
+    def backfill_running(self) -> bool:
+        return self.backfill_state != "done"
+
+
+async def queue_state(conn: Connection, mirror: str) -> QueueState:
+    row = await conn.fetchrow(OBSERVE_QUERIES["queue_state"], mirror)
+    assert row is not None
+    return QueueState(
+        pending=row["pending"],
+        oldest_age=row["oldest_age"],
+        dead_letters=row["dead_letters"],
+        failed_rows=row["failed_rows"],
+        backfill_state=row["backfill_state"] or "not installed",
+    )
+
+
+async def change_ages(conn: Connection, mirror: str, change_ids: Collection[int]) -> list[float]:
+    """Seconds since each change was queued, on Postgres' clock."""
+    if not change_ids:
+        return []
+    rows = await conn.fetch(OBSERVE_QUERIES["change_ages"], mirror, list(change_ids))
+    return [float(r["age"]) for r in rows]

@@ -1,0 +1,21 @@
+-- Read-only SQL for /metrics and `vecmirror status`. Each block starts with `-- name: NAME` and a
+-- line saying why. Kept apart from queries.sql: nothing here changes the queue.
+
+-- name: queue_state
+-- One mirror's queue at a glance. The oldest change's age counts only changes that can be claimed
+-- now (a failing row's delayed retry waits by design), from when it became claimable.
+SELECT
+    (SELECT count(*) FROM vecmirror.changes_v1 WHERE mirror = $1) AS pending,
+    (SELECT extract(epoch FROM clock_timestamp() - min(greatest(created_at, not_before)))::float8
+     FROM vecmirror.changes_v1
+     WHERE mirror = $1 AND (not_before IS NULL OR not_before <= now())) AS oldest_age,
+    (SELECT count(*) FROM vecmirror.failed_v1 WHERE mirror = $1 AND retry_at IS NULL) AS dead_letters,
+    (SELECT count(*) FROM vecmirror.failed_v1 WHERE mirror = $1) AS failed_rows,
+    (SELECT backfill_state FROM vecmirror.mirrors_v1 WHERE name = $1) AS backfill_state;
+
+-- name: change_ages
+-- Freshness: seconds since each change was queued (its writing transaction's now()), read just after
+-- Redis acknowledged the write that made it searchable; both ends on Postgres' clock, so no skew.
+SELECT extract(epoch FROM clock_timestamp() - created_at)::float8 AS age
+FROM vecmirror.changes_v1
+WHERE mirror = $1 AND id = ANY($2::bigint[]);

@@ -1,0 +1,119 @@
+"""`vecmirror status [--json]`: where each mirror stands, read from Postgres and Redis (not from a
+worker, so it answers with any number of workers, or none)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis.asyncio as redis
+
+from vecmirror.config import MirrorConfig
+from vecmirror.errors import VecmirrorError
+from vecmirror.logging import redact
+from vecmirror.sink.observe import IndexState, index_state, read_last_sync
+from vecmirror.source import Connection
+from vecmirror.source.backfill import count_rows
+from vecmirror.source.observe import QueueState, queue_state
+from vecmirror.source.tables import inspect_table
+
+COLUMNS = ("MIRROR", "PENDING", "OLDEST", "DEAD", "ROWS", "DOCUMENTS", "INDEXED", "FAILURES", "BACKFILL")
+
+
+class ServerUnavailableError(VecmirrorError):
+    """`status` could not read a server; the message names it and says why, without its URL."""
+
+    def __init__(self, server: str, error: BaseException) -> None:
+        super().__init__(f"{server} unreachable: {type(error).__name__}: {redact(str(error))}")
+
+
+@dataclass(frozen=True)
+class MirrorStatus:
+    mirror: str
+    queue: QueueState
+    table_rows: int
+    index: IndexState
+    last_sync: float | None  # Unix time a worker last wrote a batch; None: never (or Redis was emptied)
+
+    def as_dict(self, now: float) -> dict[str, Any]:
+        return {
+            "mirror": self.mirror,
+            "pending": self.queue.pending,
+            "oldest_pending_age_seconds": self.queue.oldest_age,
+            "dead_letters": self.queue.dead_letters,
+            "failed_rows": self.queue.failed_rows,
+            "backfill": self.queue.backfill_state,
+            "table_rows": self.table_rows,
+            "documents": self.index.documents,
+            "index": {
+                "name": self.index.name,
+                "exists": self.index.exists,
+                "percent_indexed": round(self.index.indexed_ratio * 100, 1),
+                "indexing_failures": self.index.indexing_failures,
+            },
+            "last_sync": None if self.last_sync is None else _iso(self.last_sync),
+            "last_sync_age_seconds": None if self.last_sync is None else round(now - self.last_sync, 3),
+        }
+
+
+async def mirror_status(conn: Connection, client: redis.Redis, mirror: MirrorConfig) -> MirrorStatus:
+    table = await inspect_table(conn, mirror)
+    return MirrorStatus(
+        mirror=mirror.name,
+        queue=await queue_state(conn, mirror.name),
+        table_rows=await count_rows(conn, table),
+        index=await index_state(client, mirror.index.index.name),
+        last_sync=await read_last_sync(client, mirror.name),
+    )
+
+
+def format_status(statuses: Sequence[MirrorStatus], now: float) -> str:
+    """One aligned row per mirror, then each mirror's last sync."""
+    rows = [list(COLUMNS), *(_cells(s) for s in statuses)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
+    lines += [f"{s.mirror}: last sync {_last_sync(s.last_sync, now)}" for s in statuses]
+    return "\n".join(lines)
+
+
+def _cells(status: MirrorStatus) -> list[str]:
+    queue, index = status.queue, status.index
+    return [
+        status.mirror,
+        str(queue.pending),
+        "-" if queue.oldest_age is None else duration(queue.oldest_age),
+        str(queue.dead_letters),
+        str(status.table_rows),
+        str(index.documents),
+        f"{index.indexed_ratio * 100:.0f}%" if index.exists else "no index",
+        str(index.indexing_failures),
+        queue.backfill_state,
+    ]
+
+
+def _last_sync(when: float | None, now: float) -> str:
+    if when is None:
+        return "never (no batch written since Redis was last emptied)"
+    return f"{_iso(when)} ({duration(max(0.0, now - when))} ago)"
+
+
+def duration(seconds: float) -> str:
+    """3.2s, 4m05s, 2h07m, 3d04h: short and still exact enough to act on."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"
+
+
+def _iso(when: float) -> str:
+    return datetime.fromtimestamp(when, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
