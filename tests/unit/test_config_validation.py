@@ -221,6 +221,18 @@ def test_unknown_key_in_embed() -> None:
             "index.fields.embedding.attrs.dims: Input should be a valid integer",
         ),
         (
+            lambda m: m["index"]["fields"][2]["attrs"].update(dims=-5),
+            "index.fields.embedding.attrs.dims: must be a positive integer, got -5",
+        ),
+        (
+            lambda m: m["index"]["fields"][2]["attrs"].update(dims=0),
+            "index.fields.embedding.attrs.dims: must be a positive integer, got 0",
+        ),
+        (
+            lambda m: m["index"]["fields"][2]["attrs"].update(m=0),
+            "index.fields.embedding.attrs.m: must be a positive integer, got 0",
+        ),
+        (
             lambda m: m["index"]["fields"][2]["attrs"].update(distance_metric="dot"),
             "index.fields.embedding.attrs.distance_metric: Input should be",
         ),

@@ -59,10 +59,25 @@ def _field_problems(schema: IndexSchema) -> list[str]:
             problems.append(f"index.fields.{field.name}: names starting {RESERVED_PREFIX!r} are reserved")
         if is_json:
             problems += _json_path_problems(field)
+        if field_type(field) == "vector":
+            problems += _vector_attr_problems(field)
     if is_json:
         plain = [f for f in schema.fields.values() if SIMPLE_JSON_PATH.match(f.path or "")]
         problems += _path_conflicts(plain)
     return problems
+
+
+# RedisVL takes any integer for these; Redis would refuse the index only at FT.CREATE, or not at all.
+POSITIVE_VECTOR_ATTRS = ("dims", "m", "ef_construction", "ef_runtime", "initial_cap", "block_size")
+
+
+def _vector_attr_problems(field: BaseField) -> list[str]:
+    attrs = field.attrs.model_dump()
+    return [
+        f"index.fields.{field.name}.attrs.{name}: must be a positive integer, got {attrs[name]}"
+        for name in POSITIVE_VECTOR_ATTRS
+        if isinstance(attrs.get(name), int) and attrs[name] < 1
+    ]
 
 
 def _json_path_problems(field: BaseField) -> list[str]:
