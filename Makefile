@@ -7,11 +7,13 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 export HF_HUB_OFFLINE ?= 1
+# `make bench`'s backfill and R2 size; 100k rows embed for hours on a 2-core CPU, minutes on a GPU.
+BENCH_ROWS ?= 100000
 
-.PHONY: help install lint typecheck test test-fast demo stack-down clean
+.PHONY: help install lint typecheck test test-fast bench bench-quick bench-profile demo stack-down clean
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 install: $(VENV)/.installed ## Create .venv with everything (torch CPU first)
 
@@ -34,6 +36,15 @@ test: lint typecheck ## Install, lint, type-check and run every test on real ser
 
 test-fast: install ## Unit tests only (no servers, no model)
 	$(BIN)/pytest tests/unit
+
+bench: install ## Full benchmark (BENCH_ROWS=100000: hours on a CPU) -> bench/RESULTS.md
+	$(BIN)/python bench/harness.py --rows $(BENCH_ROWS)
+
+bench-quick: install ## The same benchmark at small sizes, in under two minutes -> bench/RESULTS.md
+	$(BIN)/python bench/harness.py --quick
+
+bench-profile: install ## py-spy profiles of the insert and update syncs (a few minutes) -> bench/PROFILE.md
+	$(BIN)/python bench/profile_sync.py
 
 demo: install ## Embedded Postgres + Redis, a demo table, a live mirror and queries (Ctrl-C stops)
 	$(BIN)/vecmirror demo

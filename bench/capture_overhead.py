@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 from common import run_bench
+from pydantic import SecretStr
 
 from vecmirror.commands import migrate_command
 from vecmirror.config import parse_config
@@ -40,9 +41,10 @@ async def bulk_update(conn: asyncpg.Connection, table: str, _rows: int) -> objec
 
 async def single_row_inserts(conn: asyncpg.Connection, table: str, rows: int) -> object:
     count = min(rows, 5000)
-    return await conn.executemany(
+    await conn.executemany(
         f"INSERT INTO {table} VALUES ($1, 'one row')", [(rows + i,) for i in range(1, count + 1)]
     )
+    return count
 
 
 async def bulk_delete(conn: asyncpg.Connection, table: str, _rows: int) -> object:
@@ -61,7 +63,7 @@ async def measure(urls: StackUrls, rows: int) -> None:
     conn = await asyncpg.connect(urls.database_url)
     for table in ("plain", "mirrored"):
         await conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, body text)")
-    settings = Settings(database_url=urls.database_url, redis_url=urls.redis_url)
+    settings = Settings(database_url=SecretStr(urls.database_url), redis_url=SecretStr(urls.redis_url))
     await migrate_command(settings, parse_config({"mirrors": [MIRROR]}))
     print(f"{'workload':42} {'plain s':>9} {'mirrored s':>11} {'ratio':>7}")
     for name, workload in WORKLOADS:

@@ -19,6 +19,7 @@ from typing import Any
 import asyncpg
 import numpy as np
 from common import run_bench
+from pydantic import SecretStr
 
 from vecmirror.commands import migrate_command, run_command
 from vecmirror.config import DEFAULT_MODEL, parse_config
@@ -64,7 +65,9 @@ MIRROR = {
 
 
 async def measure(urls: StackUrls, rows: int) -> None:
-    settings = Settings(database_url=urls.database_url, redis_url=urls.redis_url, batch_size=2000)
+    settings = Settings(
+        database_url=SecretStr(urls.database_url), redis_url=SecretStr(urls.redis_url), batch_size=2000
+    )
     config = parse_config({"mirrors": [MIRROR]})
     conn = await asyncpg.connect(urls.database_url)
     await conn.execute(
