@@ -15,8 +15,8 @@ import pytest
 import redis
 import yaml
 
-from vecmirror.config import DEFAULT_MODEL, Config, parse_config
-from vecmirror.pipeline.embedder import SentenceTransformerEmbedder
+from vecmirror.config import DEFAULT_MODEL, Config, ModelSpec, parse_config
+from vecmirror.pipeline.embedder import Embedder, load_embedder
 from vecmirror.settings import Settings
 from vecmirror.stack import StackUrls, stack_down, stack_up
 
@@ -84,14 +84,16 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture(scope="session")
-def embedder() -> SentenceTransformerEmbedder:
-    return SentenceTransformerEmbedder(DEFAULT_MODEL)
+def embedder() -> Embedder:
+    """The default model on its default backend, as `vecmirror run` loads it (the ONNX export is
+    made in, or read from, the same cache the CLI subprocesses use)."""
+    return load_embedder(ModelSpec(DEFAULT_MODEL), Settings())
 
 
 @pytest.fixture
-def embedder_factory(embedder: SentenceTransformerEmbedder) -> Callable[[str], SentenceTransformerEmbedder]:
-    def load(model: str) -> SentenceTransformerEmbedder:
-        assert model == DEFAULT_MODEL
+def embedder_factory(embedder: Embedder) -> Callable[[ModelSpec], Embedder]:
+    def load(spec: ModelSpec) -> Embedder:
+        assert spec == ModelSpec(DEFAULT_MODEL)  # the default model on the default backend
         return embedder
 
     return load

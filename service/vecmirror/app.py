@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import asyncpg
 import redis.asyncio as redis
 
-from vecmirror.config import Config, MirrorConfig
+from vecmirror.config import Config, MirrorConfig, ModelSpec
 from vecmirror.connections import redis_from_settings
 from vecmirror.errors import NotMigratedError, StartupError
 from vecmirror.index.manage import check_eviction_policy, ensure_index
@@ -37,7 +37,7 @@ class App:
     pool: asyncpg.Pool
     redis: redis.Redis
     syncs: list[MirrorSync]
-    embedders: dict[str, Embedder]
+    embedders: dict[ModelSpec, Embedder]
 
     def worker(self, on_batch: BatchCallback | None = None, metrics: Metrics | None = None) -> Worker:
         return Worker(
@@ -104,7 +104,7 @@ async def _build(
         await check_migrated(conn, config)
         for mirror in config.mirrors:
             table = await inspect_table(conn, mirror)
-            embedder = embedders.get(mirror.embed.model) if mirror.embed else None
+            embedder = embedders.get(mirror.embed.spec) if mirror.embed else None
             sink = RedisSink(client, mirror, tombstone_ttl=settings.tombstone_ttl)
             syncs.append(MirrorSync(mirror, table, sink, embedder, sync_options(settings)))
     await check_eviction_policy(client)
@@ -113,15 +113,15 @@ async def _build(
     return App(settings, config, pool, client, syncs, embedders)
 
 
-def load_embedders(config: Config, factory: EmbedderFactory) -> dict[str, Embedder]:
-    """One model instance per distinct model name, checked against every field it feeds."""
-    embedders: dict[str, Embedder] = {}
+def load_embedders(config: Config, factory: EmbedderFactory) -> dict[ModelSpec, Embedder]:
+    """One model instance per distinct model and backend, checked against every field it feeds."""
+    embedders: dict[ModelSpec, Embedder] = {}
     for mirror in config.mirrors:
         if mirror.embed is None:
             continue
-        if mirror.embed.model not in embedders:
-            embedders[mirror.embed.model] = factory(mirror.embed.model)
-        check_dimension(mirror, embedders[mirror.embed.model])
+        if mirror.embed.spec not in embedders:
+            embedders[mirror.embed.spec] = factory(mirror.embed.spec)
+        check_dimension(mirror, embedders[mirror.embed.spec])
     return embedders
 
 

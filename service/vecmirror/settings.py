@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qs, urlsplit
@@ -85,6 +86,10 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     device: str | None = Field(default=None, description="torch device for the model, e.g. cpu")
+    model_cache: Path = Field(
+        default_factory=lambda: _user_cache() / "vecmirror",
+        description="directory for the ONNX exports of models (made on first use; must be writable)",
+    )
 
     def require_database_url(self) -> str:
         if self.database_url is None:
@@ -95,6 +100,11 @@ class Settings(BaseSettings):
         if self.redis_url is None:
             raise ConfigError(["VECMIRROR_REDIS_URL is not set"])
         return _parsable(self.redis_url.get_secret_value(), "VECMIRROR_REDIS_URL")
+
+
+def _user_cache() -> Path:
+    """XDG's cache directory, where Hugging Face and torch keep theirs too."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
 
 
 def _parsable(url: str, variable: str) -> str:

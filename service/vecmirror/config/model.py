@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 import string
 from collections.abc import Iterator
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from redisvl.schema import IndexInfo, IndexSchema
@@ -14,6 +15,13 @@ from redisvl.schema.fields import BaseField
 from vecmirror.errors import ConfigError
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+# How the model runs: sentence-transformers on torch, or an ONNX export of the same pipeline run by
+# onnxruntime, in float32 or with int8 weights. Unset, it depends on the device (pipeline/embedder.py):
+# onnx on a CPU, where bench/onnx_accuracy.py found the same vectors faster, torch on a CUDA device.
+Backend = Literal["torch", "onnx", "onnx-int8"]
+BACKENDS: tuple[Backend, ...] = get_args(Backend)
+CPU_BACKEND: Backend = "onnx"
+CUDA_BACKEND: Backend = "torch"
 # Fields vecmirror keeps in every document next to the user's fields.
 META_KEY_FIELD = "_vm_key"
 META_HASH_FIELD = "_vm_hash"
@@ -32,6 +40,14 @@ INDEX_INFO_KEYS = tuple(IndexInfo.model_fields)
 VECTOR_ALGORITHMS = ("flat", "hnsw")  # what search 2.10 builds (and the README documents)
 
 
+@dataclass(frozen=True)
+class ModelSpec:
+    """What loading a model needs: mirrors with equal specs share one loaded model."""
+
+    model: str = DEFAULT_MODEL
+    backend: Backend | None = None  # the device's default
+
+
 class EmbedConfig(BaseModel):
     """The vector computed from a row's text with a sentence-transformers model."""
 
@@ -40,6 +56,11 @@ class EmbedConfig(BaseModel):
     field: str
     template: str
     model: str = DEFAULT_MODEL
+    backend: Backend | None = None
+
+    @property
+    def spec(self) -> ModelSpec:
+        return ModelSpec(self.model, self.backend)
 
     @field_validator("template")
     @classmethod

@@ -1,4 +1,5 @@
-"""Text → vectors. A narrow protocol, the sentence-transformers implementation, and a fake."""
+"""Text → vectors. A narrow protocol, the sentence-transformers implementation, a factory choosing
+the backend (torch here, ONNX in onnx.py), and a fake."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from vecmirror.config import DEFAULT_MODEL
+from vecmirror.config import CPU_BACKEND, CUDA_BACKEND, DEFAULT_MODEL, Backend, ModelSpec
 from vecmirror.settings import Settings
 
 Vectors = npt.NDArray[np.float32]
@@ -78,18 +79,41 @@ class SentenceTransformerEmbedder:
         return np.asarray(vectors, dtype=np.float32)
 
 
-EmbedderFactory = Callable[[str], Embedder]
+EmbedderFactory = Callable[[ModelSpec], Embedder]
 
 
 def default_embedder_factory(settings: Settings) -> EmbedderFactory:
-    """sentence-transformers models with the settings' device and batch size."""
+    """Each spec's model on its backend, with the settings' device, batch size and model cache."""
 
-    def load(model: str) -> Embedder:
-        return SentenceTransformerEmbedder(
-            model, device=settings.device, batch_size=settings.embed_batch_size
-        )
+    def load(spec: ModelSpec) -> Embedder:
+        return load_embedder(spec, settings)
 
     return load
+
+
+def load_embedder(spec: ModelSpec, settings: Settings) -> Embedder:
+    backend = backend_for(spec, settings.device)
+    if backend == "torch":
+        return SentenceTransformerEmbedder(
+            spec.model, device=settings.device, batch_size=settings.embed_batch_size
+        )
+    from vecmirror.pipeline.onnx import OnnxEmbedder  # onnxruntime is loaded only when asked for
+
+    return OnnxEmbedder(
+        spec.model,
+        quantized=backend == "onnx-int8",
+        cache=settings.model_cache,
+        device=settings.device,
+        batch_size=settings.embed_batch_size,
+    )
+
+
+def backend_for(spec: ModelSpec, device: str | None) -> Backend:
+    """The mirror's backend, or the default for the device: on a CPU the ONNX export gives torch's
+    vectors faster (bench/onnx_accuracy.py); on a CUDA device torch, which needs no other package."""
+    if spec.backend is not None:
+        return spec.backend
+    return CUDA_BACKEND if device is not None and device.startswith("cuda") else CPU_BACKEND
 
 
 class FakeEmbedder:

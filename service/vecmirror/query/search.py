@@ -15,7 +15,7 @@ import redis.asyncio as redis
 from redisvl.index import AsyncSearchIndex
 from redisvl.query import AggregateHybridQuery, VectorQuery, VectorRangeQuery
 
-from vecmirror.config import Config
+from vecmirror.config import Config, ModelSpec
 from vecmirror.connections import redis_from_settings
 from vecmirror.errors import QueryError
 from vecmirror.pipeline.embedder import Embedder, EmbedderFactory, default_embedder_factory
@@ -34,7 +34,7 @@ class MirrorSearch:
         self._config = config
         self._redis = client
         self._factory = embedder_factory
-        self._embedders: dict[str, Embedder] = {}
+        self._embedders: dict[ModelSpec, Embedder] = {}
 
     @classmethod
     @asynccontextmanager
@@ -152,9 +152,9 @@ class MirrorSearch:
         embed = target.mirror.embed
         if embed is None:
             raise QueryError(f"mirror {target.mirror.name!r} has no embed model: query it with a vector")
-        if embed.model not in self._embedders:
-            self._embedders[embed.model] = await asyncio.to_thread(self._factory, embed.model)
-        vectors = await asyncio.to_thread(self._embedders[embed.model].embed, [text or ""])
+        if embed.spec not in self._embedders:
+            self._embedders[embed.spec] = await asyncio.to_thread(self._factory, embed.spec)
+        vectors = await asyncio.to_thread(self._embedders[embed.spec].embed, [text or ""])
         return [float(v) for v in vectors[0]]
 
     async def _run(self, target: Target, query: Any, with_vectors: bool) -> list[Hit]:

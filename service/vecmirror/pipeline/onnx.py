@@ -1,0 +1,248 @@
+"""The ONNX backends: a model's sentence-transformers pipeline run by onnxruntime.
+
+The first use of a model exports it into the model cache (VECMIRROR_MODEL_CACHE; see
+onnx_export.py for how and why); later processes read the export in under a second. Texts are
+tokenized by the model's own tokenizer with its own maximum sequence length, as sentence-transformers
+does, so both backends see the same tokens; on a CPU each text runs alone (see OnnxEmbedder).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+
+from vecmirror.errors import StartupError
+from vecmirror.pipeline.embedder import Vectors, resolve_model
+
+log = structlog.get_logger(__name__)
+
+# Bumped when the exported files change shape, so older exports are made again.
+EXPORT_FORMAT = 1
+METADATA_FILE = "vecmirror-onnx.json"
+OUTPUT_NAME = "sentence_embedding"
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    """One model's export: its graphs, its tokenizer files and what running them needs."""
+
+    directory: Path
+    max_seq_length: int
+    dimension: int
+    input_names: tuple[str, ...]
+
+    def graph(self, *, quantized: bool) -> Path:
+        return self.directory / ("model-int8.onnx" if quantized else "model.onnx")
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "max_seq_length": self.max_seq_length,
+            "dimension": self.dimension,
+            "input_names": list(self.input_names),
+        }
+
+    @classmethod
+    def read(cls, directory: Path) -> ExportedModel:
+        raw = json.loads((directory / METADATA_FILE).read_text())
+        return cls(directory, int(raw["max_seq_length"]), int(raw["dimension"]), tuple(raw["input_names"]))
+
+
+class OnnxRunner:
+    """One onnxruntime session and the model's tokenizer: texts in, one vector per text out."""
+
+    def __init__(self, exported: ExportedModel, *, quantized: bool, providers: Sequence[Any]) -> None:
+        import onnxruntime
+        import torch  # loaded by transformers anyway
+        from transformers import AutoTokenizer
+
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3  # errors only: its warnings go to stderr, around our JSON logs
+        # One thread per core torch would use: OMP_NUM_THREADS (a pod's CPU limit) bounds both
+        # backends, where onnxruntime alone would start one per core of the whole machine.
+        options.intra_op_num_threads = torch.get_num_threads()
+        # The arena keeps the peak of the largest batch for good: 2.2 GB after 64 texts of 256 tokens
+        # against 0.6 GB without it, at no measurable cost in speed.
+        options.enable_cpu_mem_arena = False
+        self._session = onnxruntime.InferenceSession(
+            str(exported.graph(quantized=quantized)), options, providers=list(providers)
+        )
+        self._tokenizer = AutoTokenizer.from_pretrained(str(exported.directory))
+        self._exported = exported
+
+    @property
+    def providers(self) -> list[str]:
+        return list(self._session.get_providers())
+
+    def run(self, texts: list[str]) -> Vectors:
+        tokens = self._tokenizer(
+            texts,
+            padding=True,
+            truncation="longest_first",
+            max_length=self._exported.max_seq_length,
+            return_tensors="np",
+        )
+        feeds = {name: np.asarray(tokens[name], dtype=np.int64) for name in self._exported.input_names}
+        (vectors,) = self._session.run([OUTPUT_NAME], feeds)
+        return np.asarray(vectors, dtype=np.float32)
+
+
+class OnnxEmbedder:
+    """The Embedder protocol over onnxruntime; counts its calls like SentenceTransformerEmbedder."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        quantized: bool,
+        cache: Path,
+        device: str | None = None,
+        batch_size: int = 64,
+        texts_per_run: int | None = None,
+    ) -> None:
+        exported = ensure_exported(model, resolve_model(model), cache, quantized=quantized)
+        self._runner = OnnxRunner(exported, quantized=quantized, providers=providers_for(device))
+        self._model_name = model
+        self._dimension = exported.dimension
+        self._texts_per_run = texts_per_run or self._default_texts_per_run(quantized, batch_size)
+        self._lock = threading.Lock()  # one run at a time: onnxruntime already uses every core
+        self.calls = 0
+        self.texts_embedded = 0
+
+    @property
+    def model(self) -> str:
+        return self._model_name
+
+    @property
+    def dimension(self) -> int:
+        return self._dimension
+
+    @property
+    def providers(self) -> list[str]:
+        return self._runner.providers
+
+    def _default_texts_per_run(self, quantized: bool, batch_size: int) -> int:
+        """One text per run on a CPU: with no padding, and attention small enough to stay in the
+        caches, that is 1.3x-1.9x the rows/s of runs of 64 (bench/onnx_accuracy.py). int8 always: its
+        activations are scaled over the whole input, so in a batch a text's vector would depend on
+        the other texts. A GPU wants batches."""
+        return batch_size if not quantized and CUDA in self.providers else 1
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        with self._lock:
+            self.calls += 1
+            self.texts_embedded += len(texts)
+            return self._embed_sorted(list(texts))
+
+    def _embed_sorted(self, texts: list[str]) -> Vectors:
+        # Longest first, as sentence-transformers batches: similar lengths pad less.
+        order = np.argsort([-len(text) for text in texts], kind="stable")
+        vectors = np.empty((len(texts), self._dimension), dtype=np.float32)
+        for start in range(0, len(texts), self._texts_per_run):
+            chosen = order[start : start + self._texts_per_run]
+            vectors[chosen] = self._runner.run([texts[i] for i in chosen])
+        return vectors
+
+
+def providers_for(device: str | None) -> list[Any]:
+    """onnxruntime's CUDA provider for a cuda device (or no device, where it is installed), else CPU."""
+    import onnxruntime
+
+    available = onnxruntime.get_available_providers()
+    wants_cuda = device is None or device.startswith("cuda")
+    if wants_cuda and CUDA in available:
+        _, _, index = (device or "cuda").partition(":")
+        return [(CUDA, {"device_id": int(index or 0)}), CPU]
+    if device is not None and device != "cpu":
+        log.warning("onnx_device_unavailable", device=device, providers=available, using="cpu")
+    return [CPU]
+
+
+def ensure_exported(model: str, source: str, cache: Path, *, quantized: bool) -> ExportedModel:
+    """The export of `model` (loaded from `source`) under `cache`, made now if it is missing.
+
+    Processes starting together on an empty cache each export into a directory of their own and
+    rename it into place: the first rename wins, the others use its export."""
+    directory = cache / "onnx" / export_name(model, source)
+    try:
+        if not (directory / METADATA_FILE).exists():
+            _export_into_place(model, source, directory)
+        exported = ExportedModel.read(directory)
+        if quantized and not exported.graph(quantized=True).exists():
+            _quantize_into_place(exported)
+    except OSError as exc:
+        raise StartupError(
+            f"cannot write the ONNX export of model {model!r} under {cache}: {exc.strerror or exc}; "
+            "set VECMIRROR_MODEL_CACHE to a writable directory, or use embed.backend: torch"
+        ) from exc
+    return exported
+
+
+def export_name(model: str, source: str) -> str:
+    """A directory name that changes when the model's files change."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", model).strip("_.")[-60:]
+    identity = {"format": EXPORT_FORMAT, "model": model, "source": source, "files": _stamps(Path(source))}
+    return f"{slug}-{hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]}"
+
+
+def _stamps(directory: Path) -> list[tuple[str, int, int]]:
+    """Names, sizes and modification times of a local model's files (a hub name has none)."""
+    if not directory.is_dir():
+        return []
+    files = sorted(p for p in directory.rglob("*") if p.is_file())
+    return [(str(p.relative_to(directory)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+
+
+def _export_into_place(model: str, source: str, directory: Path) -> None:
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    log.info("onnx_export_started", model=model, directory=str(directory))
+    scratch = Path(tempfile.mkdtemp(prefix=".export-", dir=directory.parent))
+    try:
+        _export(source, scratch)
+        try:
+            scratch.rename(directory)
+        except OSError:
+            if not (directory / METADATA_FILE).exists():
+                raise  # no other process's finished export is there: a real failure
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    log.info("onnx_export_finished", model=model, seconds=round(time.perf_counter() - started, 1))
+
+
+def _quantize_into_place(exported: ExportedModel) -> None:
+    target = exported.graph(quantized=True)
+    scratch = target.with_name(f".{target.name}.{os.getpid()}")
+    log.info("onnx_quantize_started", directory=str(exported.directory))
+    try:
+        _quantize(exported, scratch)
+        os.replace(scratch, target)  # atomic: a reader sees no file or the whole file
+    finally:
+        scratch.unlink(missing_ok=True)
+
+
+# Imported when called: the exporter loads torch, which running an export does not need.
+def _export(source: str, directory: Path) -> None:
+    from vecmirror.pipeline.onnx_export import export
+
+    export(source, directory)
+
+
+def _quantize(exported: ExportedModel, target: Path) -> None:
+    from vecmirror.pipeline.onnx_export import quantize
+
+    quantize(exported, target)
