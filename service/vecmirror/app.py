@@ -47,6 +47,7 @@ class App:
             on_batch=on_batch,
             error_backoff=self.settings.error_backoff,
             metrics=metrics,
+            claim_timeout=self.settings.claim_timeout,
         )
 
 

@@ -65,8 +65,10 @@ class Worker:
         on_batch: BatchCallback | None = None,
         error_backoff: float = 2.0,
         metrics: Metrics | None = None,
+        claim_timeout: float = 60.0,
     ) -> None:
         self._pool = pool
+        self._claim_timeout = claim_timeout
         self._syncs = list(syncs)
         self._backfill_page = backfill_page
         self._on_batch = on_batch
@@ -100,6 +102,7 @@ class Worker:
         after every batch that got through."""
         stop = stop or asyncio.Event()
         totals = DrainStats()
+        await self._retrying(stop, self._end_stuck_claims)
         while not stop.is_set():
             progressed = False
             for sync in self._syncs:
@@ -110,6 +113,12 @@ class Worker:
             if not progressed:
                 break
         return totals
+
+    async def _end_stuck_claims(self) -> None:
+        async with pooled(self._pool) as conn:
+            ended = await changes.end_stuck_claims(conn, self._claim_timeout)
+        if ended:
+            log.warning("stuck_claims_ended", sessions=ended, claim_timeout=self._claim_timeout)
 
     async def _sync_one(self, sync: MirrorSync) -> BatchStats | None:
         try:

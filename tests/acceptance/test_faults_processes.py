@@ -9,6 +9,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -371,3 +372,51 @@ async def test_a_worker_frozen_after_reading_cannot_overwrite_newer_versions(
                 worker.kill()
                 worker.communicate()
     await assert_invariant(pg, redis_url, mirror)
+
+
+STUCK_READER = """
+import asyncio, os, signal, sys
+import asyncpg
+
+async def main() -> None:
+    conn = await asyncpg.connect(sys.argv[1], server_settings={"application_name": "vecmirror"})
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(42)")
+        query = asyncio.ensure_future(conn.fetchval("SELECT repeat('x', 200000000)"))
+        await asyncio.sleep(0.2)  # the query is sent; its result is far larger than a socket holds
+        os.kill(os.getpid(), signal.SIGSTOP)
+        await query
+
+asyncio.run(main())
+"""
+
+
+async def test_a_worker_frozen_while_receiving_a_result_is_ended_by_its_peers(
+    pg: asyncpg.Connection, database_url: str, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Frozen mid-result, a backend is not idle in transaction but blocked writing (ClientWrite), so
+    idle_in_transaction_session_timeout never ends it; a peer's drain does, after the claim timeout."""
+    await pg.execute(PRODUCTS_TABLE)
+    config_path = tmp_path / "mirrors.yaml"
+    _products_config(config_path)
+    assert vecmirror(cli_env, "migrate", "--config", str(config_path)).returncode == 0
+    stuck = subprocess.Popen([sys.executable, "-c", STUCK_READER, database_url])
+    try:
+        writing = (
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'vecmirror'"
+            " AND wait_event = 'ClientWrite'"
+        )
+        await _until(lambda: pg.fetchval(writing), 60, "the frozen reader's backend to block")
+        pid = await pg.fetchval(writing)
+        await asyncio.sleep(1.5)
+        env = {**cli_env, "VECMIRROR_CLAIM_TIMEOUT": "1"}
+        drained = vecmirror(env, "run", "--once", "--config", str(config_path))
+        assert drained.returncode == 0, drained.stderr[-3000:]
+        assert "stuck_claims_ended" in drained.stderr
+        gone = "SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = $1"
+        await _until(lambda: pg.fetchval(gone, pid), 30, "the stuck backend to end")
+        assert await pg.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
+    finally:
+        stuck.send_signal(signal.SIGCONT)
+        stuck.kill()
+        stuck.wait()

@@ -111,3 +111,9 @@ async def forget_deleted_versions(
 async def next_retry_at(conn: Connection, mirror: str) -> datetime | None:
     when: datetime | None = await conn.fetchval(QUERIES["next_retry_at"], mirror)
     return when
+
+
+async def end_stuck_claims(conn: Connection, claim_timeout: float) -> int:
+    """Ends the sessions of workers stuck receiving a result for longer than the claim timeout."""
+    ended: int = await conn.fetchval(QUERIES["end_stuck_claims"], claim_timeout)
+    return ended

@@ -104,6 +104,15 @@ WITH candidates AS MATERIALIZED (
 SELECT id, row_key FROM candidates
 WHERE pg_try_advisory_xact_lock(hashtext($1), hashtext(array_to_string(row_key, chr(31))));
 
+-- name: end_stuck_claims
+-- A worker frozen (SIGSTOP, a paused VM) while Postgres sends it a large result leaves its backend
+-- blocked writing to the socket: not idle, so idle_in_transaction_session_timeout never ends it,
+-- and its claim's locks would be held for ever. After the claim timeout its peers end it.
+SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+WHERE application_name = 'vecmirror' AND datname = current_database() AND usename = current_user
+  AND pid <> pg_backend_pid() AND state = 'active' AND wait_event = 'ClientWrite'
+  AND state_change < now() - make_interval(secs => $1);
+
 -- name: claim_truncate
 -- A TRUNCATE marker is handled alone, before the key changes queued with it.
 SELECT id FROM vecmirror.changes_v1
