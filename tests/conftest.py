@@ -44,6 +44,16 @@ def with_database(url: str, database: str) -> str:
 
 
 @pytest.fixture
+def own_stack(tmp_path: Path) -> Iterator[tuple[Path, StackUrls]]:
+    """Servers of the test's own, for a test that stops and restarts them."""
+    directory = tmp_path / "stack"
+    try:
+        yield directory, stack_up(directory)
+    finally:
+        stack_down(directory)
+
+
+@pytest.fixture
 async def database_url(servers: StackUrls) -> AsyncIterator[str]:
     """A database of its own for each test, dropped afterwards."""
     name = f"vecmirror_test_{os.getpid()}_{next(_database_numbers)}"

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +29,6 @@ from vecmirror.stack import (
     StackUrls,
     redis_pid,
     restart_postgres,
-    stack_down,
-    stack_up,
     start_redis,
     stop_redis,
 )
@@ -124,16 +122,6 @@ async def test_worker_sigkilled_before_and_after_the_redis_write_loses_nothing(
     finished = vecmirror(cli_env, "run", "--once", "--config", str(config_path))
     assert finished.returncode == 0, finished.stderr[-3000:]
     await assert_invariant(pg, redis_url, mirror)
-
-
-@pytest.fixture
-def own_stack(tmp_path: Path) -> Iterator[tuple[Path, StackUrls]]:
-    """Servers of this test's own, since it stops and restarts them."""
-    directory = tmp_path / "stack"
-    try:
-        yield directory, stack_up(directory)
-    finally:
-        stack_down(directory)
 
 
 @pytest.fixture

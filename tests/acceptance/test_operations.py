@@ -12,30 +12,18 @@ import socket
 import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
-import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from helpers import DOCS_MIRROR, DOCS_TABLE
 from processes import start_worker, vecmirror, wait_for
 from vecmirror import __version__
-from vecmirror.stack import StackUrls, stack_down, stack_up, start_redis, stop_redis
+from vecmirror.stack import StackUrls, start_redis, stop_redis
 
 Sample = tuple[str, tuple[tuple[str, str], ...]]
-
-
-@pytest.fixture
-def own_stack(tmp_path: Path) -> Iterator[tuple[Path, StackUrls]]:
-    """Servers of this test's own, since it stops and restarts Redis."""
-    directory = tmp_path / "stack"
-    try:
-        yield directory, stack_up(directory)
-    finally:
-        stack_down(directory)
 
 
 def _free_port() -> int:
