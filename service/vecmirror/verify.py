@@ -166,7 +166,7 @@ class _Expected:
         if str(held) != str(expected.version):
             return f"version differs: Redis holds {held}, the row is at {expected.version}"
         if expected.text_hash is not None and stored.get(META_HASH_FIELD) != expected.text_hash:
-            return "content hash differs: the text changed since it was embedded"
+            return "content hash differs: the text, model or backend changed since it was embedded"
         wanted = self._wanted_fields(expected)
         for name, value in wanted.items():
             if stored.get(name) != value:

@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 
 from helpers import DOCS_MIRROR, DOCS_TABLE, hash_doc, sync_once, vector_of
 from processes import vecmirror
-from vecmirror.commands import migrate_command
+from vecmirror.commands import migrate_command, verify_command
 from vecmirror.config import DEFAULT_MODEL, Backend, ModelSpec
 from vecmirror.pipeline.embedder import Embedder, SentenceTransformerEmbedder, load_embedder
 from vecmirror.pipeline.onnx import OnnxEmbedder
@@ -165,3 +165,50 @@ async def test_a_mirror_on_an_onnx_backend_syncs_and_answers_queries(
     assert [hit["id"] for hit in json.loads(answer.stdout)] == ["doc:1"]
     events = [json.loads(line)["event"] for line in answer.stderr.splitlines()]
     assert events[:2] == ["onnx_export_started", "onnx_export_finished"]
+
+
+async def test_switching_to_int8_re_embeds_unchanged_text_and_exact_backends_keep_it(
+    pg: asyncpg.Connection,
+    redis_client: redis.Redis,
+    write_config: Any,
+    settings_for: Any,
+    model_cache: Path,
+    onnx_int8: OnnxEmbedder,
+) -> None:
+    await pg.execute(DOCS_TABLE)
+    path, config = write_config([DOCS_MIRROR])  # no backend: onnx on this CPU
+    settings = settings_for(path, model_cache=model_cache)
+    await migrate_command(settings, config)
+    await pg.execute(
+        "INSERT INTO docs VALUES (1, 'Kittens', 'Young cats play with yarn', 'pets'), "
+        "(2, 'Rockets', 'Rockets reach orbit', 'space')"
+    )
+    await sync_once(settings, config)
+    before = hash_doc(redis_client, "doc:1")
+
+    async def switch(backend: str, genre: str) -> Any:
+        """The mirror moves to `backend`, then row 1 changes a column its text does not use."""
+        mirror = copy.deepcopy(DOCS_MIRROR)
+        mirror["embed"]["backend"] = backend
+        path, config = write_config([mirror])
+        await pg.execute("UPDATE docs SET genre = $1 WHERE id = 1", genre)
+        await sync_once(settings_for(path, model_cache=model_cache), config)
+        return config
+
+    # torch gives onnx's vectors: the stored one is kept, under the same hash.
+    await switch("torch", "cats")
+    after = hash_doc(redis_client, "doc:1")
+    assert after["genre"] == b"cats"
+    assert (after["embedding"], after["_vm_hash"]) == (before["embedding"], before["_vm_hash"])
+
+    # int8's vectors differ: the unchanged text is embedded again.
+    config = await switch("onnx-int8", "kittens")
+    after = hash_doc(redis_client, "doc:1")
+    assert after["genre"] == b"kittens" and after["_vm_hash"] != before["_vm_hash"]
+    expected = onnx_int8.embed(["Kittens: Young cats play with yarn", "Rockets: Rockets reach orbit"])
+    np.testing.assert_allclose(vector_of(after), expected[0], atol=1e-5)
+    # The row that did not change keeps onnx's vector until it syncs again; verify --repair queues it.
+    [drift] = await verify_command(settings, config, None, repair=True)
+    assert drift.stale == {("2",): "content hash differs: the text, model or backend changed since it was embedded"}
+    await sync_once(settings, config)
+    np.testing.assert_allclose(vector_of(hash_doc(redis_client, "doc:2")), expected[1], atol=1e-5)

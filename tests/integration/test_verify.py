@@ -74,7 +74,7 @@ async def test_verify_reports_drift_and_repair_fixes_it(
     assert docs.missing == [("1",)] and docs.extra == [("99",)]
     assert docs.stale == {
         ("2",): "field 'title' differs",
-        ("3",): "content hash differs: the text changed since it was embedded",
+        ("3",): "content hash differs: the text, model or backend changed since it was embedded",
     }
     assert products.stale[("a",)] == "vector has 2 values, dims is 4"
     assert products.stale[("bad",)].startswith("the row fails (vec: the vector has 2 values")

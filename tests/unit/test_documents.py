@@ -10,14 +10,24 @@ from typing import Any
 import numpy as np
 import pytest
 
-from vecmirror.config import MirrorConfig, parse_config
+from vecmirror.config import (
+    BACKENDS,
+    CPU_BACKEND,
+    CUDA_BACKEND,
+    DEFAULT_MODEL,
+    Backend,
+    MirrorConfig,
+    parse_config,
+)
 from vecmirror.errors import RowError
 from vecmirror.pipeline.documents import DocumentBuilder, check_vector
 from vecmirror.pipeline.embedder import FakeEmbedder
-from vecmirror.pipeline.template import content_hash, render
+from vecmirror.pipeline.template import EXACT_BACKENDS, Template, TemplateValueError, content_hash, render
 
 
-def mirror(storage: str = "hash", *, embed: bool = False, datatype: str = "float32") -> MirrorConfig:
+def mirror(
+    storage: str = "hash", *, embed: bool = False, datatype: str = "float32", backend: Backend | None = None
+) -> MirrorConfig:
     fields: list[dict[str, Any]] = [
         {"name": "title", "type": "text"},
         {"name": "genre", "type": "tag"},
@@ -40,7 +50,7 @@ def mirror(storage: str = "hash", *, embed: bool = False, datatype: str = "float
         },
     }
     if embed:
-        raw["embed"] = {"field": "v", "template": "{title}: {body}", "model": "fake"}
+        raw["embed"] = {"field": "v", "template": "{title}: {body}", "model": "fake", "backend": backend}
     else:
         raw["vector_column"] = "vec"
     return parse_config({"mirrors": [raw]}).mirrors[0]
@@ -102,6 +112,65 @@ def test_the_content_hash_depends_on_the_model_and_the_text() -> None:
     assert content_hash("a", "text") != content_hash("a", "text!")
     assert content_hash("a", "bc") != content_hash("ab", "c")
     assert render("{a} {b}", {"a": 1, "b": Decimal("2.5")}) == "1 2.5"
+
+
+def test_the_content_hash_is_what_earlier_releases_stored() -> None:
+    # Documents in Redis hold these hashes: a different one would re-embed every row synced again.
+    assert content_hash(DEFAULT_MODEL, "Lamp: a lamp") == "6b06e4c14bb3b73784e8aaf9d024db88"
+    assert content_hash("fake", "Lamp: a lamp") == "f2ca620a0baa33918961fbc9b4f8d503"
+
+
+@pytest.mark.parametrize("backend", [None, "torch", "onnx"])
+def test_exact_backends_hash_like_the_default(backend: Backend | None) -> None:
+    # torch and onnx give the same vectors: switching between them keeps the stored ones.
+    assert content_hash(DEFAULT_MODEL, "Lamp: a lamp", backend) == "6b06e4c14bb3b73784e8aaf9d024db88"
+
+
+def test_an_approximate_backend_changes_the_hash() -> None:
+    # onnx-int8's vectors are only close to torch's: a text embedded by another backend is embedded again.
+    assert content_hash("a", "text", "onnx-int8") != content_hash("a", "text")
+    assert content_hash("a", "text", "onnx-int8") != content_hash("a", "text!", "onnx-int8")
+    assert content_hash("a", "text", "onnx-int8") != content_hash("b", "text", "onnx-int8")
+
+
+def test_every_backend_but_onnx_int8_is_exact_and_so_are_the_device_defaults() -> None:
+    # An unset backend hashes as exact because each device's default is.
+    assert {CPU_BACKEND, CUDA_BACKEND} <= EXACT_BACKENDS
+    assert set(BACKENDS) - EXACT_BACKENDS == {"onnx-int8"}
+
+
+@pytest.mark.parametrize("backend", [None, "torch", "onnx", "onnx-int8"])
+def test_the_builder_hashes_with_the_mirrors_backend(backend: Backend | None) -> None:
+    config = mirror(embed=True, backend=backend)
+    assert build(ROW, config).text_hash == content_hash("fake", "Lamp: a lamp", backend)
+
+
+def test_one_builder_serves_many_rows_and_their_failures() -> None:
+    builder = DocumentBuilder(mirror("json", embed=True))
+    rows = [
+        {**ROW, "labels": ["a"], "scores": [1], "places": []},
+        {**ROW, "labels": ["b"], "scores": [1, "x"], "places": []},  # fails: scores
+        {**ROW, "title": "Desk", "body": None},  # fails: the template's body
+        {**ROW, "title": "Desk", "labels": None, "scores": "2", "places": [[1, 2]]},
+    ]
+    built: list[Any] = []
+    for n, row in enumerate(rows):
+        try:
+            built.append(builder.build((str(n),), row))
+        except RowError as exc:
+            built.append((exc.key, exc.field))
+    assert built[0].fields["labels"] == ["a"] and built[0].text == "Lamp: a lamp"
+    assert built[1:3] == [(["1"], "scores"), (["2"], "body")]
+    assert built[3].fields["labels"] is None and built[3].fields["scores"] == 2.0
+    assert built[3].fields["places"] == ["1.0,2.0"]
+    assert built[3].text == "Desk: a lamp" and built[3].text_hash == content_hash("fake", "Desk: a lamp")
+
+
+def test_a_template_renders_repeated_columns_and_literal_braces() -> None:
+    template = Template("{a} {{literal}} {a}{b}")
+    assert [template.render({"a": "x", "b": n}) for n in (1, 2)] == ["x {literal} x1", "x {literal} x2"]
+    with pytest.raises(TemplateValueError, match="column 'b' is NULL, the template needs it"):
+        template.render({"a": "x", "b": None})
 
 
 def test_a_null_template_column_names_mirror_key_and_column() -> None:

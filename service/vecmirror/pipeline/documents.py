@@ -6,6 +6,7 @@ row is reported and the rest of its batch still syncs.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -20,12 +21,18 @@ from redisvl.schema.fields import BaseField
 
 from vecmirror.config import MirrorConfig, field_type
 from vecmirror.errors import RowError
-from vecmirror.pipeline.template import TemplateValueError, content_hash, render
+from vecmirror.pipeline.template import ContentHasher, Template, TemplateValueError
 
 Scalar = str | int | float
 FieldValue = Scalar | list[Scalar]  # a list: TAG values, or any field whose JSON path ends in [*]
 RowKey = tuple[str, ...]
+Converter = Callable[[Any], FieldValue]  # a non-NULL column's value to its field's value
 ARRAY_SUFFIX = "[*]"
+# Type tuples built once: `isinstance(v, list | tuple)` builds a union on every call, which costs
+# more than the check itself in converters that run for every field of every row.
+ARRAY_TYPES = (list, tuple)
+JSON_TYPES = (dict, list)
+FRACTIONAL_TYPES = (float, Decimal)
 
 
 @dataclass
@@ -39,27 +46,56 @@ class Document:
 
 
 class DocumentBuilder:
+    """Builds one mirror's documents. What depends only on the mirror (each field's converter, the
+    parsed template, the model's part of the hash) is worked out here once: a batch whose text did
+    not change costs little more than this per-row work, which must stay small next to Redis'."""
+
     def __init__(self, mirror: MirrorConfig, *, max_text_length: int = 100_000) -> None:
         self._mirror = mirror
         self._vector_field = mirror.vector_field
         self._max_text_length = max_text_length
+        self._converters = [(f.name, _converter(f)) for f in mirror.value_fields]
+        self._embedding: tuple[str, Template, ContentHasher] | None = None
+        if mirror.embed is not None:
+            embed = mirror.embed
+            self._embedding = (
+                embed.field,
+                Template(embed.template),
+                ContentHasher(embed.model, embed.backend),
+            )
 
     def build(self, key: RowKey, row: dict[str, Any]) -> Document:
-        fields = {f.name: self._field_value(key, f, row.get(f.name)) for f in self._mirror.value_fields}
-        document = Document(key, fields)
-        embed = self._mirror.embed
-        if embed is not None:
-            try:
-                document.text = render(embed.template, row)
-            except TemplateValueError as exc:
-                raise RowError(self._mirror.name, key, exc.column, str(exc)) from exc
-            self._check_length(key, document.text, embed.field)
-            document.text_hash = content_hash(embed.model, document.text)
+        document = Document(key, self._fields(key, row))
+        if self._embedding is not None:
+            field_name, template, content_hash = self._embedding
+            document.text = self._render(key, row, template, field_name)
+            document.text_hash = content_hash(document.text)
         elif self._mirror.vector_column is not None:
             document.vector = self.vector(
                 key, row.get(self._mirror.vector_column), self._mirror.vector_column
             )
         return document
+
+    def _fields(self, key: RowKey, row: dict[str, Any]) -> dict[str, FieldValue | None]:
+        fields: dict[str, FieldValue | None] = {}
+        for name, convert in self._converters:
+            value = row.get(name)
+            if value is None:
+                fields[name] = None
+                continue
+            try:
+                fields[name] = convert(value)
+            except (ValueError, TypeError) as exc:
+                raise RowError(self._mirror.name, key, name, str(exc)) from exc
+        return fields
+
+    def _render(self, key: RowKey, row: dict[str, Any], template: Template, field_name: str) -> str:
+        try:
+            text = template.render(row)
+        except TemplateValueError as exc:
+            raise RowError(self._mirror.name, key, exc.column, str(exc)) from exc
+        self._check_length(key, text, field_name)
+        return text
 
     def _check_length(self, key: RowKey, text: str, field_name: str) -> None:
         # The model reads only its first few hundred tokens, but tokenizing megabytes of text
@@ -79,17 +115,21 @@ class DocumentBuilder:
         except ValueError as exc:
             raise RowError(self._mirror.name, key, source, str(exc)) from exc
 
-    def _field_value(self, key: RowKey, field_: BaseField, value: Any) -> FieldValue | None:
-        if value is None:
-            return None
-        kind = field_type(field_)
-        convert = CONVERTERS[kind]
-        try:
-            if _is_array_path(field_) and isinstance(value, list | tuple) and not _is_point(kind, value):
-                return _array(convert, value)
-            return convert(value)
-        except (ValueError, TypeError) as exc:
-            raise RowError(self._mirror.name, key, field_.name, str(exc)) from exc
+
+def _converter(field_: BaseField) -> Converter:
+    """How a non-NULL column becomes the field's value, chosen by the field's type and path."""
+    kind = field_type(field_)
+    convert = CONVERTERS[kind]
+    if not (field_.path or "").endswith(ARRAY_SUFFIX):
+        return convert
+    return functools.partial(_array_or_value, kind, convert)
+
+
+def _array_or_value(kind: str, convert: Converter, value: Any) -> FieldValue:
+    """A field whose JSON path ends in [*]: an array column becomes an array of converted values."""
+    if isinstance(value, ARRAY_TYPES) and not _is_point(kind, value):
+        return _array(convert, value)
+    return convert(value)
 
 
 def check_vector(value: Any, dims: int, datatype: str) -> npt.NDArray[np.float64]:
@@ -147,16 +187,12 @@ def _numpy_dtype(datatype: str) -> npt.DTypeLike:
     return np.dtype(datatype)
 
 
-def _is_array_path(field_: BaseField) -> bool:
-    return (field_.path or "").endswith(ARRAY_SUFFIX)
-
-
 def _is_point(kind: str, value: Sequence[Any]) -> bool:
     """A GEO column holding one (longitude, latitude) pair, not an array of points."""
     return kind == "geo" and len(value) == 2 and all(isinstance(v, int | float | Decimal) for v in value)
 
 
-def _array(convert: Callable[[Any], FieldValue], values: Sequence[Any]) -> list[Scalar]:
+def _array(convert: Converter, values: Sequence[Any]) -> list[Scalar]:
     items: list[Scalar] = []
     for value in values:
         if value is None:
@@ -167,13 +203,13 @@ def _array(convert: Callable[[Any], FieldValue], values: Sequence[Any]) -> list[
 
 
 def _text(value: Any) -> str:
-    if isinstance(value, dict | list):
+    if isinstance(value, JSON_TYPES):
         return json.dumps(value, ensure_ascii=False, default=str)
     return str(value)
 
 
 def _tag(value: Any) -> FieldValue:
-    if isinstance(value, list | tuple):
+    if isinstance(value, ARRAY_TYPES):
         items: list[Scalar] = [_tag_item(v) for v in value if v is not None]
         return items
     return _tag_item(value)
@@ -186,6 +222,8 @@ def _tag_item(value: Any) -> str:
 
 
 def _numeric(value: Any) -> int | float:
+    if isinstance(value, FRACTIONAL_TYPES):  # real, double precision and numeric columns: checked first
+        return _finite(value)
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, int):
@@ -197,12 +235,16 @@ def _numeric(value: Any) -> int | float:
         return datetime(value.year, value.month, value.day, tzinfo=UTC).timestamp()
     if isinstance(value, timedelta):
         return value.total_seconds()
+    return _finite(value)
+
+
+def _finite(value: Any) -> float:
     number = _as_float(value)
+    if math.isfinite(number):
+        return number
     if math.isnan(number):
         raise ValueError("NaN is not a valid NUMERIC value")
-    if math.isinf(number):
-        raise ValueError(f"{value!r} is not a finite number, the NUMERIC field needs one")
-    return number
+    raise ValueError(f"{value!r} is not a finite number, the NUMERIC field needs one")
 
 
 def _as_float(value: Any) -> float:
@@ -220,7 +262,7 @@ def _geo(value: Any) -> str:
     return str(value)
 
 
-CONVERTERS: dict[str, Callable[[Any], FieldValue]] = {
+CONVERTERS: dict[str, Converter] = {
     "text": _text,
     "tag": _tag,
     "numeric": _numeric,
