@@ -29,6 +29,9 @@ from vecmirror.source.tables import inspect_table
 from vecmirror.sync import MirrorSync, SyncOptions
 from vecmirror.worker import BatchCallback, Worker
 
+# Beside the lanes' connections: the metrics sampler, readiness checks and the count check.
+POOL_SPARE_CONNECTIONS = 2
+
 
 @dataclass
 class App:
@@ -48,6 +51,7 @@ class App:
             error_backoff=self.settings.error_backoff,
             metrics=metrics,
             claim_timeout=self.settings.claim_timeout,
+            batches_in_flight=self.settings.batches_in_flight,
         )
 
 
@@ -65,7 +69,10 @@ async def open_app(
     settings: Settings, config: Config, embedder_factory: EmbedderFactory | None = None
 ) -> AsyncIterator[App]:
     pool = await asyncpg.create_pool(
-        settings.require_database_url(), min_size=1, max_size=4, server_settings=session_settings(settings)
+        settings.require_database_url(),
+        min_size=1,
+        max_size=settings.batches_in_flight + POOL_SPARE_CONNECTIONS,
+        server_settings=session_settings(settings),
     )
     try:
         async with redis_client(settings) as client:
@@ -90,6 +97,8 @@ def session_settings(settings: Settings) -> dict[str, str]:
 def sync_options(settings: Settings) -> SyncOptions:
     return SyncOptions(
         batch_size=settings.batch_size,
+        max_batch_size=max(settings.batch_size, settings.max_batch_size),
+        batch_target_seconds=settings.batch_target_seconds,
         embed_batch_size=settings.embed_batch_size,
         max_text_length=settings.max_text_length,
         retry=RetryPolicy(settings.row_max_attempts, settings.row_retry_backoff),

@@ -25,7 +25,18 @@ class Settings(BaseSettings):
     redis_url: SecretStr | None = None
     config: Path = Path("vecmirror.yaml")
 
-    batch_size: int = Field(default=256, ge=1, le=100_000, description="changes claimed per batch")
+    batch_size: int = Field(
+        default=256, ge=1, le=100_000, description="changes claimed per batch, while the backlog is shallow"
+    )
+    max_batch_size: int = Field(
+        default=1024, ge=1, le=100_000, description="changes claimed per batch at most, with a deep backlog"
+    )
+    batch_target_seconds: float = Field(
+        default=2.0, gt=0, description="batches grow only while they take under half of this"
+    )
+    batches_in_flight: int = Field(
+        default=2, ge=1, le=16, description="batches a worker syncs at once (each on its own connection)"
+    )
     embed_batch_size: int = Field(default=64, ge=1, le=4096, description="texts per model call")
     poll_interval: float = Field(
         default=5.0, gt=0, description="seconds between polls when no notification arrives"

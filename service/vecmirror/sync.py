@@ -9,11 +9,13 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import structlog
 
+from vecmirror.batching import BatchSizer
 from vecmirror.config import MirrorConfig
 from vecmirror.errors import RowError
 from vecmirror.index.manage import ensure_index
@@ -23,7 +25,6 @@ from vecmirror.sink.observe import record_last_sync
 from vecmirror.sink.writer import RedisSink
 from vecmirror.source import Connection, changes, discard
 from vecmirror.source.changes import ClaimedBatch, RetryPolicy, RowFailure
-from vecmirror.source.observe import change_ages
 from vecmirror.source.rows import LoadedRows, load_rows
 from vecmirror.source.tables import SourceTable
 
@@ -31,6 +32,8 @@ log = structlog.get_logger(__name__)
 INDEX_REFUSED_FIELD = "(document)"
 # Checks that the claim's transaction is still ours (its session not ended by the claim timeout).
 Keepalive = Callable[[], Awaitable[object]]
+# What a claim returns instead of a batch while a TRUNCATE marker waits: it is handled first, alone.
+TRUNCATE_FIRST: Literal["truncate first"] = "truncate first"
 
 
 @dataclass
@@ -57,7 +60,9 @@ class BatchStats:
 
 @dataclass(frozen=True)
 class SyncOptions:
-    batch_size: int = 256
+    batch_size: int = 256  # the first claim's size, and the smallest (see batching.py)
+    max_batch_size: int = 256  # claims grow up to this while the backlog is deep and batches quick
+    batch_target_seconds: float = 2.0
     embed_batch_size: int = 64
     max_text_length: int = 100_000  # characters of rendered text; longer rows fail (see README)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -108,6 +113,9 @@ class MirrorSync:
         self._embedder = embedder
         self._builder = DocumentBuilder(mirror, max_text_length=options.max_text_length)
         self.options = options
+        self.batch_sizer = BatchSizer(
+            options.batch_size, options.max_batch_size, options.batch_target_seconds
+        )
         self._failures_seen: int | None = None
 
     @property
@@ -117,26 +125,38 @@ class MirrorSync:
     async def sync_batch(self, conn: Connection) -> BatchStats | None:
         """Processes one batch; None when the mirror's queue had nothing claimable."""
         started = time.monotonic()
-        if await self._sync_truncate(conn):
-            return BatchStats(
-                self.name, changes=1, truncated=True, duration_seconds=time.monotonic() - started
-            )
+        stats = await self._claim_and_sync(conn, after_truncate=False)
+        if stats == TRUNCATE_FIRST:
+            if await self._sync_truncate(conn):
+                stats = BatchStats(self.name, changes=1, truncated=True)
+            else:  # a peer holds the marker: this claim waits for it to finish (the mirror's lock)
+                stats = await self._claim_and_sync(conn, after_truncate=True)
+        if not isinstance(stats, BatchStats):
+            return None
+        stats.duration_seconds = time.monotonic() - started
+        return stats
+
+    async def _claim_and_sync(
+        self, conn: Connection, *, after_truncate: bool
+    ) -> BatchStats | Literal["truncate first"] | None:
         async with claim_transaction(conn):
-            batch = await changes.claim(conn, self.name, self.options.batch_size)
+            started = time.monotonic()
+            size = self.batch_sizer.size
+            batch = await changes.claim(conn, self.name, size, after_truncate=after_truncate)
+            if batch.truncate_queued:
+                return TRUNCATE_FIRST
             if not batch.change_ids:
                 return None
             plan = self._plan(batch.keys, await load_rows(conn, self.table, batch.keys))
+            # The claim is checked after each model call; a worker frozen past the claim timeout
+            # anywhere else writes versions Redis refuses when a peer already wrote newer ones.
             stats = await self._embed(plan, keepalive=lambda: conn.execute("SELECT 1"))
-            # Still our claim? If the claim timeout ended the session while this worker was frozen,
-            # this fails and nothing is written (the versions would refuse it anyway).
-            await conn.execute("SELECT 1")
             refused = await self._write(plan, stats)
-            stats.freshness_seconds = await self._freshness(conn, plan, batch, refused)
             stats.synced_at = time.time()
+            stats.freshness_seconds = await self._acknowledge(conn, plan, batch, refused)
             await record_last_sync(self.sink.client, self.name, stats.synced_at)
-            await self._acknowledge(conn, plan, batch.change_ids)
+        self.batch_sizer.record(len(batch.change_ids), time.monotonic() - started)
         self._summarise(stats, plan, batch)
-        stats.duration_seconds = time.monotonic() - started
         return stats
 
     @staticmethod
@@ -147,26 +167,25 @@ class MirrorSync:
         stats.deleted = len([k for k in plan.deletes if k not in failed])  # rows gone, not failed ones
         stats.failed, stats.failures, stats.errors = len(plan.failures), plan.failures, dict(plan.errors)
 
-    async def _freshness(
+    async def _acknowledge(
         self, conn: Connection, plan: _Plan, batch: ClaimedBatch, refused: set[RowKey]
     ) -> list[float]:
-        """Commit-to-searchable seconds of the user writes this batch made searchable, measured now
-        that Redis acknowledged them. A key's version is the id of its newest captured change, so
-        the claimed changes that are versions are exactly those writes; what backfills, resyncs,
-        repairs and retries queue are not writes of a user, and would only measure the queue."""
-        failed = {f.key for f in plan.failures}
-        synced = [d.key for d in plan.documents] + [k for k in plan.deletes if k not in failed]
-        versions = {plan.versions[k] for k in synced if k not in refused}
-        return await change_ages(conn, self.name, versions.intersection(batch.change_ids))
-
-    async def _acknowledge(self, conn: Connection, plan: _Plan, change_ids: Sequence[int]) -> None:
+        """Deletes the claimed changes and records each row's outcome. Returns the freshness of the
+        batch (see changes.acknowledge), measured now that Redis acknowledged it: A key's version is
+        the id of its newest captured change, so the claimed changes that are versions are exactly
+        the user writes it made searchable; what backfills, resyncs, repairs and retries queue are
+        not writes of a user, and would only measure the queue."""
         failed = {f.key for f in plan.failures}
         gone = [(k, v) for k, v in plan.versioned_deletes() if k not in failed]
-        # A deleted row is no longer failing either.
-        succeeded = [d.key for d in plan.documents] + [k for k, _ in gone]
-        await changes.record_outcome(conn, self.name, plan.failures, succeeded, self.options.retry)
+        synced = [d.key for d in plan.documents] + [k for k, _ in gone]  # a deleted row fails no more
+        versions = {plan.versions[k] for k in synced if k not in refused}
+        ages = await changes.acknowledge(
+            conn, self.name, batch.change_ids, versions.intersection(batch.change_ids)
+        )
+        recovered = [k for k in synced if k in batch.failing]
+        await changes.record_outcome(conn, self.name, plan.failures, recovered, self.options.retry)
         await changes.forget_deleted_versions(conn, self.name, gone)
-        await changes.acknowledge(conn, self.name, change_ids)
+        return ages
 
     async def resync_if_forgotten(self, conn: Connection) -> bool:
         """A Redis without the mirror's marker (first start, restarted empty, flushed) gets the

@@ -44,6 +44,7 @@ TRANSIENT_ERRORS = (
 BatchCallback = Callable[[BatchStats], None]
 _T = TypeVar("_T")
 MAX_ERROR_BACKOFF = 60.0  # seconds: a long outage is retried at least once a minute
+STUCK_CHECKS_PER_TIMEOUT = 0.25  # of the claim timeout, between two looks for stuck claims
 UNCLAIMABLE_RECHECK = 0.1  # seconds: `run --once` waits this long for a change it cannot claim yet
 
 
@@ -66,9 +67,13 @@ class Worker:
         error_backoff: float = 2.0,
         metrics: Metrics | None = None,
         claim_timeout: float = 60.0,
+        batches_in_flight: int = 1,
     ) -> None:
         self._pool = pool
+        self._batches_in_flight = batches_in_flight
+        self._resync_lock = asyncio.Lock()
         self._claim_timeout = claim_timeout
+        self._next_stuck_check = 0.0  # the first drain looks at once
         self._syncs = list(syncs)
         self._backfill_page = backfill_page
         self._on_batch = on_batch
@@ -97,12 +102,22 @@ class Worker:
                     log.info("backfill_queued", mirror=sync.name, rows=queued)
 
     async def drain(self, stop: asyncio.Event | None = None) -> DrainStats:
-        """Syncs batches, round-robin over mirrors, until no mirror has a claimable change. Each
-        batch is retried on its own through server trouble, so the backoff starts small again
-        after every batch that got through."""
+        """Syncs batches until no mirror has a claimable change, `batches_in_flight` at a time:
+        while one batch waits for Redis or the model, another claims, reads and renders its rows
+        (each on its own connection; claims never share a key, as between workers)."""
         stop = stop or asyncio.Event()
         totals = DrainStats()
-        await self._retrying(stop, self._end_stuck_claims)
+        if time.monotonic() >= self._next_stuck_check:
+            await self._retrying(stop, self._end_stuck_claims)
+        async with asyncio.TaskGroup() as lanes:  # one failing lane cancels the others
+            for lane in range(self._batches_in_flight):
+                lanes.create_task(self._drain_lane(stop, totals), name=f"vecmirror-lane-{lane}")
+        return totals
+
+    async def _drain_lane(self, stop: asyncio.Event, totals: DrainStats) -> None:
+        """Batches round-robin over mirrors until none has a claimable change. Each batch is
+        retried on its own through server trouble, so the backoff starts small again after every
+        batch that got through."""
         while not stop.is_set():
             progressed = False
             for sync in self._syncs:
@@ -111,12 +126,14 @@ class Worker:
                     progressed = True
                     self._count(totals, stats)
             if not progressed:
-                break
-        return totals
+                return
 
     async def _end_stuck_claims(self) -> None:
+        """At most a few times per claim timeout: a session is only ended once stuck that long, so
+        a check per drain (one per notification under a trickle of writes) would find nothing new."""
         async with pooled(self._pool) as conn:
             ended = await changes.end_stuck_claims(conn, self._claim_timeout)
+        self._next_stuck_check = time.monotonic() + self._claim_timeout * STUCK_CHECKS_PER_TIMEOUT
         if ended:
             log.warning("stuck_claims_ended", sessions=ended, claim_timeout=self._claim_timeout)
 
@@ -125,8 +142,10 @@ class Worker:
             async with pooled(self._pool) as conn:
                 stats = await sync.sync_batch(conn)
         except RedisForgotError as exc:
-            # On a connection of its own: the batch's was discarded with its claim.
-            async with pooled(self._pool) as conn:
+            # On a connection of its own: the batch's was discarded with its claim. One lane at a
+            # time: another lane's batch may fail alike, and resyncs must not interleave (a second
+            # one only queues the table again).
+            async with self._resync_lock, pooled(self._pool) as conn:
                 await sync.resync(conn, reason=str(exc))
             stats = BatchStats(sync.name, resynced=True)
         if stats is not None and stats.resynced:

@@ -91,16 +91,32 @@ async def test_worker_sigkilled_before_and_after_the_redis_write_loses_nothing(
     # A first run marks Redis: a worker that finds no marker resyncs, and that resync reads
     # failed_v1 before any batch is written, which would stop it before the gate below.
     assert vecmirror(cli_env, "run", "--once", "--config", str(config_path)).returncode == 0
+    # p1 failed before (dead-lettered): the batch that syncs it clears that failure when it
+    # acknowledges, after its Redis write.
+    await pg.execute(
+        "INSERT INTO vecmirror.failed_v1 (mirror, row_key, field, error, attempts)"
+        " VALUES ('products', '{p1}', 'price', 'an earlier failure', 5)"
+    )
     await _insert_products(pg, 1, 300)
     # Hold a table the worker needs next, so it stops at an exact point of its batch: versions_v1
-    # is read with the rows (before any write), failed_v1 is written with the acknowledgement
-    # (after the Redis write, before the commit).
+    # is read with the rows (before any write); failed_v1 is only read by the claim, and written
+    # with the acknowledgement (after the Redis write, before the commit), which EXCLUSIVE blocks.
     blocker = await asyncpg.connect(database_url)
     gate = blocker.transaction()
     await gate.start()
-    table = "vecmirror.versions_v1" if moment == "before" else "vecmirror.failed_v1"
-    await blocker.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
-    worker = start_worker({**cli_env, "VECMIRROR_BATCH_SIZE": "100"}, config_path)
+    lock = (
+        "vecmirror.versions_v1 IN ACCESS EXCLUSIVE"
+        if moment == "before"
+        else "vecmirror.failed_v1 IN EXCLUSIVE"
+    )
+    await blocker.execute(f"LOCK TABLE {lock} MODE")
+    # One batch of 100 at a time, so exactly the first batch is written when the gate holds it.
+    one_batch = {
+        "VECMIRROR_BATCH_SIZE": "100",
+        "VECMIRROR_MAX_BATCH_SIZE": "100",
+        "VECMIRROR_BATCHES_IN_FLIGHT": "1",
+    }
+    worker = start_worker({**cli_env, **one_batch}, config_path)
     # The batch's own statement must be the one waiting: the metrics sampler reads failed_v1 too.
     statement = "%JOIN vecmirror.versions_v1%" if moment == "before" else "%DELETE FROM vecmirror.failed_v1%"
     try:

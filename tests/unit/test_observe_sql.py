@@ -11,7 +11,7 @@ from vecmirror.source.observe import OBSERVE_QUERIES
 
 
 def test_the_blocks_the_code_uses_are_there() -> None:
-    assert set(OBSERVE_QUERIES) == {"queue_state", "change_ages"}
+    assert set(OBSERVE_QUERIES) == {"queue_state"}
 
 
 @pytest.mark.parametrize("name", sorted(OBSERVE_QUERIES))

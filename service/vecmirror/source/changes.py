@@ -8,7 +8,7 @@ simply lets its transaction roll back, so its changes become claimable again.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -22,6 +22,8 @@ RowKey = tuple[str, ...]
 class ClaimedBatch:
     change_ids: list[int]
     keys: list[RowKey]  # distinct, in the order their first change was queued
+    failing: frozenset[RowKey] = frozenset()  # keys with a failed_v1 row, cleared if they sync now
+    truncate_queued: bool = False  # nothing claimed: a TRUNCATE marker must be handled first
 
 
 @dataclass(frozen=True)
@@ -31,12 +33,15 @@ class RowFailure:
     error: str
 
 
-async def claim(conn: Connection, mirror: str, limit: int) -> ClaimedBatch:
-    """Must run inside a transaction; the claim ends with it."""
-    await conn.execute(QUERIES["lock_mirror_shared"], mirror)
+async def claim(conn: Connection, mirror: str, limit: int, *, after_truncate: bool = False) -> ClaimedBatch:
+    """Must run inside a transaction; the claim ends with it. Claims nothing while a TRUNCATE
+    marker is queued, unless `after_truncate` (its handling was just tried: a peer holds it)."""
+    if await conn.fetchval(QUERIES["lock_mirror_shared"], mirror) and not after_truncate:
+        return ClaimedBatch([], [], truncate_queued=True)
     rows = await conn.fetch(QUERIES["claim_changes"], mirror, limit)
     keys = dict.fromkeys(tuple(r["row_key"]) for r in rows)
-    return ClaimedBatch([r["id"] for r in rows], list(keys))
+    failing = frozenset(tuple(r["row_key"]) for r in rows if r["failing"])
+    return ClaimedBatch([r["id"] for r in rows], list(keys), failing)
 
 
 async def claim_truncate(conn: Connection, mirror: str) -> int | None:
@@ -47,8 +52,12 @@ async def claim_truncate(conn: Connection, mirror: str) -> int | None:
     return marker
 
 
-async def acknowledge(conn: Connection, mirror: str, change_ids: Sequence[int]) -> None:
-    await conn.execute(QUERIES["delete_changes"], mirror, list(change_ids))
+async def acknowledge(
+    conn: Connection, mirror: str, change_ids: Sequence[int], timed: Collection[int] = ()
+) -> list[float]:
+    """Deletes the changes; returns the seconds since each of `timed` was queued (freshness)."""
+    rows = await conn.fetch(QUERIES["delete_changes"], mirror, list(change_ids), list(timed))
+    return [float(r["age"]) for r in rows]
 
 
 async def enqueue(conn: Connection, mirror: str, keys: Iterable[RowKey]) -> None:

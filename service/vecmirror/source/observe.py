@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
 from dataclasses import dataclass
 from importlib.resources import files
 
@@ -36,10 +35,3 @@ async def queue_state(conn: Connection, mirror: str) -> QueueState:
         backfill_state=row["backfill_state"] or "not installed",
     )
 
-
-async def change_ages(conn: Connection, mirror: str, change_ids: Collection[int]) -> list[float]:
-    """Seconds since each change was queued, on Postgres' clock."""
-    if not change_ids:
-        return []
-    rows = await conn.fetch(OBSERVE_QUERIES["change_ages"], mirror, list(change_ids))
-    return [float(r["age"]) for r in rows]

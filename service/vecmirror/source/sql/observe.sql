@@ -12,10 +12,3 @@ SELECT
     (SELECT count(*) FROM vecmirror.failed_v1 WHERE mirror = $1 AND retry_at IS NULL) AS dead_letters,
     (SELECT count(*) FROM vecmirror.failed_v1 WHERE mirror = $1) AS failed_rows,
     (SELECT backfill_state FROM vecmirror.mirrors_v1 WHERE name = $1) AS backfill_state;
-
--- name: change_ages
--- Freshness: seconds since each change was queued (its writing transaction's now()), read just after
--- Redis acknowledged the write that made it searchable; both ends on Postgres' clock, so no skew.
-SELECT extract(epoch FROM clock_timestamp() - created_at)::float8 AS age
-FROM vecmirror.changes_v1
-WHERE mirror = $1 AND id = ANY($2::bigint[]);

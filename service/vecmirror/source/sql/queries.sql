@@ -83,8 +83,13 @@ DELETE FROM vecmirror.failed_v1 WHERE mirror = $1;
 
 -- name: lock_mirror_shared
 -- Every batch holds this; processing a TRUNCATE takes it exclusively, so no batch that read rows
--- before the TRUNCATE can write after the TRUNCATE's keys were enqueued.
-SELECT pg_advisory_xact_lock_shared(hashtext('vecmirror.mirror'), hashtext($1));
+-- before the TRUNCATE can write after the TRUNCATE's keys were enqueued. It also says whether a
+-- TRUNCATE marker is queued (the partial index of 0003 answers at once): the batch then steps aside
+-- so the marker is handled first, alone.
+SELECT EXISTS (
+    SELECT 1 FROM vecmirror.changes_v1 WHERE mirror = $1 AND row_key IS NULL
+) AS truncate_queued
+FROM (SELECT pg_advisory_xact_lock_shared(hashtext('vecmirror.mirror'), hashtext($1))) AS shared_lock;
 
 -- name: lock_mirror_exclusive
 -- Waits for every in-flight batch of the mirror, on any worker, to commit or roll back.
@@ -95,14 +100,19 @@ SELECT pg_advisory_xact_lock(hashtext('vecmirror.mirror'), hashtext($1));
 -- (held until commit) keeps one key out of two workers' hands even when it has several changes.
 -- The candidates are materialised first so locks are only tried on at most $2 rows.
 -- A change with a future not_before is a failing row's next attempt: not yet.
+-- `failing`: the key has a failed_v1 row to clear if it syncs now. Only the batch holding the key's
+-- lock records or clears its failures, so this stays true until the batch commits.
 WITH candidates AS MATERIALIZED (
     SELECT id, row_key FROM vecmirror.changes_v1
     WHERE mirror = $1 AND row_key IS NOT NULL AND (not_before IS NULL OR not_before <= now())
     ORDER BY id LIMIT $2
     FOR UPDATE SKIP LOCKED
 )
-SELECT id, row_key FROM candidates
-WHERE pg_try_advisory_xact_lock(hashtext($1), hashtext(array_to_string(row_key, chr(31))));
+SELECT c.id, c.row_key, EXISTS (
+    SELECT 1 FROM vecmirror.failed_v1 f WHERE f.mirror = $1 AND f.row_key = c.row_key
+) AS failing
+FROM candidates c
+WHERE pg_try_advisory_xact_lock(hashtext($1), hashtext(array_to_string(c.row_key, chr(31))));
 
 -- name: end_stuck_claims
 -- A worker frozen (SIGSTOP, a paused VM) while Postgres sends it a large result leaves its backend
@@ -121,8 +131,16 @@ ORDER BY id LIMIT 1
 FOR UPDATE SKIP LOCKED;
 
 -- name: delete_changes
--- Acknowledge: runs only after Redis accepted the batch, in the claim's transaction.
-DELETE FROM vecmirror.changes_v1 WHERE mirror = $1 AND id = ANY($2::bigint[]);
+-- Acknowledge: runs only after Redis accepted the batch, in the claim's transaction. Returns the
+-- freshness of the changes in $3 (user writes the batch made searchable): seconds since each was
+-- queued (its writing transaction's now()), read just after Redis acknowledged the write; both ends
+-- on Postgres' clock, so no skew.
+WITH gone AS (
+    DELETE FROM vecmirror.changes_v1 WHERE mirror = $1 AND id = ANY($2::bigint[])
+    RETURNING id, created_at
+)
+SELECT extract(epoch FROM clock_timestamp() - created_at)::float8 AS age
+FROM gone WHERE id = ANY($3::bigint[]);
 
 -- name: enqueue_keys
 -- Re-queues keys (after a TRUNCATE, for a backfill page) as ordinary changes.
