@@ -19,12 +19,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-from common import Phase, Stopwatch, chunks, phase, temporary_stack
+from common import Phase, Stopwatch, chunks, default_embedder, phase, temporary_stack
 from corpus import COLUMNS, TABLE_DDL, TEMPLATE, embed_mirror, make_rows
 
 from vecmirror.app import open_app
-from vecmirror.config import DEFAULT_MODEL
-from vecmirror.pipeline.embedder import SentenceTransformerEmbedder, resolve_model
+from vecmirror.pipeline.embedder import Embedder, resolve_model
 from vecmirror.stack import StackUrls
 
 TABLE = "backfill_docs"
@@ -50,9 +49,7 @@ class BackfillResult:
         return self.redisvl_seconds / self.vecmirror_seconds
 
 
-async def measure_backfill(
-    urls: StackUrls, rows: int, embedder: SentenceTransformerEmbedder
-) -> BackfillResult:
+async def measure_backfill(urls: StackUrls, rows: int, embedder: Embedder) -> BackfillResult:
     async def fill(conn: asyncpg.Connection) -> None:
         for start in range(0, rows, COPY_PAGE):
             page = make_rows(start, min(COPY_PAGE, rows - start))
@@ -121,7 +118,7 @@ def summary(result: BackfillResult) -> str:
 
 
 async def main_async(urls: StackUrls, rows: int) -> None:
-    print(summary(await measure_backfill(urls, rows, SentenceTransformerEmbedder(DEFAULT_MODEL))), flush=True)
+    print(summary(await measure_backfill(urls, rows, default_embedder())), flush=True)
 
 
 def main() -> None:

@@ -21,8 +21,9 @@ import redis.asyncio as redis
 from pydantic import SecretStr
 
 from vecmirror.commands import migrate_command
-from vecmirror.config import Config, parse_config
+from vecmirror.config import DEFAULT_MODEL, Config, ModelSpec, parse_config
 from vecmirror.logging import configure_logging
+from vecmirror.pipeline.embedder import Embedder, load_embedder
 from vecmirror.settings import Settings
 from vecmirror.stack import StackUrls, stack_down, stack_up
 
@@ -100,6 +101,12 @@ async def _fresh_database(server_url: str, name: str) -> str:
         await conn.close()
     parts = urlsplit(server_url)
     return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+def default_embedder() -> Embedder:
+    """The default model on the default backend for this machine, loaded as `vecmirror run` loads
+    it (on a CPU the ONNX export, made in or read from VECMIRROR_MODEL_CACHE)."""
+    return load_embedder(ModelSpec(DEFAULT_MODEL), Settings())
 
 
 def chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from backfill import measure_backfill
 from backfill import summary as backfill_summary
-from common import temporary_stack
+from common import default_embedder, temporary_stack
 from corpus import make_rows
 from environment import describe
 from live_load import measure_live
@@ -32,8 +32,6 @@ from report import Results, markdown
 from sync_throughput import measure_inserts, measure_updates
 from sync_throughput import summary as sync_summary
 
-from vecmirror.config import DEFAULT_MODEL
-from vecmirror.pipeline.embedder import SentenceTransformerEmbedder
 from vecmirror.settings import Settings
 from vecmirror.stack import StackUrls
 
@@ -45,18 +43,26 @@ class Sizes:
     insert_rows: int  # R1
     round_rows: int  # R1 rows per interleaved round
     update_rows: int  # R2, each of FLAT and HNSW
+    update_round_rows: int  # R2 rows per UPDATE, i.e. per interleaved round
     backfill_rows: int
     bulk_rows: int  # the subprocess worker's capacity run
     load_seconds: float  # its steady load
 
 
 QUICK = Sizes(
-    insert_rows=192, round_rows=64, update_rows=1500, backfill_rows=96, bulk_rows=96, load_seconds=8
+    insert_rows=192,
+    round_rows=64,
+    update_rows=2048,
+    update_round_rows=1024,
+    backfill_rows=96,
+    bulk_rows=96,
+    load_seconds=8,
 )
 FULL = Sizes(
     insert_rows=10_000,
     round_rows=256,
     update_rows=100_000,
+    update_round_rows=4096,
     backfill_rows=100_000,
     bulk_rows=2000,
     load_seconds=120,
@@ -72,14 +78,14 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
 
 async def run_all(urls: StackUrls, sizes: Sizes) -> Results:
     clock = _Clock()
-    embedder = SentenceTransformerEmbedder(DEFAULT_MODEL)
+    embedder = default_embedder()
     embedder.embed([row.text for row in make_rows(10_000_000, 16)])  # warm-up: first calls are slow
     clock.lap("model loaded")
     inserts = await measure_inserts(urls, sizes.insert_rows, embedder, sizes.round_rows)
     clock.lap(sync_summary(inserts))
     updates = []
     for algorithm in ("flat", "hnsw"):
-        updates.append(await measure_updates(urls, sizes.update_rows, algorithm))
+        updates.append(await measure_updates(urls, sizes.update_rows, algorithm, sizes.update_round_rows))
         clock.lap(sync_summary(updates[-1]))
     backfill = await measure_backfill(urls, sizes.backfill_rows, embedder)
     clock.lap(backfill_summary(backfill))

@@ -36,15 +36,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from common import chunks, phase, temporary_stack
+from common import chunks, default_embedder, phase, temporary_stack
 from corpus import COLUMNS, TABLE_DDL, embed_mirror, make_rows
 from sync_throughput import DIMS, TimeSplit
 from write_anatomy import markdown as anatomy_markdown
 from write_anatomy import write_anatomy
 
 from vecmirror.app import open_app
-from vecmirror.config import DEFAULT_MODEL
-from vecmirror.pipeline.embedder import Embedder, FakeEmbedder, SentenceTransformerEmbedder
+from vecmirror.pipeline.embedder import Embedder, FakeEmbedder
 from vecmirror.stack import StackUrls
 
 TABLE = "profile_docs"
@@ -148,7 +147,7 @@ class Profile:
 
 async def profile(urls: StackUrls, kind: str, rows: int, rate: int, raw: Path) -> Profile:
     updates = kind.startswith("updates")
-    embedder: Embedder = FakeEmbedder(DIMS) if updates else SentenceTransformerEmbedder(DEFAULT_MODEL)
+    embedder: Embedder = FakeEmbedder(DIMS) if updates else default_embedder()
     mirror = embed_mirror("profile", TABLE, algorithm="flat" if kind == "updates-flat" else "hnsw")
     async with (
         phase(urls, "profile", {TABLE: TABLE_DDL}, [mirror]) as env,

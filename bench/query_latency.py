@@ -18,12 +18,12 @@ from typing import Any
 
 import asyncpg
 import numpy as np
-from common import run_bench
+from common import default_embedder, run_bench
 from pydantic import SecretStr
 
 from vecmirror.commands import migrate_command, run_command
-from vecmirror.config import DEFAULT_MODEL, parse_config
-from vecmirror.pipeline.embedder import SentenceTransformerEmbedder
+from vecmirror.config import parse_config
+from vecmirror.pipeline.embedder import Embedder
 from vecmirror.query import MirrorSearch, num, tag
 from vecmirror.settings import Settings
 from vecmirror.stack import StackUrls
@@ -74,7 +74,7 @@ async def measure(urls: StackUrls, rows: int) -> None:
         "CREATE TABLE bench_docs (id int PRIMARY KEY, body text, genre text, price int, v real[])"
     )
     await migrate_command(settings, config)
-    embedder = SentenceTransformerEmbedder(DEFAULT_MODEL)
+    embedder = default_embedder()
     rng = np.random.default_rng(1)
     print("| docs | query | p50 ms | p99 ms | QPS |\n|---:|---|---:|---:|---:|")
     loaded = 0
@@ -100,7 +100,7 @@ async def _load(conn: asyncpg.Connection, rng: np.random.Generator, start: int, 
 
 
 def _workloads(
-    search: MirrorSearch, embedder: SentenceTransformerEmbedder, rng: np.random.Generator
+    search: MirrorSearch, embedder: Embedder, rng: np.random.Generator
 ) -> dict[str, Callable[[int], Awaitable[Any]]]:
     vectors = rng.standard_normal((QUERIES, DIMS)).astype(np.float32)
     texts = [f"{WORDS[i % len(WORDS)]} {WORDS[(i * 7) % len(WORDS)]}" for i in range(QUERIES)]

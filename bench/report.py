@@ -45,7 +45,7 @@ def markdown(results: Results) -> str:
 
 
 def _ratios(results: Results) -> str:
-    rows = [_sync_row(results.inserts, "raw `model.encode`", R1_TARGET)]
+    rows = [_sync_row(results.inserts, "raw model calls", R1_TARGET)]
     rows += [_sync_row(r, "raw pipelined HSET of the 2 fields", R2_TARGET) for r in results.updates]
     b = results.backfill
     rows.append(
@@ -139,13 +139,14 @@ METHOD = """\
   `rating`, `stock`. Embedded text: `{title}\\n\\n{body}`. All-MiniLM-L6-v2, 384 dims, HNSW or FLAT,
   cosine.
 - **R1**: per round, the rows are inserted (not timed), then the in-process worker's drain of them
-  and a raw `model.encode` of the same texts (same model object, `embed_batch_size`, process) are
+  and raw calls of the model on the same texts (the same model object on its default backend,
+  ONNX on a CPU, with `embed_batch_size` texts a call, sorted by length, in the same process) are
   timed, in alternating order. Ratio = the median over rounds of raw seconds / sync seconds (a
   neighbour's burst of CPU on one side of one round hardly moves it); rows/s are from the totals.
 - **R2**: the table is loaded first (with a hash-based fake model: an update that leaves the text
-  alone never calls the model); per round one UPDATE of `price` and `stock` on a claim's rows, then
-  the drain, against one pipeline of HSETs of those two fields on the same keys, alternating;
-  ratio as for R1.
+  alone never calls the model); per round one UPDATE of `price` and `stock` on 1,024 rows (quick)
+  or 4,096 (full), then the drain (several claims, growing with the backlog, two in flight), against
+  one pipeline of HSETs of those two fields on the same keys, alternating; ratio as for R1.
 - **Backfill**: rows present before `vecmirror migrate`, synced by the in-process worker's
   `run_once`, against the same rows read from Postgres, embedded by RedisVL's `HFTextVectorizer`
   (same model files and batch size) and written by `SearchIndex.load`; RedisVL's half before and

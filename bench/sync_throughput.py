@@ -8,9 +8,10 @@ the same texts with the same model object, batch size and process. Rounds interl
 alternating order, so a neighbour stealing the CPU slows both alike. R1 = raw seconds / sync seconds.
 
 R2, updates of non-embedded columns (price, stock) on an index already holding every row, FLAT
-and HNSW: each round times the drain of an UPDATE of one claim's rows against a raw pipeline of
-HSETs of the same two fields into the same index (the Query Engine re-indexes the whole document on
-every write, vector included, so that raw rate is the real limit). The rows are loaded with a
+and HNSW: each round times the drain of an UPDATE of `round_rows` rows (several claims, which
+grow with the backlog, two in flight) against a raw pipeline of HSETs of the same two fields into
+the same index (the Query Engine re-indexes the whole document on every write, vector included, so
+that raw rate is the real limit). The rows are loaded with a
 hash-based fake model: an update whose text is unchanged never calls the model, so nothing timed
 depends on it.
 
@@ -28,12 +29,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import redis.asyncio as redis
-from common import Phase, chunks, phase, temporary_stack
+from common import Phase, chunks, default_embedder, phase, temporary_stack
 from corpus import COLUMNS, TABLE_DDL, Row, embed_mirror, make_rows
 
 from vecmirror.app import open_app
-from vecmirror.config import DEFAULT_MODEL
-from vecmirror.pipeline.embedder import Embedder, FakeEmbedder, SentenceTransformerEmbedder
+from vecmirror.pipeline.embedder import Embedder, FakeEmbedder
 from vecmirror.sink.keys import document_key
 from vecmirror.stack import StackUrls
 from vecmirror.sync import BatchStats
@@ -41,6 +41,7 @@ from vecmirror.worker import Worker
 
 DIMS = 384
 LOAD_PAGE = 10_000  # rows per COPY when filling R2's tables
+UPDATE_ROUND_ROWS = 4096  # R2: rows per UPDATE statement, i.e. per interleaved round
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,7 @@ async def interleaved(rows: int, rounds: Sequence[Round]) -> RateRatio:
 
 
 async def measure_inserts(
-    urls: StackUrls, rows: int, embedder: SentenceTransformerEmbedder, round_rows: int | None = None
+    urls: StackUrls, rows: int, embedder: Embedder, round_rows: int | None = None
 ) -> SyncResult:
     """R1 over rows 0..rows-1 of the corpus, after a warm-up batch of other rows. A round inserts
     `round_rows` rows (default: one claim, `batch_size`), so the worker's claims and the raw calls
@@ -168,8 +169,12 @@ def _insert_round(env: Phase, worker: Worker, embedder: Embedder, rows: Sequence
     )
 
 
-async def measure_updates(urls: StackUrls, rows: int, algorithm: str) -> SyncResult:
-    """R2 for one vector algorithm: every row updated once, a claim's worth per round."""
+async def measure_updates(
+    urls: StackUrls, rows: int, algorithm: str, round_rows: int = UPDATE_ROUND_ROWS
+) -> SyncResult:
+    """R2 for one vector algorithm: every row updated once, `round_rows` per round: a bulk UPDATE
+    that the worker syncs in several claims (they grow with the backlog, two in flight), against
+    one pipeline of HSETs of the same rows."""
     name = f"r2_{algorithm}"
     mirror = embed_mirror(name, f"{name}_docs", algorithm=algorithm)
     async with (
@@ -184,7 +189,7 @@ async def measure_updates(urls: StackUrls, rows: int, algorithm: str) -> SyncRes
             await loader.drain()
         split = TimeSplit()
         worker = app.worker(on_batch=split.add)
-        groups = chunks(corpus, env.settings.batch_size)
+        groups = chunks(corpus, round_rows)
         ratio = await interleaved(rows, [_update_round(env, worker, g) for g in groups])
         return SyncResult(f"R2 updates, {algorithm.upper()}", ratio, split)
 
@@ -238,7 +243,7 @@ def summary(result: SyncResult) -> str:
 
 
 async def main_async(urls: StackUrls, insert_rows: int, update_rows: int, round_rows: int | None) -> None:
-    embedder = SentenceTransformerEmbedder(DEFAULT_MODEL)
+    embedder = default_embedder()
     print(summary(await measure_inserts(urls, insert_rows, embedder, round_rows)), flush=True)
     for algorithm in ("flat", "hnsw"):
         print(summary(await measure_updates(urls, update_rows, algorithm)), flush=True)
