@@ -127,6 +127,21 @@ def test_image_runs_vecmirror_as_a_non_root_user_offline() -> None:
     assert env["VECMIRROR_HTTP_PORT"] == only(stage, "EXPOSE").value[0] == str(HTTP_PORT)
 
 
+def test_the_image_ships_the_models_onnx_exports_made_at_build_time() -> None:
+    """Pods read the exports instead of making them (20 s, 1 GB) at every start; the cache sits
+    outside /tmp, so the read-only root filesystem keeps it, and before USER, so root made it."""
+    stage = final_stage()
+    cache = image_env()["VECMIRROR_MODEL_CACHE"]
+    assert not cache.startswith("/tmp")
+    exports = [i for i, c in enumerate(stage) if c.cmd == "RUN" and "load_embedder" in " ".join(c.value)]
+    assert len(exports) == 1
+    script = " ".join(stage[exports[0]].value)
+    assert "'onnx', 'onnx-int8'" in script and '"${MODEL}"' in script
+    user = next(i for i, c in enumerate(stage) if c.cmd == "USER")
+    cache_set = next(i for i, c in enumerate(stage) if c.cmd == "ENV" and "VECMIRROR_MODEL_CACHE" in c.value)
+    assert cache_set < exports[0] < user
+
+
 def test_the_model_and_the_dependencies_are_layers_of_their_own() -> None:
     copies = [c.value for c in final_stage() if c.cmd == "COPY"]
     assert copies == [("/opt/venv", "/opt/venv"), ("/opt/vecmirror/models", "/opt/vecmirror/models")]

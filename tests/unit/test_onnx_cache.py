@@ -60,6 +60,8 @@ def test_a_model_is_exported_once_then_read_from_the_cache(
     assert (first.max_seq_length, first.dimension) == (256, 384)
     assert first.input_names == ("input_ids", "attention_mask")
     assert [p.name for p in (cache / "onnx").iterdir()] == [first.directory.name]  # no scratch left
+    # Readable by every user: an image exports as root at build time and runs as another user.
+    assert first.directory.stat().st_mode & 0o777 == 0o755
 
 
 def test_int8_weights_are_made_from_the_float_export_once(

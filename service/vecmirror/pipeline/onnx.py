@@ -32,6 +32,7 @@ log = structlog.get_logger(__name__)
 # Bumped when the exported files change shape, so older exports are made again.
 EXPORT_FORMAT = 1
 METADATA_FILE = "vecmirror-onnx.json"
+EXPORT_DIRECTORY_MODE = 0o755  # readable by all: see _export_into_place
 OUTPUT_NAME = "sentence_embedding"
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -214,6 +215,9 @@ def _export_into_place(model: str, source: str, directory: Path) -> None:
     scratch = Path(tempfile.mkdtemp(prefix=".export-", dir=directory.parent))
     try:
         _export(source, scratch)
+        # mkdtemp makes it private (0700); an image's build-time export (root) is read by its
+        # non-root user, and an export holds nothing the model's files do not.
+        scratch.chmod(EXPORT_DIRECTORY_MODE)
         try:
             scratch.rename(directory)
         except OSError:
