@@ -209,6 +209,8 @@ async def test_switching_to_int8_re_embeds_unchanged_text_and_exact_backends_kee
     np.testing.assert_allclose(vector_of(after), expected[0], atol=1e-5)
     # The row that did not change keeps onnx's vector until it syncs again; verify --repair queues it.
     [drift] = await verify_command(settings, config, None, repair=True)
-    assert drift.stale == {("2",): "content hash differs: the text, model or backend changed since it was embedded"}
+    assert drift.stale == {
+        ("2",): "content hash differs: the text, model or backend changed since it was embedded"
+    }
     await sync_once(settings, config)
     np.testing.assert_allclose(vector_of(hash_doc(redis_client, "doc:2")), expected[1], atol=1e-5)

@@ -34,4 +34,3 @@ async def queue_state(conn: Connection, mirror: str) -> QueueState:
         failed_rows=row["failed_rows"],
         backfill_state=row["backfill_state"] or "not installed",
     )
-
