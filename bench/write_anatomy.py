@@ -1,5 +1,9 @@
 """An update's Redis write taken apart: what each layer of vecmirror's versioned write adds to the
 raw HSET of the changed fields (R2's baseline), timed on the same documents of a mirrored index.
+vecmirror writes a chunk of documents per script call, their values in one JSON argument, and reads
+the text hashes a chunk of keys per script call: redis-py's Python costs per command (about 30 µs to
+pack and parse one) and per argument (about 1.3 µs to pack one) would otherwise add up to as much as
+Redis spends re-indexing a document.
 
 Used by bench/profile_sync.py for the updates profile. Each claim-sized group of rows is written by
 every variant in turn, so they share the machine's ups and downs.
@@ -18,13 +22,13 @@ from corpus import COLUMNS, Row
 from vecmirror.config import MirrorConfig
 from vecmirror.pipeline.documents import Document, DocumentBuilder
 from vecmirror.sink.encode import HashEncoder
-from vecmirror.sink.writer import RedisSink
+from vecmirror.sink.writer import READ_CHUNK, WRITE_CHUNK, RedisSink
 
 VERSION_BASE = 10**12  # above any captured change's id, so no versioned write is refused
 RAW = "HSET of the 2 changed fields, one pipeline (R2's baseline)"
 ALL_FIELDS = "HSET of every field vecmirror writes, one pipeline"
-VERSIONED = "vecmirror's write: a versioned-write script per document, MULTI/EXEC of 100"
-HASH_READS = "reading the text hashes first (HGET pipeline)"
+VERSIONED = f"vecmirror's write: a versioned-write script call per {WRITE_CHUNK} documents, sent as JSON"
+HASH_READS = f"reading the text hashes first: one script call per {READ_CHUNK:,} keys"
 INDEX_INFO = "FT.INFO once per batch (documents the index refused)"
 Fields = Mapping[str, str | bytes | int | float]
 

@@ -44,7 +44,8 @@ ACL_PASSWORD = "acl-test-Pa55word"
 def least_privilege_rules(password: str, prefixes: list[str], indexes: list[str]) -> list[str]:
     """The README's ACL for a vecmirror worker: its key prefixes, its own keys and its index names
     (the Query Engine takes an index name as a key), the plain read/write commands minus the
-    dangerous ones, the scripts of versioned writes, and the FT.* and JSON.* commands it calls."""
+    dangerous ones (no MULTI/EXEC), the scripts of versioned writes and reads, and the FT.* and
+    JSON.* commands it calls."""
     key_patterns = [f"~{p}:*" for p in prefixes] + [f"~{OWN_KEY_PREFIX}*"] + [f"~{i}" for i in indexes]
     return [
         "reset",
@@ -53,7 +54,6 @@ def least_privilege_rules(password: str, prefixes: list[str], indexes: list[str]
         *key_patterns,
         "+@read",
         "+@write",
-        "+@transaction",
         "-@dangerous",
         "+ping",
         "+client|setinfo",

@@ -1,4 +1,4 @@
-"""Writes a batch of documents to Redis as versioned writes in MULTI/EXEC pipelines and checks they
+"""Writes a batch of documents to Redis as versioned writes, a script call per chunk, and checks they
 were indexed."""
 
 from __future__ import annotations
@@ -16,10 +16,25 @@ from vecmirror.errors import RedisForgotError
 from vecmirror.pipeline.documents import Document, RowKey
 from vecmirror.sink.encode import HashEncoder, JsonEncoder
 from vecmirror.sink.keys import document_key, key_pattern
-from vecmirror.sink.versioned import APPLIED, VersionedWrites
+from vecmirror.sink.versioned import VersionedWrites, Write
 
 log = structlog.get_logger(__name__)
 WRITE_CHUNK = 100
+READ_CHUNK = 1000
+
+# KEYS: documents. ARGV[1]: one of vecmirror's own fields. Returns the field of each document (JSON:
+# JSON.GET's array of matches), false (nil to the client) where there is no document.
+_READ = """
+local values = {}
+for i, key in ipairs(KEYS) do
+    values[i] = read(key, ARGV[1])
+end
+return values
+"""
+HASH_READ_SCRIPT = "local function read(key, field) return redis.call('HGET', key, field) end" + _READ
+JSON_READ_SCRIPT = (
+    "local function read(key, field) return redis.call('JSON.GET', key, '$.' .. field) end" + _READ
+)
 
 
 class RedisSink:
@@ -30,6 +45,7 @@ class RedisSink:
         self._hash = HashEncoder(mirror)
         self._json = JsonEncoder(mirror)
         self.versioned = VersionedWrites(client, mirror.name, json=self._is_json, tombstone_ttl=tombstone_ttl)
+        self._read_script = client.register_script(JSON_READ_SCRIPT if self._is_json else HASH_READ_SCRIPT)
         self.index_name = mirror.index.index.name
 
     @property
@@ -41,14 +57,17 @@ class RedisSink:
 
     async def stored_text_hashes(self, keys: Sequence[RowKey]) -> list[str | None]:
         """The content hash kept with each document, None where there is no document yet."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for row_key in keys:
-                if self._is_json:
-                    pipe.execute_command("JSON.GET", self.key(row_key), f"$.{META_HASH_FIELD}")
-                else:
-                    pipe.hget(self.key(row_key), META_HASH_FIELD)
-            replies = await pipe.execute()
+        replies = await self._own_field([self.key(k) for k in keys], META_HASH_FIELD)
         return [self._decode_meta(reply) for reply in replies]
+
+    async def _own_field(self, keys: Sequence[str], field: str) -> list[Any]:
+        """One of vecmirror's own fields of each document as Redis returns it (JSON: JSON.GET's
+        array), None where there is no document (False over RESP3): one script call per READ_CHUNK
+        keys, because a command per key costs more Python in redis-py than Redis spends answering."""
+        replies: list[Any] = []
+        for start in range(0, len(keys), READ_CHUNK):
+            replies += await self._read_script(keys=keys[start : start + READ_CHUNK], args=[field])
+        return replies
 
     async def write(
         self,
@@ -57,46 +76,30 @@ class RedisSink:
         *,
         keep_vector: set[RowKey],
     ) -> list[RowKey]:
-        """Versioned writes in MULTI/EXEC transactions of at most WRITE_CHUNK documents: the index
-        never sees half a document, and Redis is never blocked by a whole batch (2,000 HNSW inserts
-        in one transaction took over 5 s here, stalling every query meanwhile). `keep_vector`
-        documents carry no vector because their text is unchanged; their stored vector stays.
-        Deletes are (row key, version). Returns the keys Redis refused because it holds a newer
-        version (a worker that was frozen past its claim)."""
+        """Versioned writes, one atomic script call per WRITE_CHUNK documents (upserts, then
+        deletes): the index never sees half a document, and Redis is never blocked by a whole
+        batch (2,000 HNSW inserts in one transaction took over 5 s here, stalling every query
+        meanwhile). `keep_vector` documents carry no vector because their text is unchanged; their
+        stored vector stays. Deletes are (row key, version). Returns the keys Redis refused because
+        it holds a newer version (a worker that was frozen past its claim)."""
+        writes = [(d.key, self._upsert(d, partial=d.key in keep_vector)) for d in upserts]
+        writes += [(row_key, self.versioned.delete(self.key(row_key), v)) for row_key, v in deletes]
         refused: list[RowKey] = []
-        for start in range(0, len(upserts), WRITE_CHUNK):
-            chunk = upserts[start : start + WRITE_CHUNK]
-            async with self._redis.pipeline(transaction=True) as pipe:
-                for document in chunk:
-                    self._queue_upsert(pipe, document, partial=document.key in keep_vector)
-                replies = await self._execute(pipe)
-            refused += [d.key for d, reply in zip(chunk, replies, strict=True) if reply != APPLIED]
-        for start in range(0, len(deletes), WRITE_CHUNK):
-            gone = deletes[start : start + WRITE_CHUNK]
-            async with self._redis.pipeline(transaction=True) as pipe:
-                for row_key, version in gone:
-                    self.versioned.delete(pipe, self.key(row_key), version)
-                replies = await self._execute(pipe)
-            refused += [k for (k, _), reply in zip(gone, replies, strict=True) if reply != APPLIED]
+        for start in range(0, len(writes), WRITE_CHUNK):
+            chunk = writes[start : start + WRITE_CHUNK]
+            applied = await self.versioned.apply([write for _, write in chunk])
+            refused += [row_key for (row_key, _), ok in zip(chunk, applied, strict=True) if not ok]
         return refused
 
-    async def _execute(self, pipe: Any) -> list[Any]:
-        try:
-            return list(await pipe.execute())
-        except ResponseError as exc:
-            self.versioned.check_reply(exc)
-            raise
-
-    def _queue_upsert(self, pipe: Any, document: Document, *, partial: bool) -> None:
+    def _upsert(self, document: Document, *, partial: bool) -> Write:
         key = self.key(document.key)
         if self._is_json:
             body = self._json.document(document, with_nulls=partial)
-            self.versioned.json_upsert(
-                pipe, key, document.version, json.dumps(body, ensure_ascii=False), merge=partial
+            return self.versioned.json_upsert(
+                key, document.version, json.dumps(body, ensure_ascii=False), merge=partial
             )
-            return
-        self.versioned.hash_upsert(
-            pipe, key, document.version, self._hash.mapping(document), self._hash.removed(document)
+        return self.versioned.hash_upsert(
+            key, document.version, self._hash.mapping(document), self._hash.removed(document)
         )
 
     async def indexing_failures(self) -> tuple[int, str | None]:
@@ -149,13 +152,7 @@ class RedisSink:
                 return
 
     async def _row_keys_of(self, keys: list[str]) -> list[RowKey]:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for key in keys:
-                if self._is_json:
-                    pipe.execute_command("JSON.GET", key, f"$.{META_KEY_FIELD}")
-                else:
-                    pipe.hget(key, META_KEY_FIELD)
-            replies = await pipe.execute()
+        replies = await self._own_field(keys, META_KEY_FIELD)
         row_keys = []
         for key, reply in zip(keys, replies, strict=True):
             parsed = self._decode_meta(reply)
@@ -166,7 +163,7 @@ class RedisSink:
         return row_keys
 
     def _decode_meta(self, reply: Any) -> Any:
-        if reply is None:
+        if reply is None or reply is False:  # the read script's false: nil in RESP2, false in RESP3
             return None
         text = _text(reply)
         if not self._is_json:
