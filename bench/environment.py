@@ -11,10 +11,13 @@ from pathlib import Path
 import asyncpg
 import redis.asyncio as redis
 
+from vecmirror.config import DEFAULT_MODEL, ModelSpec
+from vecmirror.pipeline.embedder import backend_for
 from vecmirror.settings import Settings
 from vecmirror.stack import StackUrls
 
 PACKAGES = ("vecmirror", "torch", "sentence-transformers", "transformers", "redisvl", "redis", "asyncpg")
+ONNX_PACKAGES = ("onnxruntime", "onnx", "hiredis")
 
 
 async def describe(urls: StackUrls, settings: Settings) -> list[tuple[str, str]]:
@@ -31,12 +34,24 @@ async def describe(urls: StackUrls, settings: Settings) -> list[tuple[str, str]]
         ("source", _git_revision()),
         ("Postgres", await _postgres_version(urls.database_url)),
         ("Redis", await _redis_version(urls.redis_url)),
-        ("model", f"all-MiniLM-L6-v2 on torch CPU, {torch.get_num_threads()} threads"),
+        ("model", _model(settings)),
         (
             "worker settings",
-            f"batch_size {settings.batch_size}, embed_batch_size {settings.embed_batch_size}",
+            f"batch_size {settings.batch_size} (up to {settings.max_batch_size}, "
+            f"target {settings.batch_target_seconds} s), {settings.batches_in_flight} batches in flight, "
+            f"embed_batch_size {settings.embed_batch_size}",
         ),
+        ("packages (ONNX)", ", ".join(f"{name} {_version(name)}" for name in ONNX_PACKAGES)),
     ]
+
+
+def _model(settings: Settings) -> str:
+    """The default model on the backend the benchmark loads (as `vecmirror run` would)."""
+    import torch
+
+    backend = backend_for(ModelSpec(DEFAULT_MODEL), settings.device)
+    device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return f"all-MiniLM-L6-v2, backend {backend} on {device}, torch {torch.get_num_threads()} threads"
 
 
 def _cpu() -> str:

@@ -52,8 +52,8 @@ class Sizes:
 QUICK = Sizes(
     insert_rows=192,
     round_rows=64,
-    update_rows=2048,
-    update_round_rows=1024,
+    update_rows=4096,
+    update_round_rows=2048,
     backfill_rows=96,
     bulk_rows=96,
     load_seconds=8,

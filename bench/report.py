@@ -144,7 +144,7 @@ METHOD = """\
   timed, in alternating order. Ratio = the median over rounds of raw seconds / sync seconds (a
   neighbour's burst of CPU on one side of one round hardly moves it); rows/s are from the totals.
 - **R2**: the table is loaded first (with a hash-based fake model: an update that leaves the text
-  alone never calls the model); per round one UPDATE of `price` and `stock` on 1,024 rows (quick)
+  alone never calls the model); per round one UPDATE of `price` and `stock` on 2,048 rows (quick)
   or 4,096 (full), then the drain (several claims, growing with the backlog, two in flight), against
   one pipeline of HSETs of those two fields on the same keys, alternating; ratio as for R1.
 - **Backfill**: rows present before `vecmirror migrate`, synced by the in-process worker's
@@ -158,7 +158,8 @@ METHOD = """\
   `vecmirror_freshness_seconds` histogram over the same window is shown beside it.
 - **Resources**: CPU = utime + stime of the worker process over each phase, from
   /proc/PID/stat; peak RSS = VmHWM. The servers' own CPU is not counted.
-- **Time split**: from each batch's BatchStats: the model calls, the Redis write (MULTI/EXEC of the
-  versioned-write scripts), and the rest of the batch (claim, row read, text-hash reads, FT.INFO,
-  acknowledge, and the Python between them).
+- **Time split**: from each batch's BatchStats: the model calls, the Redis write (a versioned-write
+  script call per 100 documents), and the rest of the batch (claim, row read, the read of the
+  stored hashes, FT.INFO, acknowledge, and the Python between them). With two batches in flight
+  their times overlap, so the parts add up to more than the drains' wall clock.
 """
