@@ -4,12 +4,11 @@ and a text the model fails on must fail alone."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
+from vecmirror.pipeline.batch_embed import BatchEmbedder
 from vecmirror.pipeline.embedder import FakeEmbedder, Vectors
-from vecmirror.sync import MirrorSync, SyncOptions
 
 
 class _Pings:
@@ -20,17 +19,11 @@ class _Pings:
         self.count += 1
 
 
-def _sync(embedder: Any, embed_batch_size: int) -> Any:
-    sync: Any = MirrorSync.__new__(MirrorSync)
-    sync._embedder, sync.options = embedder, SyncOptions(embed_batch_size=embed_batch_size)
-    return sync
-
-
 async def test_sorted_chunked_embedding_keeps_each_rows_vector() -> None:
     fake = FakeEmbedder(8)
     pings = _Pings()
     texts = ["a much longer text than the others", "short", "mid length", "x", "another long one here"]
-    vectors = await _sync(fake, 2)._embed_texts(texts, pings)
+    vectors = await BatchEmbedder(fake, 2).embed(texts, pings)
     for text, vector in zip(texts, vectors, strict=True):
         np.testing.assert_array_equal(vector, fake.embed([text])[0])
     assert fake.calls == 3 + len(texts)  # three chunks of at most two, then one call per check
@@ -51,7 +44,7 @@ class _FailsOn(FakeEmbedder):
 async def test_a_text_the_model_fails_on_fails_alone() -> None:
     model = _FailsOn("bad")
     texts = ["one", "two", "bad", "three", "four", "five"]
-    vectors = await _sync(model, 8)._embed_texts(texts, _Pings())
+    vectors = await BatchEmbedder(model, 8).embed(texts, _Pings())
     failed = [t for t, v in zip(texts, vectors, strict=True) if isinstance(v, Exception)]
     assert failed == ["bad"]
     assert "tokenizer exploded" in str(vectors[2])
