@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -19,6 +19,7 @@ from vecmirror.batching import BatchSizer
 from vecmirror.config import MirrorConfig
 from vecmirror.errors import RowError
 from vecmirror.index.manage import ensure_index
+from vecmirror.pipeline.batch_embed import BatchEmbedder, Keepalive
 from vecmirror.pipeline.documents import Document, DocumentBuilder, RowKey
 from vecmirror.pipeline.embedder import Embedder
 from vecmirror.sink.observe import record_last_sync
@@ -30,8 +31,6 @@ from vecmirror.source.tables import SourceTable
 
 log = structlog.get_logger(__name__)
 INDEX_REFUSED_FIELD = "(document)"
-# Checks that the claim's transaction is still ours (its session not ended by the claim timeout).
-Keepalive = Callable[[], Awaitable[object]]
 # What a claim returns instead of a batch while a TRUNCATE marker waits: it is handled first, alone.
 TRUNCATE_FIRST: Literal["truncate first"] = "truncate first"
 
@@ -110,13 +109,15 @@ class MirrorSync:
         self.mirror = mirror
         self.table = table
         self.sink = sink
-        self._embedder = embedder
+        # None: the mirror has no model (its vectors come from a column).
+        self._model = BatchEmbedder(embedder, options.embed_batch_size) if embedder is not None else None
         self._builder = DocumentBuilder(mirror, max_text_length=options.max_text_length)
         self.options = options
         self.batch_sizer = BatchSizer(
             options.batch_size, options.max_batch_size, options.batch_target_seconds
         )
         self._failures_seen: int | None = None
+        self._reading = asyncio.Lock()
 
     @property
     def name(self) -> str:
@@ -141,13 +142,17 @@ class MirrorSync:
     ) -> BatchStats | Literal["truncate first"] | None:
         async with claim_transaction(conn):
             started = time.monotonic()
-            size = self.batch_sizer.size
-            batch = await changes.claim(conn, self.name, size, after_truncate=after_truncate)
-            if batch.truncate_queued:
-                return TRUNCATE_FIRST
-            if not batch.change_ids:
-                return None
-            plan = self._plan(batch.keys, await load_rows(conn, self.table, batch.keys))
+            # One batch of the mirror reads at a time: batches in flight then take turns, each
+            # claiming and reading while the other waits for Redis or the model, instead of all
+            # reading at once and leaving Redis idle.
+            async with self._reading:
+                size = self.batch_sizer.size
+                batch = await changes.claim(conn, self.name, size, after_truncate=after_truncate)
+                if batch.truncate_queued:
+                    return TRUNCATE_FIRST
+                if not batch.change_ids:
+                    return None
+                plan = self._plan(batch.keys, await load_rows(conn, self.table, batch.keys))
             # The claim is checked after each model call; a worker frozen past the claim timeout
             # anywhere else writes versions Redis refuses when a peer already wrote newer ones.
             stats = await self._embed(plan, keepalive=lambda: conn.execute("SELECT 1"))
@@ -243,7 +248,7 @@ class MirrorSync:
 
     async def _embed(self, plan: _Plan, keepalive: Keepalive) -> BatchStats:
         stats = BatchStats(self.name)
-        if self._embedder is None or self.mirror.embed is None or not plan.documents:
+        if self._model is None or self.mirror.embed is None or not plan.documents:
             return stats
         stored = await self.sink.stored_text_hashes([d.key for d in plan.documents])
         plan.keep_vector = {d.key for d, h in zip(plan.documents, stored, strict=True) if h == d.text_hash}
@@ -252,49 +257,9 @@ class MirrorSync:
         stats.embedded = len(todo)
         if todo:
             texts = [d.text or "" for d in todo]
-            vectors = await self._embed_texts(texts, keepalive, stats.embed_call_seconds)
+            vectors = await self._model.embed(texts, keepalive, stats.embed_call_seconds)
             self._attach_vectors(plan, todo, vectors)
         return stats
-
-    async def _embed_texts(
-        self, texts: list[str], keepalive: Keepalive, timings: list[float] | None = None
-    ) -> list[object]:
-        """One model call per embed batch, each in a thread: the event loop stays free, and a
-        shutdown that cancels the batch waits for one model call at most. Texts go to the model
-        sorted by length so each call pads little (unsorted chunks halved throughput here). The
-        claim is kept alive between calls, so the claim timeout only ends a frozen worker's. Each
-        call's duration is appended to `timings`."""
-        timings = [] if timings is None else timings
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        vectors: list[object] = [None] * len(texts)
-        size = self.options.embed_batch_size
-        for start in range(0, len(order), size):
-            chunk = order[start : start + size]
-            embedded = await self._embed_isolating_failures([texts[i] for i in chunk], timings)
-            for position, vector in zip(chunk, embedded, strict=True):
-                vectors[position] = vector
-            await keepalive()
-        return vectors
-
-    async def _embed_isolating_failures(self, texts: list[str], timings: list[float]) -> list[object]:
-        """Vectors, or the exception the model raised for that one text: a failing call is split
-        in halves until the text that fails it is found, so one bad row fails alone. Each call's
-        duration is appended to `timings`."""
-        assert self._embedder is not None
-        started = time.monotonic()
-        try:
-            vectors = list(await asyncio.to_thread(self._embedder.embed, texts))
-        except Exception as exc:  # the model's own error, whatever its type: it is the row's failure
-            timings.append(time.monotonic() - started)
-            if len(texts) == 1:
-                return [exc]
-            half = len(texts) // 2
-            return [
-                *await self._embed_isolating_failures(texts[:half], timings),
-                *await self._embed_isolating_failures(texts[half:], timings),
-            ]
-        timings.append(time.monotonic() - started)
-        return vectors
 
     def _attach_vectors(self, plan: _Plan, todo: list[Document], vectors: list[object]) -> None:
         assert self.mirror.embed is not None

@@ -3,6 +3,7 @@ were indexed."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -20,6 +21,7 @@ from vecmirror.sink.versioned import VersionedWrites, Write
 
 log = structlog.get_logger(__name__)
 WRITE_CHUNK = 100
+CHUNKS_IN_FLIGHT = 4  # script calls of one batch sent before the first reply (one connection each)
 READ_CHUNK = 1000
 
 # KEYS: documents. ARGV[1]: one of vecmirror's own fields. Returns the field of each document (JSON:
@@ -76,7 +78,7 @@ class RedisSink:
         *,
         keep_vector: set[RowKey],
     ) -> list[RowKey]:
-        """Versioned writes, one atomic script call per WRITE_CHUNK documents (upserts, then
+        """Versioned writes, one atomic script call per WRITE_CHUNK documents (upserts and
         deletes): the index never sees half a document, and Redis is never blocked by a whole
         batch (2,000 HNSW inserts in one transaction took over 5 s here, stalling every query
         meanwhile). `keep_vector` documents carry no vector because their text is unchanged; their
@@ -84,12 +86,17 @@ class RedisSink:
         it holds a newer version (a worker that was frozen past its claim)."""
         writes = [(d.key, self._upsert(d, partial=d.key in keep_vector)) for d in upserts]
         writes += [(row_key, self.versioned.delete(self.key(row_key), v)) for row_key, v in deletes]
-        refused: list[RowKey] = []
-        for start in range(0, len(writes), WRITE_CHUNK):
-            chunk = writes[start : start + WRITE_CHUNK]
-            applied = await self.versioned.apply([write for _, write in chunk])
-            refused += [row_key for (row_key, _), ok in zip(chunk, applied, strict=True) if not ok]
-        return refused
+        chunks = [writes[start : start + WRITE_CHUNK] for start in range(0, len(writes), WRITE_CHUNK)]
+        in_flight = asyncio.Semaphore(CHUNKS_IN_FLIGHT)
+
+        async def apply(chunk: list[tuple[RowKey, Write]]) -> list[RowKey]:
+            async with in_flight:
+                applied = await self.versioned.apply([write for _, write in chunk])
+            return [row_key for (row_key, _), ok in zip(chunk, applied, strict=True) if not ok]
+
+        # Chunks go out without waiting for the previous reply: Redis re-indexes one while the next
+        # is encoded. A batch holds each key once, so their order does not matter.
+        return [key for refused in await asyncio.gather(*map(apply, chunks)) for key in refused]
 
     def _upsert(self, document: Document, *, partial: bool) -> Write:
         key = self.key(document.key)
