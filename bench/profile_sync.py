@@ -50,7 +50,8 @@ TABLE = "profile_docs"
 KINDS = ("inserts", "updates-flat", "updates-hnsw")
 ATTACH_SECONDS = 1.5  # py-spy needs a moment to attach before the drain starts
 MAIN, MODEL = "event loop (MainThread)", "model calls (the asyncio.to_thread pool)"
-DRAIN_FRAME = "Worker.drain (vecmirror/worker.py"
+# The drain's own frames: its batches run in its lanes' tasks, whose stacks start at the event loop.
+DRAIN_FRAMES = ("Worker.drain (vecmirror/worker.py", "Worker._drain_lane (vecmirror/worker.py")
 IDLE = "idle: awaiting the model thread or a server's reply"
 IDLE_LEAVES = ("select (selectors.py", "_worker (concurrent/futures/thread.py", "wait (threading.py")
 # (category, fragments of a frame): the innermost frame holding one decides a sample's category.
@@ -79,7 +80,7 @@ class Samples:
 
     def add(self, thread: str, frames: list[str], count: int) -> None:
         idle = bool(frames) and any(marker in frames[-1] for marker in IDLE_LEAVES)
-        if thread == MAIN and (idle or any(DRAIN_FRAME in frame for frame in frames)):
+        if thread == MAIN and (idle or any(mark in frame for frame in frames for mark in DRAIN_FRAMES)):
             category = IDLE if idle else _category(frames, EVENT_LOOP_PARTS, "asyncio, standard library")
         elif thread == MODEL and not idle:
             category = _category(frames, MODEL_PARTS, "other")
@@ -183,7 +184,10 @@ def markdown(result: Profile, command: str) -> str:
         f"# Where the {result.kind} sync's time goes\n",
         f"`{command}`, {datetime.now(UTC):%Y-%m-%d %H:%M UTC}: {result.rows:,} rows drained in "
         f"{result.wall_seconds:.2f} s ({rate:,.1f} rows/s), sampled by py-spy.\n",
-        "## Wall clock, from the worker's per-batch timings\n",
+        "## Batch time, from the worker's per-batch timings\n",
+        "Two batches are in flight (VECMIRROR_BATCHES_IN_FLIGHT): their times overlap, so they add "
+        "up to more than the drain's wall clock, and a model call's time includes waiting for the "
+        "other batch's call (one model, one call at a time).\n",
         "| part | seconds | share |",
         "|---|--:|--:|",
     ]
