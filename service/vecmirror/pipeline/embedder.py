@@ -42,7 +42,31 @@ def resolve_model(model: str) -> str:
     return model
 
 
-class SentenceTransformerEmbedder:
+class SerialEmbedder:
+    """A loaded model run one call at a time (its runtime already uses every core), counting its
+    calls and texts. Subclasses set `dimension` and `_encode`."""
+
+    def __init__(self, model: str) -> None:
+        self._model_name = model
+        self._lock = threading.Lock()
+        self.calls = 0
+        self.texts_embedded = 0
+
+    @property
+    def model(self) -> str:
+        return self._model_name
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        with self._lock:
+            self.calls += 1
+            self.texts_embedded += len(texts)
+            return self._encode(list(texts))
+
+    def _encode(self, texts: list[str]) -> Vectors:
+        raise NotImplementedError
+
+
+class SentenceTransformerEmbedder(SerialEmbedder):
     """Counts its calls so tests can prove the model was (or was not) used."""
 
     def __init__(self, model: str, *, device: str | None = None, batch_size: int = 64) -> None:
@@ -51,16 +75,9 @@ class SentenceTransformerEmbedder:
 
         # Loading prints a progress bar per model otherwise, which garbles JSON logs.
         transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-        self._model_name = model
+        super().__init__(model)
         self._model = SentenceTransformer(resolve_model(model), device=device)
         self._batch_size = batch_size
-        self._lock = threading.Lock()  # one encode at a time: torch already uses every core
-        self.calls = 0
-        self.texts_embedded = 0
-
-    @property
-    def model(self) -> str:
-        return self._model_name
 
     @property
     def dimension(self) -> int:
@@ -69,13 +86,10 @@ class SentenceTransformerEmbedder:
             raise ValueError(f"model {self._model_name!r} does not report its output dimension")
         return int(dimension)
 
-    def embed(self, texts: Sequence[str]) -> Vectors:
-        with self._lock:
-            self.calls += 1
-            self.texts_embedded += len(texts)
-            vectors = self._model.encode(
-                list(texts), batch_size=self._batch_size, convert_to_numpy=True, show_progress_bar=False
-            )
+    def _encode(self, texts: list[str]) -> Vectors:
+        vectors = self._model.encode(
+            texts, batch_size=self._batch_size, convert_to_numpy=True, show_progress_bar=False
+        )
         return np.asarray(vectors, dtype=np.float32)
 
 

@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ import numpy as np
 import structlog
 
 from vecmirror.errors import StartupError
-from vecmirror.pipeline.embedder import Vectors, resolve_model
+from vecmirror.pipeline.embedder import SerialEmbedder, Vectors, resolve_model
 
 log = structlog.get_logger(__name__)
 
@@ -102,7 +101,7 @@ class OnnxRunner:
         return np.asarray(vectors, dtype=np.float32)
 
 
-class OnnxEmbedder:
+class OnnxEmbedder(SerialEmbedder):
     """The Embedder protocol over onnxruntime; counts its calls like SentenceTransformerEmbedder."""
 
     def __init__(
@@ -117,16 +116,9 @@ class OnnxEmbedder:
     ) -> None:
         exported = ensure_exported(model, resolve_model(model), cache, quantized=quantized)
         self._runner = OnnxRunner(exported, quantized=quantized, providers=providers_for(device))
-        self._model_name = model
+        super().__init__(model)
         self._dimension = exported.dimension
         self._texts_per_run = texts_per_run or self._default_texts_per_run(quantized, batch_size)
-        self._lock = threading.Lock()  # one run at a time: onnxruntime already uses every core
-        self.calls = 0
-        self.texts_embedded = 0
-
-    @property
-    def model(self) -> str:
-        return self._model_name
 
     @property
     def dimension(self) -> int:
@@ -143,13 +135,7 @@ class OnnxEmbedder:
         the other texts. A GPU wants batches."""
         return batch_size if not quantized and CUDA in self.providers else 1
 
-    def embed(self, texts: Sequence[str]) -> Vectors:
-        with self._lock:
-            self.calls += 1
-            self.texts_embedded += len(texts)
-            return self._embed_sorted(list(texts))
-
-    def _embed_sorted(self, texts: list[str]) -> Vectors:
+    def _encode(self, texts: list[str]) -> Vectors:
         # Longest first, as sentence-transformers batches: similar lengths pad less.
         order = np.argsort([-len(text) for text in texts], kind="stable")
         vectors = np.empty((len(texts), self._dimension), dtype=np.float32)
