@@ -24,6 +24,7 @@ from vecmirror.sink.writer import RedisSink
 from vecmirror.source import Connection
 from vecmirror.source.changes import RetryPolicy
 from vecmirror.source.migrate import bundled_migrations
+from vecmirror.source.session import SESSION_SETTINGS, prepare_connection
 from vecmirror.source.sql import QUERIES
 from vecmirror.source.tables import inspect_table
 from vecmirror.sync import MirrorSync, SyncOptions
@@ -73,6 +74,7 @@ async def open_app(
         min_size=1,
         max_size=settings.batches_in_flight + POOL_SPARE_CONNECTIONS,
         server_settings=session_settings(settings),
+        init=prepare_connection,
     )
     try:
         async with redis_client(settings) as client:
@@ -89,6 +91,7 @@ def session_settings(settings: Settings) -> dict[str, str]:
     model calls, so only a frozen or cut-off worker stays idle past the claim timeout, and Postgres
     then ends its session, releasing its changes to the other workers."""
     return {
+        **SESSION_SETTINGS,
         "application_name": "vecmirror",
         "idle_in_transaction_session_timeout": str(int(settings.claim_timeout * 1000)),
     }

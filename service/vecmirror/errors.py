@@ -55,3 +55,14 @@ class RedisForgotError(VecmirrorError):
     def __init__(self, mirror: str) -> None:
         self.mirror = mirror
         super().__init__(f"mirror {mirror!r}: Redis no longer holds the mirror's marker key")
+
+
+class MirrorError(VecmirrorError):
+    """One mirror cannot sync, through no fault of a server or of a single row: its table lost a
+    column or changed a type, a privilege is missing, its prefix holds keys of another Redis type,
+    its index vanished. That mirror pauses (named, retried with backoff); the others go on."""
+
+    def __init__(self, mirror: str, problem: str) -> None:
+        self.mirror = mirror
+        self.problem = problem
+        super().__init__(f"mirror {mirror!r}: {problem}")
