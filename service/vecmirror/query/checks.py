@@ -14,7 +14,7 @@ from redisvl.schema.fields import BaseField
 from vecmirror.config import Config, MirrorConfig, field_type
 from vecmirror.errors import ConfigError, QueryError
 from vecmirror.query.filters import Filter, raw
-from vecmirror.query.results import METRIC_SCORES
+from vecmirror.query.results import METRIC_SCORES, array_paths
 
 _BRACKETS = {")": "(", "]": "[", "}": "{"}
 
@@ -41,6 +41,11 @@ class Target:
     @property
     def algorithm(self) -> str:
         return str(self.field.attrs.algorithm.value).upper()
+
+    @property
+    def array_paths(self) -> dict[str, str]:
+        """JSON fields over an array, name → the array's path: return them whole (results.py)."""
+        return array_paths(self.mirror.value_fields, is_json=self.is_json)
 
     def score(self, distance: float) -> float:
         return METRIC_SCORES[self.metric](distance)

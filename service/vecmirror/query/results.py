@@ -10,7 +10,7 @@ Scores, per distance metric (Redis reports `distance`):
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +55,37 @@ def decode_field(definition: BaseField, raw: Any, *, is_json: bool) -> Any:
         separator = str(getattr(definition.attrs, "separator", ","))
         return [part.strip() for part in str(value).split(separator) if part.strip()]
     return value
+
+
+def array_paths(fields: Iterable[BaseField], *, is_json: bool) -> dict[str, str]:
+    """Each JSON field over an array (`$.tags[*]`) by name, with the array's own path (`$.tags`).
+
+    RETURN (FT.SEARCH) or LOAD (FT.AGGREGATE) of such a field's name gives only the first value
+    its path matches; `$.tags AS tags` gives the whole array, as JSON text (decode_field parses it).
+    """
+    if not is_json:
+        return {}
+    paths = {str(f.name): str(getattr(f, "path", None) or "") for f in fields}
+    return {name: path.removesuffix("[*]") for name, path in paths.items() if path.endswith("[*]")}
+
+
+def return_whole_arrays(query: Any, arrays: Mapping[str, str]) -> None:
+    """Rewrites the query's RETURN or LOAD so each field of `arrays` comes back whole (see
+    array_paths). redis-py keeps them as the argument lists `_return_fields` (RETURN n …) and
+    `_loadfields` (LOAD n …), whose counts it takes from the lists' lengths, `AS` included."""
+    for attribute in ("_return_fields", "_loadfields"):
+        names = getattr(query, attribute, None)
+        if names:
+            setattr(query, attribute, _aliased(list(names), arrays))
+
+
+def _aliased(names: list[str], arrays: Mapping[str, str]) -> list[str]:
+    out: list[str] = []
+    for position, name in enumerate(names):
+        bare = str(name).removeprefix("@")
+        after_as = position > 0 and names[position - 1] == "AS"
+        out += [arrays[bare], "AS", bare] if bare in arrays and not after_as else [name]
+    return out
 
 
 def _number(value: Any) -> int | float:
