@@ -12,11 +12,12 @@ from dataclasses import dataclass
 
 import asyncpg
 import redis.asyncio as redis
+import structlog
 
 from vecmirror.config import Config, MirrorConfig, ModelSpec
 from vecmirror.connections import redis_from_settings
 from vecmirror.errors import NotMigratedError, StartupError
-from vecmirror.index.manage import check_eviction_policy, ensure_index
+from vecmirror.index.manage import check_eviction_policy, check_index
 from vecmirror.metrics import Metrics
 from vecmirror.pipeline.embedder import Embedder, EmbedderFactory, default_embedder_factory
 from vecmirror.settings import Settings
@@ -26,10 +27,11 @@ from vecmirror.source.changes import RetryPolicy
 from vecmirror.source.migrate import bundled_migrations
 from vecmirror.source.session import SESSION_SETTINGS, prepare_connection
 from vecmirror.source.sql import QUERIES
-from vecmirror.source.tables import inspect_table
+from vecmirror.source.tables import SourceTable, inspect_table
 from vecmirror.sync import MirrorSync, SyncOptions
 from vecmirror.worker import BatchCallback, Worker
 
+log = structlog.get_logger(__name__)
 # Beside the lanes' connections: the metrics sampler, readiness checks and the count check.
 POOL_SPARE_CONNECTIONS = 2
 
@@ -116,14 +118,25 @@ async def _build(
     async with pool.acquire() as conn:
         await check_migrated(conn, config)
         for mirror in config.mirrors:
-            table = await inspect_table(conn, mirror)
             embedder = embedders.get(mirror.embed.spec) if mirror.embed else None
             sink = RedisSink(client, mirror, tombstone_ttl=settings.tombstone_ttl)
+            table = await _inspect_or_defer(conn, mirror)
             syncs.append(MirrorSync(mirror, table, sink, embedder, sync_options(settings)))
     await check_eviction_policy(client)
     for mirror in config.mirrors:
-        await ensure_index(client, mirror)
+        # A missing index is created, and filled, by the worker (MirrorSync.resync_if_forgotten).
+        await check_index(client, mirror)
     return App(settings, config, pool, client, syncs, embedders)
+
+
+async def _inspect_or_defer(conn: Connection, mirror: MirrorConfig) -> SourceTable | None:
+    """A table that fails its checks is that mirror's trouble, not the others': the worker pauses
+    the mirror, names the problem and checks again with backoff (None: not checked yet)."""
+    try:
+        return await inspect_table(conn, mirror)
+    except StartupError as exc:
+        log.error("mirror_check_failed", mirror=mirror.name, error=str(exc))
+        return None
 
 
 def load_embedders(config: Config, factory: EmbedderFactory) -> dict[ModelSpec, Embedder]:

@@ -102,6 +102,20 @@ class Metrics:
         self.backfill_rows = Counter(
             "vecmirror_backfill_rows", "Rows queued by backfill walks", ["mirror"], registry=r
         )
+        self.mirror_paused = Gauge(
+            "vecmirror_mirror_paused",
+            "1 while the mirror is paused on trouble of its own (see `vecmirror status` for why); "
+            "the other mirrors keep syncing",
+            ["mirror"],
+            registry=r,
+        )
+        self.mirror_errors = Counter(
+            "vecmirror_mirror_errors",
+            "Attempts of a paused mirror that failed on its own trouble (a missing column, a type "
+            "change, a privilege, foreign keys under its prefix)",
+            ["mirror"],
+            registry=r,
+        )
 
     def _declare_queue_metrics(self) -> None:
         r = self.registry
@@ -157,6 +171,8 @@ class Metrics:
                 self.embeddings.labels(mirror, outcome)
             self.freshness.labels(mirror)
             self.backfill_rows.labels(mirror)
+            self.mirror_paused.labels(mirror).set(0)
+            self.mirror_errors.labels(mirror)
 
     def batch_synced(self, stats: BatchStats) -> None:
         mirror = stats.mirror

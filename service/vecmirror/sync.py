@@ -17,8 +17,8 @@ import structlog
 
 from vecmirror.batching import BatchSizer
 from vecmirror.config import MirrorConfig
-from vecmirror.errors import RowError
-from vecmirror.index.manage import ensure_index
+from vecmirror.errors import MirrorError, RowError, StartupError
+from vecmirror.index.manage import ensure_index, index_info
 from vecmirror.pipeline.batch_embed import BatchEmbedder, Keepalive
 from vecmirror.pipeline.documents import Document, DocumentBuilder, RowKey
 from vecmirror.pipeline.embedder import Embedder
@@ -27,7 +27,7 @@ from vecmirror.sink.writer import RedisSink
 from vecmirror.source import Connection, changes, discard
 from vecmirror.source.changes import ClaimedBatch, RetryPolicy, RowFailure
 from vecmirror.source.rows import LoadedRows, load_rows
-from vecmirror.source.tables import SourceTable
+from vecmirror.source.tables import SourceTable, inspect_table
 
 log = structlog.get_logger(__name__)
 INDEX_REFUSED_FIELD = "(document)"
@@ -101,13 +101,13 @@ class MirrorSync:
     def __init__(
         self,
         mirror: MirrorConfig,
-        table: SourceTable,
+        table: SourceTable | None,
         sink: RedisSink,
         embedder: Embedder | None,
         options: SyncOptions,
     ) -> None:
         self.mirror = mirror
-        self.table = table
+        self._table = table  # None until the table passed its checks (see reinspect)
         self.sink = sink
         # None: the mirror has no model (its vectors come from a column).
         self._model = BatchEmbedder(embedder, options.embed_batch_size) if embedder is not None else None
@@ -122,6 +122,24 @@ class MirrorSync:
     @property
     def name(self) -> str:
         return self.mirror.name
+
+    @property
+    def table(self) -> SourceTable:
+        if self._table is None:
+            raise MirrorError(self.name, f"{self.mirror.table} has not passed its checks yet")
+        return self._table
+
+    @property
+    def inspected(self) -> bool:
+        return self._table is not None
+
+    async def reinspect(self, conn: Connection) -> None:
+        """Checks the table again and rebuilds its statements: a paused mirror's table may have got
+        its column back, or a key column a new type. A check that fails is the mirror's trouble."""
+        try:
+            self._table = await inspect_table(conn, self.mirror)
+        except StartupError as exc:
+            raise MirrorError(self.name, str(exc).removeprefix(f"mirror {self.name!r}: ")) from exc
 
     async def sync_batch(self, conn: Connection) -> BatchStats | None:
         """Processes one batch; None when the mirror's queue had nothing claimable."""
@@ -193,12 +211,30 @@ class MirrorSync:
         return ages
 
     async def resync_if_forgotten(self, conn: Connection) -> bool:
-        """A Redis without the mirror's marker (first start, restarted empty, flushed) gets the
-        index back and every row and key queued again; writes are refused until then."""
-        if await self.sink.versioned.is_marked():
+        """A Redis without the mirror's marker (restarted empty, flushed) or without its index
+        (dropped by hand) gets the index back and every row and key queued again; writes are
+        refused until then. Cheap (two reads), so the idle worker looks on every wake-up. A mirror
+        never synced before is simply initialised: its first backfill queues every row."""
+        marked = await self.sink.versioned.is_marked()
+        if marked and await index_info(self.sink.client, self.mirror.index.index.name) is not None:
             return False
-        await self.resync(conn, reason="no marker key in Redis")
+        if not marked and await self._first_sync_into_empty_index(conn):
+            await self.sink.versioned.mark()
+            log.info("mirror_initialised", mirror=self.name)
+            return True
+        reason = "the index is gone" if marked else "no marker key in Redis"
+        await self.resync(conn, reason=reason)
         return True
+
+    async def _first_sync_into_empty_index(self, conn: Connection) -> bool:
+        """A first sync has nothing to re-check when its index holds no document yet: the first
+        backfill queues every row. An index already holding documents (of an earlier mirror by
+        that name, say) is resynced, so documents of rows deleted meanwhile go."""
+        if not await changes.is_first_sync(conn, self.name):
+            return False
+        await ensure_index(self.sink.client, self.mirror)
+        info = await index_info(self.sink.client, self.mirror.index.index.name)
+        return info is not None and int(info.get("num_docs", 0)) == 0
 
     async def resync(self, conn: Connection, reason: str) -> None:
         await ensure_index(self.sink.client, self.mirror)

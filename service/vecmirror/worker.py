@@ -20,20 +20,21 @@ from typing import Any, TypeVar
 import asyncpg
 import structlog
 from redis.exceptions import RedisError
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential, wait_random
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential, wait_random
 
-from vecmirror.errors import RedisForgotError
+from vecmirror.errors import MirrorError, RedisForgotError, VecmirrorError
+from vecmirror.faults import as_mirror_error, classify
 from vecmirror.metrics import Metrics
-from vecmirror.source import changes, pooled
+from vecmirror.pauses import MirrorPauses
+from vecmirror.source import Connection, changes, pooled
 from vecmirror.source.backfill import backfill_pending, queue_all_rows
 from vecmirror.source.listener import ChangeListener
 from vecmirror.sync import BatchStats, MirrorSync
 from vecmirror.verify import CountCheck, Verifier, count_check
 
 log = structlog.get_logger(__name__)
-# Server trouble, not a bug: the batch rolled back and its changes are still queued. asyncpg raises
-# InternalClientError ("another operation is in progress") when a backend killed while the client
-# was idle is noticed only at the next statement; the connection is discarded (source.pooled).
+# Anything a server or its driver raises. The loop decides whose fault it is (vecmirror.faults);
+# serve.py's samplers and health checks catch these as "a server could not be read".
 TRANSIENT_ERRORS = (
     OSError,
     asyncpg.PostgresError,
@@ -54,6 +55,14 @@ class DrainStats:
     changes: int = 0
     failed: int = 0
     by_mirror: dict[str, int] = field(default_factory=dict)
+
+
+class MirrorsPausedError(VecmirrorError):
+    """`run --once` drained every other mirror; these could not sync."""
+
+    def __init__(self, errors: Sequence[MirrorError]) -> None:
+        self.errors = list(errors)
+        super().__init__("; ".join(f"{e} (paused; `vecmirror status` shows it)" for e in errors))
 
 
 class Worker:
@@ -78,28 +87,57 @@ class Worker:
         self._backfill_page = backfill_page
         self._on_batch = on_batch
         self._error_backoff = error_backoff
-        self._prepared = False
         self.last_checks: dict[str, CountCheck] = {}
         self.metrics = metrics if metrics is not None else Metrics()
         self.metrics.declare_mirrors(sync.name for sync in self._syncs)
+        self.pauses = MirrorPauses(self.metrics, error_backoff)
 
     async def prepare(self) -> None:
-        """Before draining, and again after server trouble: resync every mirror Redis forgot
-        (restarted empty, flushed), then queue the rows of new mirrors."""
-        async with pooled(self._pool) as conn:
-            for sync in self._syncs:
-                await sync.resync_if_forgotten(conn)
+        """Before draining, on every wake-up of `run`, and after server trouble (cheap: a few
+        reads a mirror): resync every mirror Redis forgot (restarted empty, flushed, its index
+        dropped), then queue the rows of new mirrors."""
+        for sync in self._syncs:
+            await self._for_mirror(sync, sync.resync_if_forgotten)
         await self.backfill_new_mirrors()
-        self._prepared = True
 
     async def backfill_new_mirrors(self) -> None:
         """Rows that existed before `migrate` are queued on the first run."""
-        async with pooled(self._pool) as conn:
-            for sync in self._syncs:
-                if await backfill_pending(conn, sync.name):
-                    progress = functools.partial(self.metrics.backfill_queued, sync.name)
-                    queued = await queue_all_rows(conn, sync.table, self._backfill_page, progress)
-                    log.info("backfill_queued", mirror=sync.name, rows=queued)
+        for sync in self._syncs:
+            await self._for_mirror(sync, functools.partial(self._backfill_if_pending, sync))
+
+    async def _backfill_if_pending(self, sync: MirrorSync, conn: Connection) -> None:
+        if await backfill_pending(conn, sync.name):
+            progress = functools.partial(self.metrics.backfill_queued, sync.name)
+            queued = await queue_all_rows(conn, sync.table, self._backfill_page, progress)
+            log.info("backfill_queued", mirror=sync.name, rows=queued)
+
+    async def _for_mirror(
+        self, sync: MirrorSync, step: Callable[[Connection], Awaitable[_T]]
+    ) -> _T | None:
+        """Runs one mirror's step on a connection of its own. A paused mirror's table is checked
+        again first, and the step is skipped until its next attempt is due; trouble of the
+        mirror's own pauses it (None), server trouble is raised for the caller to retry."""
+        if not self.pauses.due(sync.name):
+            return None
+        try:
+            async with pooled(self._pool) as conn:
+                if sync.name in self.pauses or not sync.inspected:
+                    await sync.reinspect(conn)
+                result = await step(conn)
+        except Exception as exc:
+            fault = classify(exc)
+            if fault == "server":
+                raise
+            if fault is None:  # a bug, met by one mirror: it pauses, the others go on
+                log.exception("mirror_step_crashed", mirror=sync.name)
+            async with pooled(self._pool) as conn:
+                await self.pauses.pause(conn, as_mirror_error(sync.name, exc), sync.mirror.table)
+            return None
+        if sync.name in self.pauses:
+            async with pooled(self._pool) as conn:
+                await self.pauses.resume(conn, sync.name)
+            await self.backfill_new_mirrors()  # a mirror paused since start-up has its first walk now
+        return result
 
     async def drain(self, stop: asyncio.Event | None = None) -> DrainStats:
         """Syncs batches until no mirror has a claimable change, `batches_in_flight` at a time:
@@ -138,21 +176,23 @@ class Worker:
             log.warning("stuck_claims_ended", sessions=ended, claim_timeout=self._claim_timeout)
 
     async def _sync_one(self, sync: MirrorSync) -> BatchStats | None:
-        try:
-            async with pooled(self._pool) as conn:
-                stats = await sync.sync_batch(conn)
-        except RedisForgotError as exc:
-            # On a connection of its own: the batch's was discarded with its claim. One lane at a
-            # time: another lane's batch may fail alike, and resyncs must not interleave (a second
-            # one only queues the table again).
-            async with self._resync_lock, pooled(self._pool) as conn:
-                await sync.resync(conn, reason=str(exc))
-            stats = BatchStats(sync.name, resynced=True)
+        stats = await self._for_mirror(sync, functools.partial(self._sync_batch, sync))
         if stats is not None and stats.resynced:
             await self.backfill_new_mirrors()
         if stats is not None:
             self._report(stats)
         return stats
+
+    async def _sync_batch(self, sync: MirrorSync, conn: Connection) -> BatchStats | None:
+        try:
+            return await sync.sync_batch(conn)
+        except RedisForgotError as exc:
+            # On a connection of its own: the batch's was discarded with its claim. One lane at a
+            # time: another lane's batch may fail alike, and resyncs must not interleave (a second
+            # one only queues the table again).
+            async with self._resync_lock, pooled(self._pool) as own:
+                await sync.resync(own, reason=str(exc))
+            return BatchStats(sync.name, resynced=True)
 
     def _report(self, stats: BatchStats) -> None:
         log.info(
@@ -196,38 +236,48 @@ class Worker:
             delay = await self._retrying(never, self._seconds_to_next_retry)
             if delay is None:
                 if not await self._retrying(never, self._anything_queued):
+                    if self.pauses.errors():
+                        raise MirrorsPausedError(self.pauses.errors())
                     return totals
                 # Queued yet not claimable: another worker's key, or an attempt that came due
                 # between this batch's start (its now()) and its claim. Look again shortly.
                 delay = UNCLAIMABLE_RECHECK
             await asyncio.sleep(delay)
 
+    def _unpaused(self) -> list[MirrorSync]:
+        """`run --once` leaves a paused mirror alone to the end: it reports it instead of waiting."""
+        return [sync for sync in self._syncs if sync.name not in self.pauses]
+
     async def _anything_queued(self) -> bool:
         async with pooled(self._pool) as conn:
-            counts = [await changes.pending(conn, sync.name) for sync in self._syncs]
+            counts = [await changes.pending(conn, sync.name) for sync in self._unpaused()]
         return any(counts)
 
     async def check_mirrors(self) -> list[CountCheck]:
         """The cheap check: a forgotten mirror is resynced; counts that disagree while nothing is
         queued start a full verify, whose drifted keys are queued (repaired by the next drain)."""
         checks = []
-        async with pooled(self._pool) as conn:
-            for sync in self._syncs:
-                if await sync.resync_if_forgotten(conn):
-                    await self.backfill_new_mirrors()
-                try:
-                    check = await count_check(conn, sync.table, sync.sink)
-                except RedisForgotError as exc:  # the index itself is gone
-                    await sync.resync(conn, reason=str(exc))
-                    await self.backfill_new_mirrors()
-                    continue
-                log.info("mirror_checked", **vars(check), drifted=check.drifted)
-                self.metrics.mirror_checked(check)
-                if check.drifted:
-                    await self._repair(conn, sync)
-                self.last_checks[sync.name] = check
+        for sync in self._unpaused():
+            check = await self._for_mirror(sync, functools.partial(self._check_mirror, sync))
+            if check is not None:
                 checks.append(check)
         return checks
+
+    async def _check_mirror(self, sync: MirrorSync, conn: Connection) -> CountCheck | None:
+        if await sync.resync_if_forgotten(conn):
+            await self.backfill_new_mirrors()
+        try:
+            check = await count_check(conn, sync.table, sync.sink)
+        except RedisForgotError as exc:  # the index itself is gone
+            await sync.resync(conn, reason=str(exc))
+            await self.backfill_new_mirrors()
+            return None
+        log.info("mirror_checked", **vars(check), drifted=check.drifted)
+        self.metrics.mirror_checked(check)
+        if check.drifted:
+            await self._repair(conn, sync)
+        self.last_checks[sync.name] = check
+        return check
 
     async def _repair(self, conn: Any, sync: MirrorSync) -> None:
         verifier = Verifier(
@@ -246,7 +296,7 @@ class Worker:
 
     async def _seconds_to_next_retry(self) -> float | None:
         async with pooled(self._pool) as conn:
-            times = [await changes.next_retry_at(conn, sync.name) for sync in self._syncs]
+            times = [await changes.next_retry_at(conn, sync.name) for sync in self._unpaused()]
         pending = [t for t in times if t is not None]
         if not pending:
             return None
@@ -264,15 +314,18 @@ class Worker:
         next_check = time.monotonic() + check_interval
         try:
             while not stop.is_set():
-                if not self._prepared:
-                    await self._retrying(stop, self.prepare)
+                # Every wake-up, not only after server trouble: an idle worker notices a Redis
+                # restarted empty, or an index dropped by hand, within a poll interval.
+                await self._retrying(stop, self.prepare)
                 await self.drain(stop)
                 if time.monotonic() >= next_check and not stop.is_set():
                     await self._retrying(stop, self.check_mirrors)
                     next_check = time.monotonic() + check_interval
                 wait = min(poll_interval, max(0.0, next_check - time.monotonic()))
                 retry = await self._retrying(stop, self._seconds_to_next_retry)
-                await _wait_for_wake(listener, stop, wait if retry is None else min(wait, retry))
+                paused = self.pauses.seconds_to_next_attempt()
+                wait = min(w for w in (wait, retry, paused) if w is not None)
+                await _wait_for_wake(listener, stop, wait)
         finally:
             await listener.close()
 
@@ -280,7 +333,9 @@ class Worker:
         """Runs `step` until it succeeds or `stop` is set, backing off on server trouble (never a
         row's attempt: the batch rolled back and its changes are still queued)."""
         retrying = AsyncRetrying(
-            retry=retry_if_exception_type(TRANSIENT_ERRORS),
+            # Server trouble; and a mirror's trouble met outside a mirror's own step (the queue's
+            # tables themselves), which no single mirror can be paused for.
+            retry=retry_if_exception(lambda error: classify(error) is not None),
             wait=wait_exponential(multiplier=self._error_backoff, max=MAX_ERROR_BACKOFF)
             + wait_random(0, self._error_backoff),
             sleep=lambda seconds: _sleep_unless_stopped(stop, seconds),
@@ -297,7 +352,7 @@ class Worker:
     def _on_server_trouble(self, state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome is not None else None
         log.error(
-            "server_unavailable",
+            "server_unavailable" if error is None or classify(error) == "server" else "worker_step_failed",
             error=str(error),
             error_type=type(error).__name__,
             attempt=state.attempt_number,
@@ -305,8 +360,6 @@ class Worker:
         )
         # redis-py wraps its socket errors in RedisError; the others come from asyncpg or its sockets.
         self.metrics.server_error("redis" if isinstance(error, RedisError) else "postgres")
-        # Whatever the servers lost meanwhile (a Redis restarted empty) is checked before draining.
-        self._prepared = False
 
 
 async def _wait_for_wake(listener: ChangeListener, stop: asyncio.Event, timeout: float) -> None:

@@ -104,14 +104,14 @@ async def test_redis_connections_killed_during_writes_lose_nothing_and_fail_no_r
     settings, config = await _products(pg, write_config, settings_for, batch_size=50, error_backoff=0.05)
     await pg.execute(
         "INSERT INTO products SELECT 'p' || g, 'Product ' || g, g, ARRAY[g, 1, 2, 3]::real[]"
-        " FROM generate_series(1, 600) g"
+        " FROM generate_series(1, 3000) g"
     )
     kills = 0
 
     async def kill_connections() -> None:
         nonlocal kills
         while True:
-            await asyncio.sleep(0.15)  # often enough to hit most batches, rarely enough to let them finish
+            await asyncio.sleep(0.05)  # often enough to hit most batches, rarely enough to let them finish
             kills += redis_client.client_kill_filter(_type="normal", skipme=True)
 
     async with open_app(settings, config) as app:

@@ -9,7 +9,7 @@ import pytest
 
 from vecmirror.source.sql import QUERIES, parse_named_sql
 
-QUERIES_FILE = files("vecmirror.source.sql").joinpath("queries.sql").read_text()
+QUERY_FILES = [files("vecmirror.source.sql").joinpath(f).read_text() for f in ("queries.sql", "mirrors.sql")]
 
 
 def test_blocks_are_split_by_name() -> None:
@@ -37,10 +37,11 @@ def test_duplicate_names_are_rejected() -> None:
 
 
 def test_the_bundled_file_parses_into_queries() -> None:
-    assert parse_named_sql(QUERIES_FILE) == QUERIES
-    names = re.findall(r"^-- name: (\w+)\s*$", QUERIES_FILE, re.MULTILINE)
-    assert len(names) == len(set(names)) == len(QUERIES)
-    for needed in ("claim_changes", "delete_changes", "record_failures", "save_backfill", "table_columns"):
+    parsed = [parse_named_sql(text) for text in QUERY_FILES]
+    assert {name: sql for part in parsed for name, sql in part.items()} == QUERIES
+    names = [n for text in QUERY_FILES for n in re.findall(r"^-- name: (\w+)\s*$", text, re.MULTILINE)]
+    assert len(names) == len(set(names)) == len(QUERIES)  # no name in two files either
+    for needed in ("claim_changes", "delete_changes", "save_backfill", "record_mirror_error"):
         assert needed in QUERIES
 
 

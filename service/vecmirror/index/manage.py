@@ -54,12 +54,20 @@ _TYPE_FLAGS: dict[str, tuple[tuple[str, str], ...]] = {
 
 async def ensure_index(client: redis.Redis, mirror: MirrorConfig) -> bool:
     """True when the index was created now."""
+    if await check_index(client, mirror):
+        return False
+    await _create(client, mirror)
+    log.info("index_created", mirror=mirror.name, index=mirror.index.index.name)
+    return True
+
+
+async def check_index(client: redis.Redis, mirror: MirrorConfig) -> bool:
+    """True when the index exists as configured, False when it does not exist (the worker creates
+    it and fills it: see MirrorSync.resync_if_forgotten); raises when it differs."""
     name = mirror.index.index.name
     info = await index_info(client, name)
     if info is None:
-        await _create(client, mirror)
-        log.info("index_created", mirror=mirror.name, index=name)
-        return True
+        return False
     differences = index_differences(mirror.index, info)
     if differences:
         raise StartupError(
@@ -67,7 +75,7 @@ async def ensure_index(client: redis.Redis, mirror: MirrorConfig) -> bool:
             + "\n".join(f"  - {d}" for d in differences)
             + "\nDrop it (FT.DROPINDEX) or change the config back; vecmirror will not rebuild it."
         )
-    return False
+    return True
 
 
 async def _create(client: redis.Redis, mirror: MirrorConfig) -> None:

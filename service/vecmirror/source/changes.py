@@ -126,3 +126,15 @@ async def end_stuck_claims(conn: Connection, claim_timeout: float) -> int:
     """Ends the sessions of workers stuck receiving a result for longer than the claim timeout."""
     ended: int = await conn.fetchval(QUERIES["end_stuck_claims"], claim_timeout)
     return ended
+
+
+async def record_mirror_error(conn: Connection, mirror: str, error: str | None) -> None:
+    """Records (or, with None, clears) the trouble a mirror is paused on, for `status`."""
+    if error is None:
+        await conn.execute(QUERIES["clear_mirror_error"], mirror)
+    else:
+        await conn.execute(QUERIES["record_mirror_error"], mirror, error)
+
+
+async def is_first_sync(conn: Connection, mirror: str) -> bool:
+    return bool(await conn.fetchval(QUERIES["mirror_first_sync"], mirror))

@@ -19,4 +19,10 @@ def parse_named_sql(text: str) -> dict[str, str]:
     return queries
 
 
-QUERIES: dict[str, str] = parse_named_sql(files(__name__).joinpath("queries.sql").read_text())
+# The worker's statements, and those about a mirror's own state (kept apart so that each file reads
+# as one subject).
+QUERIES: dict[str, str] = {
+    name: sql
+    for file in ("queries.sql", "mirrors.sql")
+    for name, sql in parse_named_sql(files(__name__).joinpath(file).read_text()).items()
+}
