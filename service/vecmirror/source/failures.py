@@ -59,5 +59,9 @@ async def retry_failed(conn: Connection, mirror: str | None, keys: Sequence[RowK
 
 
 async def discard_failed(conn: Connection, mirror: str | None, keys: Sequence[RowKey] | None = None) -> int:
-    count: int = await conn.fetchval(QUERIES["discard_failures"], mirror, _keys(keys))
+    """Forgets the rows and their queued retries; returns how many rows. A user's write queued since
+    they failed still syncs (and records a new failure if the row is still wrong)."""
+    async with conn.transaction():
+        await conn.fetchval(QUERIES["lock_failures"], mirror, _keys(keys))
+        count: int = await conn.fetchval(QUERIES["discard_failures"], mirror, _keys(keys))
     return count

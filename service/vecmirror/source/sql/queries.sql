@@ -225,13 +225,31 @@ WITH queued AS (
 )
 SELECT count(*) FROM queued;
 
+-- name: lock_failures
+-- `vecmirror failed discard` first waits for any batch holding one of the keys (the per-key lock
+-- claim_changes takes), so an attempt in flight has recorded its outcome before it is discarded;
+-- meanwhile no worker can claim them. Key order: two discards never wait for each other in a circle.
+SELECT count(pg_advisory_xact_lock(hashtext(mirror), hashtext(array_to_string(row_key, chr(31)))))
+FROM (
+    SELECT mirror, row_key FROM vecmirror.failed_v1
+    WHERE ($1::text IS NULL OR mirror = $1)
+      AND ($2::jsonb IS NULL OR to_jsonb(row_key) IN (SELECT value FROM jsonb_array_elements($2::jsonb)))
+    ORDER BY mirror, row_key
+) AS failing;
+
 -- name: discard_failures
--- `vecmirror failed discard`: forget failed rows (their documents stay out of Redis).
+-- `vecmirror failed discard`: forget failed rows (their documents stay out of Redis), and the
+-- delayed retries record_failures queued for them (not_before set: nothing else sets it), which
+-- would fail again and bring them back. Other queued changes of the keys (a user's write after the
+-- failure, a backfill page, `failed retry`) stay: they sync the row as it is now.
 WITH gone AS (
     DELETE FROM vecmirror.failed_v1
     WHERE ($1::text IS NULL OR mirror = $1)
       AND ($2::jsonb IS NULL OR to_jsonb(row_key) IN (SELECT value FROM jsonb_array_elements($2::jsonb)))
-    RETURNING 1
+    RETURNING mirror, row_key
+), retries AS (
+    DELETE FROM vecmirror.changes_v1 c USING gone
+    WHERE c.mirror = gone.mirror AND c.row_key = gone.row_key AND c.not_before IS NOT NULL
 )
 SELECT count(*) FROM gone;
 
