@@ -35,6 +35,8 @@ REDIS_SERVER_ERRORS = (
     redis_errors.MovedError,
     redis_errors.AskError,
     redis_errors.MasterDownError,
+    redis_errors.OutOfMemoryError,
+    redis_errors.NoScriptError,  # scripts flushed: redis-py loads them again on the next call
 )
 # Replies of a healthy Redis that is short of something for a while: retried like an outage.
 REDIS_SERVER_REPLIES = ("OOM ", "LOADING", "BUSY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "NOSCRIPT")
@@ -51,7 +53,7 @@ def classify(error: BaseException) -> Fault | None:
         return "server"
     if isinstance(error, redis_errors.ResponseError):
         return "server" if str(error).startswith(REDIS_SERVER_REPLIES) else "mirror"
-    if isinstance(error, redis_errors.RedisError | CLIENT_SERVER_ERRORS):
+    if isinstance(error, (redis_errors.RedisError, *CLIENT_SERVER_ERRORS)):
         return "server"
     return None
 

@@ -34,6 +34,7 @@ class MirrorPauses:
         self._metrics = metrics
         self._backoff = backoff
         self._pauses: dict[str, Pause] = {}
+        self._confirmed: set[str] = set()  # mirrors this worker has seen sync (their error cleared)
 
     def __contains__(self, mirror: str) -> bool:
         return mirror in self._pauses
@@ -53,6 +54,7 @@ class MirrorPauses:
         return [p.error for p in self._pauses.values()]
 
     async def pause(self, conn: Connection, error: MirrorError, table: str) -> None:
+        self._confirmed.discard(error.mirror)
         previous = self._pauses.get(error.mirror)
         attempts = 1 if previous is None else previous.attempts + 1
         wait = min(self._backoff * 2 ** (attempts - 1), MAX_PAUSE_BACKOFF) + random.uniform(0, self._backoff)
@@ -69,12 +71,16 @@ class MirrorPauses:
         self._metrics.mirror_errors.labels(error.mirror).inc()
         await changes.record_mirror_error(conn, error.mirror, error.problem)
 
-    async def resume(self, conn: Connection, mirror: str) -> None:
-        """After a batch of a paused mirror went through."""
-        pause = self._pauses.get(mirror)
-        if pause is None:
-            return
+    async def healthy(self, conn: Connection, mirror: str) -> bool:
+        """After a batch went through; True when that resumed a paused mirror. The first one of
+        each mirror also clears an error left by another worker (or by this one before a restart)."""
+        pause = self._pauses.pop(mirror, None)
+        if pause is None and mirror in self._confirmed:
+            return False
         await changes.record_mirror_error(conn, mirror, None)
-        del self._pauses[mirror]
+        self._confirmed.add(mirror)
+        if pause is None:
+            return False
         self._metrics.mirror_paused.labels(mirror).set(0)
         log.info("mirror_resumed", mirror=mirror, after_attempts=pause.attempts)
+        return True

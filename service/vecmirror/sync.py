@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import structlog
+from redis.exceptions import ResponseError
 
 from vecmirror.batching import BatchSizer
 from vecmirror.config import MirrorConfig
@@ -173,14 +174,29 @@ class MirrorSync:
                 plan = self._plan(batch.keys, await load_rows(conn, self.table, batch.keys))
             # The claim is checked after each model call; a worker frozen past the claim timeout
             # anywhere else writes versions Redis refuses when a peer already wrote newer ones.
-            stats = await self._embed(plan, keepalive=lambda: conn.execute("SELECT 1"))
-            refused = await self._write(plan, stats)
+            try:
+                stats = await self._embed(plan, keepalive=lambda: conn.execute("SELECT 1"))
+                refused = await self._write(plan, stats)
+            except ResponseError as exc:
+                if "WRONGTYPE" in str(exc):
+                    raise await self._foreign_keys_error(batch.keys) from exc
+                raise
             stats.synced_at = time.time()
             stats.freshness_seconds = await self._acknowledge(conn, plan, batch, refused)
             await record_last_sync(self.sink.client, self.name, stats.synced_at)
         self.batch_sizer.record(len(batch.change_ids), time.monotonic() - started)
         self._summarise(stats, plan, batch)
         return stats
+
+    async def _foreign_keys_error(self, keys: list[RowKey]) -> MirrorError:
+        foreign = await self.sink.foreign_keys(keys)
+        named = ", ".join(f"{key} ({kind})" for key, kind in sorted(foreign.items())[:5])
+        return MirrorError(
+            self.name,
+            f"keys under the prefix {self.mirror.index.index.prefix!r} hold another Redis type than the "
+            f"mirror's documents: {named or 'see WRONGTYPE'}; remove them or give the mirror a prefix "
+            "of its own",
+        )
 
     @staticmethod
     def _summarise(stats: BatchStats, plan: _Plan, batch: ClaimedBatch) -> None:

@@ -112,18 +112,19 @@ class Worker:
             log.info("backfill_queued", mirror=sync.name, rows=queued)
 
     async def _for_mirror(
-        self, sync: MirrorSync, step: Callable[[Connection], Awaitable[_T]]
+        self,
+        sync: MirrorSync,
+        step: Callable[[Connection], Awaitable[_T]],
+        *,
+        proves_health: bool = False,
     ) -> _T | None:
-        """Runs one mirror's step on a connection of its own. A paused mirror's table is checked
-        again first, and the step is skipped until its next attempt is due; trouble of the
-        mirror's own pauses it (None), server trouble is raised for the caller to retry."""
+        """Runs one mirror's step, skipped while the mirror is paused and its next attempt not due.
+        Trouble of the mirror's own pauses it (None); server trouble is raised for the caller to
+        retry. A step that `proves_health` (a batch) and succeeds resumes a paused mirror."""
         if not self.pauses.due(sync.name):
             return None
         try:
-            async with pooled(self._pool) as conn:
-                if sync.name in self.pauses or not sync.inspected:
-                    await sync.reinspect(conn)
-                result = await step(conn)
+            result = await self._with_fresh_table(sync, step)
         except Exception as exc:
             fault = classify(exc)
             if fault == "server":
@@ -133,11 +134,29 @@ class Worker:
             async with pooled(self._pool) as conn:
                 await self.pauses.pause(conn, as_mirror_error(sync.name, exc), sync.mirror.table)
             return None
-        if sync.name in self.pauses:
+        if proves_health:
             async with pooled(self._pool) as conn:
-                await self.pauses.resume(conn, sync.name)
-            await self.backfill_new_mirrors()  # a mirror paused since start-up has its first walk now
+                resumed = await self.pauses.healthy(conn, sync.name)
+            if resumed:
+                await self.backfill_new_mirrors()  # a mirror paused since start-up has its first walk now
         return result
+
+    async def _with_fresh_table(self, sync: MirrorSync, step: Callable[[Connection], Awaitable[_T]]) -> _T:
+        """A table changed under a running worker (a key column's type, a column back) breaks the
+        statements built from it: on a mirror's trouble the table is checked again and the step
+        tried once more before the mirror pauses. A paused mirror's table is checked first."""
+        fresh = sync.name in self.pauses or not sync.inspected
+        try:
+            async with pooled(self._pool) as conn:
+                if fresh:
+                    await sync.reinspect(conn)
+                return await step(conn)
+        except Exception as exc:
+            if fresh or classify(exc) != "mirror":
+                raise
+        async with pooled(self._pool) as conn:
+            await sync.reinspect(conn)
+            return await step(conn)
 
     async def drain(self, stop: asyncio.Event | None = None) -> DrainStats:
         """Syncs batches until no mirror has a claimable change, `batches_in_flight` at a time:
@@ -176,7 +195,7 @@ class Worker:
             log.warning("stuck_claims_ended", sessions=ended, claim_timeout=self._claim_timeout)
 
     async def _sync_one(self, sync: MirrorSync) -> BatchStats | None:
-        stats = await self._for_mirror(sync, functools.partial(self._sync_batch, sync))
+        stats = await self._for_mirror(sync, functools.partial(self._sync_batch, sync), proves_health=True)
         if stats is not None and stats.resynced:
             await self.backfill_new_mirrors()
         if stats is not None:

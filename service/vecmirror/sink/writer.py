@@ -57,6 +57,20 @@ class RedisSink:
     def key(self, row_key: RowKey) -> str:
         return document_key(self._mirror, row_key)
 
+    async def foreign_keys(self, keys: Sequence[RowKey]) -> dict[str, str]:
+        """Which of these rows' Redis keys hold another type than the mirror's documents (a key
+        someone else wrote under the prefix), with that type."""
+        wanted = "ReJSON-RL" if self._is_json else "hash"
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.type(self.key(key))
+            types = await pipe.execute()
+        found = {
+            self.key(k): t.decode() if isinstance(t, bytes) else str(t)
+            for k, t in zip(keys, types, strict=True)
+        }
+        return {key: kind for key, kind in found.items() if kind not in (wanted, "none")}
+
     async def stored_text_hashes(self, keys: Sequence[RowKey]) -> list[str | None]:
         """The content hash kept with each document, None where there is no document yet."""
         replies = await self._own_field([self.key(k) for k in keys], META_HASH_FIELD)
