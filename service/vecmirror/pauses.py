@@ -36,7 +36,7 @@ class MirrorPauses:
         self._pauses: dict[str, Pause] = {}
         self._confirmed: set[str] = set()  # mirrors this worker has seen sync (their error cleared)
 
-    def __contains__(self, mirror: str) -> bool:
+    def __contains__(self, mirror: object) -> bool:
         return mirror in self._pauses
 
     def due(self, mirror: str) -> bool:

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import functools
 import signal
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Container, Coroutine, Sequence
 from typing import Any
 
 import structlog
@@ -53,8 +53,9 @@ async def serve(
         open_app(settings, config, embedder_factory) as app,
     ):
         stop = asyncio.Event()
-        probes.set_ready_check(functools.partial(readiness, app, stop))
-        await _run_supervised(app, app.worker(metrics=metrics), stop, stop_signals)
+        worker = app.worker(metrics=metrics)
+        probes.set_ready_check(functools.partial(readiness, app, stop, worker.pauses))
+        await _run_supervised(app, worker, stop, stop_signals)
 
 
 @contextlib.asynccontextmanager
@@ -175,12 +176,13 @@ async def sample_once(app: App, metrics: Metrics) -> None:
         metrics.index_sampled(sync.name, await index_state(app.redis, sync.sink.index_name))
 
 
-async def readiness(app: App, stop: asyncio.Event) -> list[str]:
+async def readiness(app: App, stop: asyncio.Event, paused: Container[str] = ()) -> list[str]:
     """Problems that make the worker unready; none: ready. The app exists only once every model
-    loaded and every table, migration and index was checked at start."""
+    loaded and every migration and index was checked at start. A paused mirror does not make the
+    worker unready: it serves the others (its trouble shows in `status` and the metrics)."""
     if stop.is_set():
         return ["stopping: finishing the batch in hand"]
-    postgres, redis_ = await asyncio.gather(_postgres_problems(app), _redis_problems(app))
+    postgres, redis_ = await asyncio.gather(_postgres_problems(app), _redis_problems(app, paused))
     return postgres + redis_
 
 
@@ -193,7 +195,7 @@ async def _postgres_problems(app: App) -> list[str]:
     return []
 
 
-async def _redis_problems(app: App) -> list[str]:
+async def _redis_problems(app: App, paused: Container[str]) -> list[str]:
     try:
         async with asyncio.timeout(SERVER_CHECK_TIMEOUT):
             listed = await app.redis.execute_command("FT._LIST")  # type: ignore[no-untyped-call]
@@ -203,7 +205,7 @@ async def _redis_problems(app: App) -> list[str]:
     return [
         f"mirror {sync.name!r}: index {sync.sink.index_name!r} is missing"
         for sync in app.syncs
-        if sync.sink.index_name not in names
+        if sync.sink.index_name not in names and sync.name not in paused
     ]
 
 
