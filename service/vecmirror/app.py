@@ -17,7 +17,7 @@ import structlog
 from vecmirror.config import Config, MirrorConfig, ModelSpec
 from vecmirror.connections import redis_from_settings
 from vecmirror.errors import NotMigratedError, StartupError
-from vecmirror.index.manage import check_eviction_policy, check_index
+from vecmirror.index.manage import check_eviction_policy, ensure_index
 from vecmirror.metrics import Metrics
 from vecmirror.pipeline.embedder import Embedder, EmbedderFactory, default_embedder_factory
 from vecmirror.settings import Settings
@@ -123,9 +123,9 @@ async def _build(
             table = await _inspect_or_defer(conn, mirror)
             syncs.append(MirrorSync(mirror, table, sink, embedder, sync_options(settings)))
     await check_eviction_policy(client)
-    for mirror in config.mirrors:
-        # A missing index is created, and filled, by the worker (MirrorSync.resync_if_forgotten).
-        await check_index(client, mirror)
+    for sync in syncs:
+        # An index created here that a marker says existed was dropped: the worker refills it.
+        sync.index_created = await ensure_index(client, sync.mirror)
     return App(settings, config, pool, client, syncs, embedders)
 
 

@@ -109,6 +109,7 @@ class MirrorSync:
     ) -> None:
         self.mirror = mirror
         self._table = table  # None until the table passed its checks (see reinspect)
+        self.index_created = False  # by start-up, just now: if a marker exists, it was dropped
         self.sink = sink
         # None: the mirror has no model (its vectors come from a column).
         self._model = BatchEmbedder(embedder, options.embed_batch_size) if embedder is not None else None
@@ -232,7 +233,8 @@ class MirrorSync:
         refused until then. Cheap (two reads), so the idle worker looks on every wake-up. A mirror
         never synced before is simply initialised: its first backfill queues every row."""
         marked = await self.sink.versioned.is_marked()
-        if marked and await index_info(self.sink.client, self.mirror.index.index.name) is not None:
+        created, self.index_created = self.index_created, False
+        if marked and not created and await index_info(self.sink.client, self.sink.index_name) is not None:
             return False
         if not marked and await self._first_sync_into_empty_index(conn):
             await self.sink.versioned.mark()
