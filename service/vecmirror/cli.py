@@ -1,4 +1,10 @@
-"""The `vecmirror` command line. Errors vecmirror expects print one clear message and exit non-zero."""
+"""The `vecmirror` command line. Errors vecmirror expects print one clear message and exit 2.
+
+A driver error that got past the translation at the boundary (vecmirror.boundary) is still one line
+and exit 2, flagged as an internal error to report, its traceback logged at debug level: it is a
+server's trouble, not the user's, but vecmirror should have named it. Any other exception is a bug
+and keeps its traceback (as one JSON log line in `run` when logs are JSON).
+"""
 
 from __future__ import annotations
 
@@ -7,20 +13,25 @@ import functools
 import json
 import signal
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
 import click
+import structlog
 
 from vecmirror import __version__
 from vecmirror.config import Config, load_config
 from vecmirror.errors import VecmirrorError
-from vecmirror.logging import configure_logging
+from vecmirror.logging import configure_logging, redact, renders_json
 from vecmirror.settings import Settings
 
 T = TypeVar("T")
 EXIT_ERROR = 2
+EXIT_BUG = 1  # what Python exits with on an uncaught exception
+DRIVER_PACKAGES = ("asyncpg", "redis")
+log = structlog.get_logger(__name__)
 
 
 def _settings(config_path: Path | None) -> Settings:
@@ -46,11 +57,28 @@ def config_option(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
-    try:
-        return asyncio.run(coroutine)
-    except VecmirrorError as exc:
-        click.echo(f"vecmirror: {exc}", err=True)
-        sys.exit(EXIT_ERROR)
+    return asyncio.run(coroutine)
+
+
+def failure_message(exc: BaseException) -> str | None:
+    """What a command that failed on `exc` prints after "vecmirror: "; None for a bug."""
+    if isinstance(exc, VecmirrorError):
+        return redact(str(exc))
+    if not is_driver_error(exc):
+        return None
+    log.debug("internal_error", exc_info=exc)
+    first = next(iter(str(exc).splitlines()), "")
+    return (
+        f"internal error: {type(exc).__name__}: {redact(first)} "
+        "(please report; run with VECMIRROR_LOG_LEVEL=debug for the traceback)"
+    )
+
+
+def is_driver_error(exc: BaseException) -> bool:
+    """An OSError, or anything asyncpg or redis-py raise."""
+    return isinstance(exc, OSError) or any(
+        cls.__module__.partition(".")[0] in DRIVER_PACKAGES for cls in type(exc).__mro__
+    )
 
 
 def handles_errors(command: Callable[..., T]) -> Callable[..., T]:
@@ -58,11 +86,31 @@ def handles_errors(command: Callable[..., T]) -> Callable[..., T]:
     def wrapper(*args: Any, **kwargs: Any) -> T:
         try:
             return command(*args, **kwargs)
-        except VecmirrorError as exc:
-            click.echo(f"vecmirror: {exc}", err=True)
+        except Exception as exc:
+            message = failure_message(exc)
+            if message is None:
+                raise
+            click.echo(f"vecmirror: {message}", err=True)
             sys.exit(EXIT_ERROR)
 
     return wrapper
+
+
+@contextmanager
+def failure_logged(settings: Settings) -> Iterator[None]:
+    """With JSON logs, the worker's end is one JSON line (`run_failed`, or `run_crashed` with the
+    traceback for a bug) and nothing else: its logs are what an orchestrator collects and parses."""
+    try:
+        yield
+    except Exception as exc:
+        if not renders_json(settings.log_format):
+            raise
+        message = failure_message(exc)
+        if message is None:
+            log.error("run_crashed", error_type=type(exc).__name__, exc_info=exc)
+            sys.exit(EXIT_BUG)
+        log.error("run_failed", error=message, error_type=type(exc).__name__)
+        sys.exit(EXIT_ERROR)
 
 
 @click.group()
@@ -104,7 +152,8 @@ def run(config_path: Path | None, once: bool) -> None:
     from vecmirror.commands import run_command
 
     settings = _settings(config_path)
-    run_async(run_command(settings, _config(settings), once=once, stop_signals=_stop_signals()))
+    with failure_logged(settings):
+        run_async(run_command(settings, _config(settings), once=once, stop_signals=_stop_signals()))
 
 
 @main.command()
@@ -220,7 +269,8 @@ def failed_list(config_path: Path | None, mirror: str | None, keys: tuple[str, .
     """List failed rows (optionally only KEYS: a value, or a JSON array for composite keys)."""
     from vecmirror.commands import failed_command, print_failed
 
-    rows = run_async(failed_command(_settings(config_path), "list", mirror, _row_keys(keys)))
+    settings = _settings(config_path)
+    rows = run_async(failed_command(settings, "list", mirror, _row_keys(keys), _config_for(settings, mirror)))
     assert isinstance(rows, list)
     print_failed(rows, as_json=as_json)
 
@@ -232,7 +282,10 @@ def failed_retry(config_path: Path | None, mirror: str | None, keys: tuple[str, 
     """Queue failed rows again (all, or only KEYS) once you have fixed them."""
     from vecmirror.commands import failed_command
 
-    count = run_async(failed_command(_settings(config_path), "retry", mirror, _row_keys(keys)))
+    settings = _settings(config_path)
+    count = run_async(
+        failed_command(settings, "retry", mirror, _row_keys(keys), _config_for(settings, mirror))
+    )
     click.echo(f"queued {count} row(s) again")
 
 
@@ -248,8 +301,16 @@ def failed_discard(
 
     if not keys and not everything:
         raise click.UsageError("name the KEYS to discard, or pass --all")
-    count = run_async(failed_command(_settings(config_path), "discard", mirror, _row_keys(keys)))
+    settings = _settings(config_path)
+    count = run_async(
+        failed_command(settings, "discard", mirror, _row_keys(keys), _config_for(settings, mirror))
+    )
     click.echo(f"discarded {count} row(s)")
+
+
+def _config_for(settings: Settings, mirror: str | None) -> Config | None:
+    """The mirrors file, read only when a mirror is named: it says whether that mirror exists."""
+    return None if mirror is None else _config(settings)
 
 
 def _row_keys(keys: tuple[str, ...]) -> list[tuple[str, ...]] | None:

@@ -9,26 +9,33 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import asyncpg
 import click
+import redis.asyncio as redis
 import structlog
-from redis.exceptions import RedisError
 from tqdm import tqdm
 
 from vecmirror.app import App, check_migrated, open_app, redis_client
-from vecmirror.config import Config
+from vecmirror.boundary import (
+    IndexMissingError,
+    UnknownMirrorError,
+    connect_postgres,
+    redis_location,
+    require_query_engine,
+    translated,
+)
+from vecmirror.config import Config, MirrorConfig
 from vecmirror.errors import QueryError
 from vecmirror.pipeline.embedder import EmbedderFactory
 from vecmirror.query.results import Hit
 from vecmirror.query.search import MirrorSearch
 from vecmirror.serve import serve
 from vecmirror.settings import Settings
-from vecmirror.source import changes
+from vecmirror.source import Connection, changes
 from vecmirror.source.backfill import count_rows, queue_all_rows, start_backfill
 from vecmirror.source.failures import FailedRow, discard_failed, list_failed, retry_failed
 from vecmirror.source.migrate import MigrateReport, migrate
 from vecmirror.source.tables import inspect_table
-from vecmirror.status import MirrorStatus, ServerUnavailableError, format_status, mirror_status
+from vecmirror.status import MirrorStatus, format_status, mirror_status
 from vecmirror.sync import BatchStats
 from vecmirror.verify import Drift, Verifier
 from vecmirror.worker import DrainStats
@@ -37,11 +44,41 @@ log = structlog.get_logger(__name__)
 
 
 async def migrate_command(settings: Settings, config: Config) -> MigrateReport:
-    conn = await asyncpg.connect(settings.require_database_url())
-    try:
-        return await migrate(conn, config)
-    finally:
-        await conn.close()
+    with translated(settings):
+        conn = await connect_postgres(settings)
+        try:
+            return await migrate(conn, config)
+        finally:
+            await conn.close()
+
+
+async def check_servers(settings: Settings, config: Config, *, postgres: bool = True) -> set[str]:
+    """Before anything slow (a model load): Postgres takes the login and holds the migrated schema
+    and every mirror's triggers, Redis takes its login and has the Query Engine. Returns the
+    names of Redis' indexes."""
+    if postgres:
+        conn = await connect_postgres(settings)
+        try:
+            await check_migrated(conn, config)
+        finally:
+            await conn.close()
+    async with redis_client(settings) as client:
+        return await _require_redis(client, config)
+
+
+async def _require_redis(client: redis.Redis, config: Config) -> set[str]:
+    return await require_query_engine(client, json_storage=any(m.storage == "json" for m in config.mirrors))
+
+
+def mirrors_named(settings: Settings, config: Config, names: Sequence[str]) -> list[MirrorConfig]:
+    """The mirrors a command names, checked before any server is touched."""
+    known = {m.name: m for m in config.mirrors}
+    for name in names:
+        if name not in known:
+            raise UnknownMirrorError(
+                f"no mirror {name!r} in the mirrors file {settings.config} (its mirrors: {', '.join(known)})"
+            )
+    return [known[name] for name in names]
 
 
 async def run_command(
@@ -54,11 +91,13 @@ async def run_command(
 ) -> DrainStats | None:
     """--once drains and returns its totals; otherwise the worker runs with its HTTP server and
     side tasks (vecmirror.serve) until a stop signal, and returns None."""
-    if not once:
-        await serve(settings, config, stop_signals=stop_signals, embedder_factory=embedder_factory)
-        return None
-    async with open_app(settings, config, embedder_factory) as app:
-        return await app.worker().run_once()
+    with translated(settings):
+        await check_servers(settings, config)
+        if not once:
+            await serve(settings, config, stop_signals=stop_signals, embedder_factory=embedder_factory)
+            return None
+        async with open_app(settings, config, embedder_factory) as app:
+            return await app.worker().run_once()
 
 
 async def backfill_command(
@@ -68,11 +107,12 @@ async def backfill_command(
     embedder_factory: EmbedderFactory | None = None,
 ) -> None:
     names = [mirror_name] if mirror_name else [m.name for m in config.mirrors]
-    for name in names:
-        config.mirror(name)  # unknown names fail before anything starts
-    async with open_app(settings, config, embedder_factory) as app:
-        for name in names:
-            await _backfill_one(app, name)
+    mirrors_named(settings, config, names)
+    with translated(settings):
+        await check_servers(settings, config)
+        async with open_app(settings, config, embedder_factory) as app:
+            for name in names:
+                await _backfill_one(app, name)
 
 
 async def _backfill_one(app: App, name: str) -> None:
@@ -114,6 +154,20 @@ async def query_command(
     settings: Settings, config: Config, request: QueryRequest, embedder_factory: EmbedderFactory | None = None
 ) -> list[Hit]:
     """--range: a range query (k is its limit); --text-weight: fused text+vector; otherwise KNN."""
+    (mirror,) = mirrors_named(settings, config, [request.mirror])
+    with translated(settings):
+        indexes = await check_servers(settings, config, postgres=False)
+        if mirror.index.index.name not in indexes:
+            raise IndexMissingError(
+                f"mirror {mirror.name!r}: Redis at {redis_location(settings.require_redis_url())} has no "
+                f"index {mirror.index.index.name!r}: `vecmirror run` creates it"
+            )
+        return await _search(settings, config, request, embedder_factory)
+
+
+async def _search(
+    settings: Settings, config: Config, request: QueryRequest, embedder_factory: EmbedderFactory | None
+) -> list[Hit]:
     fields = request.return_fields or None
     async with MirrorSearch.open(settings, config, embedder_factory) as search:
         if request.radius is not None:
@@ -158,53 +212,71 @@ async def verify_command(
     settings: Settings, config: Config, mirror_name: str | None, *, repair: bool
 ) -> list[Drift]:
     """Compares each mirror's table with Redis; with `repair`, queues every drifted key."""
-    mirrors = [config.mirror(mirror_name)] if mirror_name else list(config.mirrors)
-    drifts = []
-    conn = await asyncpg.connect(settings.require_database_url())
-    try:
-        async with redis_client(settings) as client:
-            for mirror in mirrors:
-                table = await inspect_table(conn, mirror)
-                verifier = Verifier(mirror, table, client, max_text_length=settings.max_text_length)
-                drift = await verifier.verify(conn)
-                if repair:
-                    queued = await verifier.repair(conn, drift)
-                    log.info("drift_queued", mirror=mirror.name, keys=queued)
-                drifts.append(drift)
-    finally:
-        await conn.close()
-    return drifts
+    mirrors = mirrors_named(
+        settings, config, [mirror_name] if mirror_name else [m.name for m in config.mirrors]
+    )
+    with translated(settings):
+        conn = await connect_postgres(settings)
+        try:
+            await check_migrated(conn, config)
+            async with redis_client(settings) as client:
+                await _require_redis(client, config)
+                return [
+                    await _verify_one(settings, conn, client, mirror, repair=repair) for mirror in mirrors
+                ]
+        finally:
+            await conn.close()
+
+
+async def _verify_one(
+    settings: Settings, conn: Connection, client: redis.Redis, mirror: MirrorConfig, *, repair: bool
+) -> Drift:
+    table = await inspect_table(conn, mirror)
+    verifier = Verifier(mirror, table, client, max_text_length=settings.max_text_length)
+    drift = await verifier.verify(conn)
+    if repair:
+        queued = await verifier.repair(conn, drift)
+        log.info("drift_queued", mirror=mirror.name, keys=queued)
+    return drift
 
 
 async def failed_command(
-    settings: Settings, action: str, mirror: str | None, keys: list[tuple[str, ...]] | None
+    settings: Settings,
+    action: str,
+    mirror: str | None,
+    keys: list[tuple[str, ...]] | None,
+    config: Config | None = None,
 ) -> list[FailedRow] | int:
-    conn = await asyncpg.connect(settings.require_database_url())
-    try:
-        if action == "list":
-            return await list_failed(conn, mirror, keys)
-        if action == "retry":
-            return await retry_failed(conn, mirror, keys)
-        return await discard_failed(conn, mirror, keys)
-    finally:
-        await conn.close()
+    """`config` (needed with a mirror) says which mirrors exist; only the schema is checked, so a
+    mirror added to the file but not yet migrated does not hide the others' failures."""
+    if mirror is not None and config is not None:
+        mirrors_named(settings, config, [mirror])
+    with translated(settings):
+        conn = await connect_postgres(settings)
+        try:
+            await check_migrated(conn, Config(mirrors=()))
+            if action == "list":
+                return await list_failed(conn, mirror, keys)
+            if action == "retry":
+                return await retry_failed(conn, mirror, keys)
+            return await discard_failed(conn, mirror, keys)
+        finally:
+            await conn.close()
 
 
 async def status_command(settings: Settings, config: Config) -> list[MirrorStatus]:
     """Each mirror's queue, dead letters, table rows, index and last sync, read from the servers.
-    An unreachable server is an error that names it, not a traceback."""
-    try:
-        conn = await asyncpg.connect(settings.require_database_url())
-    except (OSError, asyncpg.PostgresError) as exc:
-        raise ServerUnavailableError("Postgres", exc) from None
-    try:
-        await check_migrated(conn, config)
-        async with redis_client(settings) as client:
-            return [await mirror_status(conn, client, mirror) for mirror in config.mirrors]
-    except RedisError as exc:
-        raise ServerUnavailableError("Redis", exc) from None
-    finally:
-        await conn.close()
+    A server it cannot use is an error that names it and says why: unreachable, refusing the login,
+    lacking the schema or the Query Engine."""
+    with translated(settings):
+        conn = await connect_postgres(settings)
+        try:
+            await check_migrated(conn, config)
+            async with redis_client(settings) as client:
+                await _require_redis(client, config)
+                return [await mirror_status(conn, client, mirror) for mirror in config.mirrors]
+        finally:
+            await conn.close()
 
 
 def print_status(statuses: Sequence[MirrorStatus], *, as_json: bool) -> None:

@@ -36,10 +36,14 @@ def redact_urls(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> 
     return event
 
 
+def renders_json(log_format: str) -> bool:
+    """Whether VECMIRROR_LOG_FORMAT=log_format gives JSON lines (auto: when stderr is no terminal)."""
+    return log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
+
+
 def configure_logging(log_format: str = "auto", level: str = "info") -> None:
-    as_json = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
     renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer()
+        structlog.processors.JSONRenderer() if renders_json(log_format) else structlog.dev.ConsoleRenderer()
     )
     threshold = logging.getLevelNamesMapping()[level.upper()]
     stamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
