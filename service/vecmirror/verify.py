@@ -4,6 +4,12 @@ Walks the table in key order and the mirror's keys in Redis, and reports drift: 
 document (missing), documents with no row (extra), and documents that differ from what the row
 would produce now (stale: the version, a field, the content hash, the vector's length). `--repair`
 queues every drifted key as an ordinary change; the worker then rewrites or deletes it.
+
+Documents are what the index holds: the keys of the mirror's type (HASH or JSON) under its prefix,
+the count `status` shows as DOCUMENTS. Keys there that vecmirror did not write are foreign: one of
+another type (a STRING `doc:zzz` under a HASH mirror) is no document (the index skips it, no count
+includes it); one of the mirror's type without `_vm_key` is a document of the index (queries find
+it). Both are reported, never repaired: vecmirror deletes only what it wrote.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,12 +27,15 @@ from vecmirror.config import META_HASH_FIELD, META_KEY_FIELD, META_VERSION_FIELD
 from vecmirror.errors import RowError
 from vecmirror.pipeline.documents import Document, DocumentBuilder, RowKey
 from vecmirror.sink.encode import HashEncoder, JsonEncoder
+from vecmirror.sink.keys import key_pattern
 from vecmirror.sink.writer import RedisSink
 from vecmirror.source import Connection, changes
 from vecmirror.source.backfill import count_rows
 from vecmirror.source.tables import SourceTable
 
 PAGE = 1000
+FOREIGN_SHOWN = 5  # foreign keys named in verify's text output
+JSON_TYPE = "ReJSON-RL"  # what TYPE says of a JSON key
 
 
 @dataclass(frozen=True)
@@ -61,10 +71,11 @@ class Drift:
     missing: list[RowKey] = field(default_factory=list)
     extra: list[RowKey] = field(default_factory=list)
     stale: dict[RowKey, str] = field(default_factory=dict)
+    foreign: dict[str, str] = field(default_factory=dict)  # Redis key → its type ("string", "json", …)
 
     @property
     def clean(self) -> bool:
-        return not (self.missing or self.extra or self.stale)
+        return not (self.missing or self.extra or self.stale or self.foreign)
 
     def keys(self) -> list[RowKey]:
         return [*self.missing, *self.extra, *self.stale]
@@ -77,7 +88,24 @@ class Drift:
             "missing": [list(k) for k in self.missing],
             "extra": [list(k) for k in self.extra],
             "stale": [{"key": list(k), "reason": reason} for k, reason in self.stale.items()],
+            "foreign": [{"key": key, "type": kind} for key, kind in sorted(self.foreign.items())],
         }
+
+    def lines(self, shown: int = 20) -> list[str]:
+        """`vecmirror verify`'s text: a summary line, then the stale keys and foreign keys."""
+        state = "in sync" if self.clean else "DRIFTED"
+        out = [
+            f"{self.mirror}: {state}: {self.rows} rows, {self.documents} documents, "
+            f"{len(self.missing)} missing, {len(self.extra)} extra, {len(self.stale)} stale"
+        ]
+        out += [f"  stale {list(key)}: {reason}" for key, reason in list(self.stale.items())[:shown]]
+        if self.foreign:
+            examples = ", ".join(f"{k} ({t})" for k, t in sorted(self.foreign.items())[:FOREIGN_SHOWN])
+            out.append(
+                f"  foreign keys under the prefix: {len(self.foreign)}, e.g. {examples} "
+                "(not written by vecmirror; one of another type is not a document and is not counted)"
+            )
+        return out
 
 
 class Verifier:
@@ -103,9 +131,8 @@ class Verifier:
             await self._compare_page(page, drift)
             cursor = list(rows[-1]["_vm_key"])
         drift.rows = len(seen)
-        async for keys in self._sink.scan_row_keys():
-            drift.documents += len(keys)
-            drift.extra += [k for k in keys if k not in seen]
+        async for keys in self._scan_prefix():
+            await self._classify(keys, seen, drift)
         return drift
 
     async def repair(self, conn: Connection, drift: Drift) -> int:
@@ -113,6 +140,37 @@ class Verifier:
         if keys:
             await changes.enqueue(conn, self._mirror.name, keys)
         return len(keys)
+
+    async def _scan_prefix(self) -> AsyncIterator[list[str]]:
+        cursor = 0
+        while True:
+            cursor, keys = await self._redis.scan(cursor, match=key_pattern(self._mirror), count=PAGE)
+            if keys:
+                yield [_text(k) for k in keys]
+            if cursor == 0:
+                return
+
+    async def _classify(self, keys: list[str], seen: set[RowKey], drift: Drift) -> None:
+        """Each key is a document (extra if its row is gone) or foreign; one TYPE and one read of
+        `_vm_key` per key, errors returned, not raised (HGET of a STRING is one)."""
+        is_json = self._mirror.storage == "json"
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.type(key)
+                if is_json:
+                    pipe.execute_command("JSON.GET", key, f"$.{META_KEY_FIELD}")
+                else:
+                    pipe.hget(key, META_KEY_FIELD)
+            replies = await pipe.execute(raise_on_error=False)
+        own = JSON_TYPE if is_json else "hash"
+        for key, kind, meta in zip(keys, map(_text, replies[::2]), replies[1::2], strict=True):
+            row_key = _row_key(meta, is_json=is_json) if kind == own else None
+            if kind == own:
+                drift.documents += 1
+            if row_key is not None and row_key not in seen:
+                drift.extra.append(row_key)
+            elif row_key is None and kind != "none":  # "none": deleted since the SCAN
+                drift.foreign[key] = "json" if kind == JSON_TYPE else kind
 
     async def _compare_page(self, page: dict[RowKey, dict[str, Any]], drift: Drift) -> None:
         stored = await self._stored([self._sink.key(k) for k in page])
@@ -143,7 +201,10 @@ class Verifier:
                     pipe.execute_command("JSON.GET", key)
                 else:
                     pipe.hgetall(key)
-            replies = await pipe.execute()
+            # A foreign key at a row's key (a STRING doc:1) answers an error: that row has no document.
+            replies = [
+                None if isinstance(r, Exception) else r for r in await pipe.execute(raise_on_error=False)
+            ]
         vector = self._mirror.vector_field
         name = vector.name if vector is not None else None
         return [_as_document(reply, self._mirror.storage == "json", name) for reply in replies]
@@ -227,6 +288,25 @@ def _drop_empty(node: dict[str, Any]) -> None:
         _drop_empty(node[key])
         if not node[key]:
             del node[key]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _row_key(meta: Any, *, is_json: bool) -> RowKey | None:
+    """The row key kept in a document's `_vm_key` (HASH: JSON text; JSON: JSON.GET's array of it)."""
+    if meta is None or isinstance(meta, Exception):
+        return None
+    try:
+        value = json.loads(_text(meta))
+        if isinstance(value, list) and is_json:
+            value = value[0] if value else None
+        if isinstance(value, str):
+            value = json.loads(value)
+    except ValueError:  # not vecmirror's
+        return None
+    return tuple(str(part) for part in value) if isinstance(value, list) else None
 
 
 def _as_document(reply: Any, is_json: bool, vector_name: str | None) -> dict[str, Any] | None:
