@@ -63,7 +63,8 @@ async def test_migrate_is_idempotent_and_removes_dropped_mirrors(
     path, config = write_config([DOCS_MIRROR, PRODUCTS_MIRROR])
     first = await migrate_command(settings_for(path), config)
     again = await migrate_command(settings_for(path), config)
-    assert first.applied == ["0001_initial", "0002_versions_retries", "0003_truncate_marker_index"]
+    assert first.applied == [f"{m.version:04d}_{m.name}" for m in bundled_migrations()]
+    assert first.applied[:3] == ["0001_initial", "0002_versions_retries", "0003_truncate_marker_index"]
     assert sorted(first.installed) == ["docs", "products"]
     assert again.applied == [] and again.installed == [] and sorted(again.unchanged) == ["docs", "products"]
     await pg.execute("INSERT INTO products VALUES ('a', 'A', 1, '{1,0,0,0}')")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from vecmirror.source.session import SESSION_SETTINGS
 from vecmirror.source.statements import (
     KeyColumn,
     TableStatements,
@@ -92,12 +93,12 @@ def test_quoting_examples() -> None:
 
 SINGLE = TableStatements(
     qualified("public", "docs"),
-    (KeyColumn("id", "integer"),),
+    (KeyColumn("id", "integer", 1),),
     select_list([("title", "text"), ("embedding", "vector")]),
 )
 COMPOSITE = TableStatements(
     qualified("app", "notes"),
-    (KeyColumn("tenant", "character varying(20)"), KeyColumn('n"o', "bigint")),
+    (KeyColumn("tenant", "character varying(20)", 3), KeyColumn('n"o', "bigint", 2)),
     select_list([("body", "text")]),
 )
 
@@ -117,7 +118,7 @@ def test_key_expression() -> None:
 def test_load_rows_single_key() -> None:
     # every key comes back (deleted rows too), with its version from the same snapshot
     assert SINGLE.load_rows() == (
-        'SELECT ARRAY[k.k0] AS _vm_key, t."id" IS NOT NULL AS _vm_found, '
+        'SELECT ARRAY[k.k0] AS _vm_key, coalesce(ARRAY[t."id"::text] = ARRAY[k.k0], false) AS _vm_found, '
         'coalesce(v.version, 0) AS _vm_version, t."title" AS "title", t."embedding"::real[] AS "embedding" '
         'FROM unnest($1::text[]) AS k(k0) LEFT JOIN "public"."docs" t ON t."id" = k.k0::integer '
         "LEFT JOIN vecmirror.versions_v1 v ON v.mirror = $2 AND v.row_key = ARRAY[k.k0]"
@@ -126,7 +127,9 @@ def test_load_rows_single_key() -> None:
 
 def test_load_rows_composite_key() -> None:
     sql = COMPOSITE.load_rows()
-    assert sql.startswith('SELECT ARRAY[k.k0, k.k1] AS _vm_key, t."tenant" IS NOT NULL AS _vm_found, ')
+    # a row whose own key text is not the queued text (citext case, numeric scale) counts as gone
+    found = 'coalesce(ARRAY[t."tenant"::text, t."n""o"::text] = ARRAY[k.k0, k.k1], false) AS _vm_found'
+    assert sql.startswith(f"SELECT ARRAY[k.k0, k.k1] AS _vm_key, {found}, ")
     assert 'FROM unnest($1::text[], $2::text[]) AS k(k0, k1) LEFT JOIN "app"."notes" t ' in sql
     assert 'ON t."tenant" = k.k0::character varying(20) AND t."n""o" = k.k1::bigint LEFT JOIN' in sql
     assert sql.endswith("v.mirror = $3 AND v.row_key = ARRAY[k.k0, k.k1]")
@@ -183,11 +186,34 @@ def test_capture_function_quotes_key_columns_and_queues_every_event() -> None:
     assert f"SELECT {key} AS k FROM vecmirror_new" in sql and f"UNION SELECT {key} FROM vecmirror_old" in sql
     assert f"SELECT 'docs', {key} FROM vecmirror_old RETURNING row_key, id" in sql
     # each statement's keys get the id of their last change as version, in the same INSERT
-    assert sql.count("INSERT INTO vecmirror.versions_v1") == 3
+    assert sql.count("INSERT INTO vecmirror.versions_v1") == 6  # static, and dynamic for renamed keys
     assert "SET version = GREATEST(vecmirror.versions_v1.version, EXCLUDED.version)" in sql
     assert "VALUES ('docs', NULL)" in sql
     assert "pg_notify('vecmirror_changes_v1', '')" in sql
     assert drop_capture_function("docs") == 'DROP FUNCTION IF EXISTS vecmirror."capture_v1_docs"()'
+
+
+def test_capture_function_runs_with_the_workers_settings() -> None:
+    sql = capture_function("docs", SINGLE)
+    for name, value in SESSION_SETTINGS.items():
+        assert f"SET {name} = {quote_literal(value)}" in sql
+    assert "SET search_path = pg_catalog, pg_temp" in sql
+
+
+def test_capture_function_checks_key_columns_by_attnum_without_a_subtransaction() -> None:
+    sql = capture_function("docs", COMPOSITE)
+    # sorted by attnum: n"o is column 2, tenant column 3
+    check = (
+        "ARRAY(SELECT attname::text FROM pg_attribute WHERE attrelid = TG_RELID "
+        "AND attnum = ANY ('{2,3}'::int2[]) ORDER BY attnum) = ARRAY['n\"o', 'tenant']"
+    )
+    assert check in sql
+    assert "unnest('{3,2}'::int2[]) WITH ORDINALITY" in sql  # key order for the dynamic path
+    assert "EXCEPTION" not in sql
+    assert "RAISE WARNING" in sql and "RAISE EXCEPTION" not in sql
+    # the dynamic statements are the static ones with the key expression left to format()
+    assert "EXECUTE format('WITH queued AS (" in sql
+    assert "SELECT ''docs'', %1$s FROM vecmirror_new RETURNING row_key, id" in sql
 
 
 def test_drop_triggers() -> None:

@@ -22,6 +22,7 @@ from redisvl.schema.fields import BaseField
 from vecmirror.config import MirrorConfig, field_type
 from vecmirror.errors import RowError
 from vecmirror.pipeline.template import ContentHasher, Template, TemplateValueError
+from vecmirror.source.session import PgValue
 
 Scalar = str | int | float
 FieldValue = Scalar | list[Scalar]  # a list: TAG values, or any field whose JSON path ends in [*]
@@ -121,6 +122,8 @@ def _converter(field_: BaseField) -> Converter:
     kind = field_type(field_)
     convert = CONVERTERS[kind]
     if not (field_.path or "").endswith(ARRAY_SUFFIX):
+        if kind == "tag":  # an array becomes one string joined with the separator
+            return functools.partial(_joined_tags, str(getattr(field_.attrs, "separator", ",")))
         return convert
     return functools.partial(_array_or_value, kind, convert)
 
@@ -215,6 +218,21 @@ def _tag(value: Any) -> FieldValue:
     return _tag_item(value)
 
 
+def _joined_tags(separator: str, value: Any) -> FieldValue:
+    """TAG values that will be joined with the separator: an element holding the separator would
+    come back from the index as two tags, so the row fails instead (a plain text column is split
+    on purpose: "a,b" is two tags)."""
+    tags = _tag(value)
+    if isinstance(tags, list):
+        for tag in tags:
+            if separator in str(tag):
+                raise ValueError(
+                    f"the array element {tag!r} contains the TAG separator {separator!r}; "
+                    "it would be indexed as several tags"
+                )
+    return tags
+
+
 def _tag_item(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -235,7 +253,20 @@ def _numeric(value: Any) -> int | float:
         return datetime(value.year, value.month, value.day, tzinfo=UTC).timestamp()
     if isinstance(value, timedelta):
         return value.total_seconds()
+    if isinstance(value, PgValue):
+        return _pg_seconds(value)
     return _finite(value)
+
+
+def _pg_seconds(value: PgValue) -> float:
+    """A date or time Python cannot hold (see source/session.py): its exact seconds, unless it has
+    none (a time of day) or they are infinite, which a NUMERIC field cannot take."""
+    if value.seconds is None:
+        raise ValueError(f"{value.type_name} {value.text!r} is not a number, the NUMERIC field needs one")
+    if not math.isfinite(value.seconds):
+        problem = "is infinite, the NUMERIC field needs a finite number"
+        raise ValueError(f"{value.type_name} {value.text!r} {problem}")
+    return value.seconds
 
 
 def _finite(value: Any) -> float:

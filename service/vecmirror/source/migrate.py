@@ -19,10 +19,12 @@ from vecmirror.source.sql import QUERIES
 from vecmirror.source.statements import (
     TRIGGER_EVENTS,
     capture_function,
+    capture_function_name,
     create_triggers,
     drop_capture_function,
     drop_triggers,
     qualified,
+    quote_ident,
     trigger_name,
 )
 from vecmirror.source.tables import SourceTable, inspect_table
@@ -92,14 +94,17 @@ async def _install_mirror(
     previous: asyncpg.Record | None,
 ) -> bool:
     """Installs the mirror's triggers unless exactly these are already in place. The function is
-    always replaced: that takes no lock on the user's table, while DROP TRIGGER would."""
+    always replaced: that takes no lock on the user's table, while DROP TRIGGER would. Triggers of
+    the function found anywhere else (the table was renamed, or the config names another) go."""
     await conn.execute(capture_function(mirror.name, table.statements))
     wanted = (mirror.schema_name, mirror.table_name, list(table.key_names))
+    found = await _capture_triggers(conn, mirror.name)
     if previous is not None:
         had = (previous["table_schema"], previous["table_name"], list(previous["key_columns"]))
-        if had == wanted and await _has_all_triggers(conn, mirror):
+        wanted_triggers = {(*wanted[:2], trigger_name(mirror.name, event)) for event in TRIGGER_EVENTS}
+        if had == wanted and set(found) == wanted_triggers:
             return False
-        await _drop_mirror_triggers(conn, previous)
+    await _drop_triggers(conn, found)
     for statement in drop_triggers(mirror.name, table.statements.qualified_table):
         await conn.execute(statement)
     for statement in create_triggers(mirror.name, table.statements):
@@ -108,22 +113,19 @@ async def _install_mirror(
     return True
 
 
-async def _has_all_triggers(conn: Connection, mirror: MirrorConfig) -> bool:
-    names = [trigger_name(mirror.name, event) for event in TRIGGER_EVENTS]
-    rows = await conn.fetch(QUERIES["installed_trigger_names"], mirror.schema_name, mirror.table_name, names)
-    return len(rows) == len(names)
+async def _capture_triggers(conn: Connection, mirror: str) -> list[tuple[str, str, str]]:
+    """(schema, table, trigger) of every trigger calling the mirror's capture function."""
+    rows = await conn.fetch(QUERIES["capture_triggers"], capture_function_name(mirror) + "()")
+    return [(r["table_schema"], r["table_name"], r["trigger_name"]) for r in rows]
 
 
-async def _drop_mirror_triggers(conn: Connection, previous: asyncpg.Record) -> None:
-    exists = await conn.fetchval(QUERIES["table_exists"], previous["table_schema"], previous["table_name"])
-    if exists:
-        table = qualified(previous["table_schema"], previous["table_name"])
-        for statement in drop_triggers(previous["name"], table):
-            await conn.execute(statement)
+async def _drop_triggers(conn: Connection, triggers: list[tuple[str, str, str]]) -> None:
+    for schema, table, name in triggers:
+        await conn.execute(f"DROP TRIGGER {quote_ident(name)} ON {qualified(schema, table)}")
 
 
 async def _remove_mirror(conn: Connection, previous: asyncpg.Record) -> None:
-    await _drop_mirror_triggers(conn, previous)
+    await _drop_triggers(conn, await _capture_triggers(conn, previous["name"]))
     await conn.execute(drop_capture_function(previous["name"]))
     for query in (
         "forget_mirror_changes",

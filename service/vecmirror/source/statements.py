@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from vecmirror.source.session import SESSION_SETTINGS
+
 
 def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
@@ -24,6 +26,7 @@ def quote_literal(text: str) -> str:
 class KeyColumn:
     name: str
     sql_type: str  # format_type() of the column, used to cast key text back to the column's type
+    attnum: int  # pg_attribute.attnum: the capture function finds a renamed key column by it
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,8 @@ class TableStatements:
     def load_rows(self) -> str:
         """Current rows and versions for a list of keys, read in one snapshot so a version always
         describes the row read with it. $1..$n: the text array of each key column; $n+1: the
-        mirror. Every key comes back; `_vm_found` is false where the row is gone."""
+        mirror. Every key comes back; `_vm_found` is false where the row is gone, or where its key's
+        text is not the queued text any more (that key's document must go)."""
         aliases = [f"k{i}" for i in range(len(self.key_columns))]
         params = ", ".join(f"${i + 1}::text[]" for i in range(len(aliases)))
         join = " AND ".join(
@@ -51,7 +55,10 @@ class TableStatements:
             for k, alias in zip(self.key_columns, aliases, strict=True)
         )
         key_array = "ARRAY[" + ", ".join(f"k.{a}" for a in aliases) + "]"
-        found = f"t.{quote_ident(self.key_columns[0].name)} IS NOT NULL AS _vm_found"
+        # The row's own key text must be the queued text: a citext key changed only in case, or a
+        # numeric 1.0 that became 1.00, still joins, but its document is under the other text.
+        row_key = "ARRAY[" + ", ".join(f"t.{quote_ident(k.name)}::text" for k in self.key_columns) + "]"
+        found = f"coalesce({row_key} = {key_array}, false) AS _vm_found"
         version = "coalesce(v.version, 0) AS _vm_version"
         columns = ", ".join([f"{key_array} AS _vm_key", found, version, *self.select_list])
         return (
@@ -125,44 +132,114 @@ def capture_function_name(mirror: str) -> str:
     return f"vecmirror.{quote_ident(f'capture_v1_{mirror}')}"
 
 
-def capture_function(mirror: str, statements: TableStatements) -> str:
-    """The mirror's trigger function. Its SQL is static, so PL/pgSQL plans each branch once per
-    session: a generic function with EXECUTE cost the user's single-row writes about 5x more.
-    Each statement queues its keys and sets their versions in one INSERT (see 0002's versions_v1).
-    SECURITY DEFINER: the roles writing to the table need no grant on the vecmirror schema; the
-    fixed search_path keeps such a function safe from objects a caller could plant."""
-    name, key = quote_literal(mirror), statements.key_expression
+KEY_PLACEHOLDER = "\x00key\x00"  # stands for the key expression in the function's EXECUTE format()s
 
-    def queue(keys: str) -> str:
-        return f"""WITH queued AS (
+
+def capture_settings() -> str:
+    """The function's SET clauses: the key text it queues is the worker's (SESSION_SETTINGS), not
+    whatever TimeZone, DateStyle... the writing session runs with."""
+    return " ".join(f"SET {name} = {quote_literal(value)}" for name, value in SESSION_SETTINGS.items())
+
+
+def _queue(name: str, keys: str) -> str:
+    """Queue a statement's keys and set their versions in one INSERT (see 0002's versions_v1)."""
+    return f"""WITH queued AS (
             INSERT INTO vecmirror.changes_v1 (mirror, row_key) {keys} RETURNING row_key, id
         )
         INSERT INTO vecmirror.versions_v1 (mirror, row_key, version)
         SELECT {name}, row_key, max(id) FROM queued GROUP BY row_key
         ON CONFLICT (mirror, row_key)
-        DO UPDATE SET version = GREATEST(vecmirror.versions_v1.version, EXCLUDED.version);
-        GET DIAGNOSTICS recorded = ROW_COUNT;"""
+        DO UPDATE SET version = GREATEST(vecmirror.versions_v1.version, EXCLUDED.version)"""
 
+
+def _queries(name: str, key: str) -> dict[str, str]:
+    """What each event queues, with `key` as the key expression."""
     changed = (
         f"SELECT {name}, k FROM (SELECT {key} AS k FROM vecmirror_new "
         f"UNION SELECT {key} FROM vecmirror_old) AS changed"
     )
+    return {
+        "INSERT": _queue(name, f"SELECT {name}, {key} FROM vecmirror_new"),
+        # A changed key queues both the old key (its document goes) and the new one.
+        "UPDATE": _queue(name, changed),
+        "DELETE": _queue(name, f"SELECT {name}, {key} FROM vecmirror_old"),
+    }
+
+
+def _keys_unchanged(statements: TableStatements) -> str:
+    """True while every key column still has the name and attnum the static SQL was made with (a
+    dropped column keeps its attnum under another name): one index scan of pg_attribute per
+    statement, no subtransaction."""
+    by_attnum = sorted(statements.key_columns, key=lambda k: k.attnum)
+    attnums = ",".join(str(k.attnum) for k in by_attnum)
+    names = ", ".join(quote_literal(k.name) for k in by_attnum)
+    return (
+        "ARRAY(SELECT attname::text FROM pg_attribute WHERE attrelid = TG_RELID "
+        f"AND attnum = ANY ('{{{attnums}}}'::int2[]) ORDER BY attnum) = ARRAY[{names}]"
+    )
+
+
+def capture_function(mirror: str, statements: TableStatements) -> str:
+    """The mirror's trigger function. Its SQL is static, so PL/pgSQL plans each branch once per
+    session: a generic function with EXECUTE cost the user's single-row writes about 5x more.
+
+    A user's write must never fail because of it. If a key column was renamed since `migrate` (the
+    static SQL names it), the keys are read by the columns' attnums with EXECUTE instead; if one was
+    dropped, a TRUNCATE marker makes the worker re-check every key, and a WARNING says to migrate.
+    No EXCEPTION block: each would be a subtransaction in the user's transaction.
+    SECURITY DEFINER: the roles writing to the table need no grant on the vecmirror schema; the
+    fixed search_path keeps such a function safe from objects a caller could plant."""
+    name = quote_literal(mirror)
+    static = _queries(name, statements.key_expression)
+    dynamic = {
+        op: sql.replace("%", "%%").replace(KEY_PLACEHOLDER, "%1$s")
+        for op, sql in _queries(name, KEY_PLACEHOLDER).items()
+    }
+    attnums = "'{" + ",".join(str(k.attnum) for k in statements.key_columns) + "}'::int2[]"
+    marker = f"INSERT INTO vecmirror.changes_v1 (mirror, row_key) VALUES ({name}, NULL)"
     return f"""
 CREATE OR REPLACE FUNCTION {capture_function_name(mirror)}() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $vecmirror$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp {capture_settings()}
+AS $vecmirror$
 DECLARE
     recorded bigint := 1;
+    key_sql text;
+    key_lost boolean;
 BEGIN
-    IF TG_OP = 'INSERT' THEN
-        {queue(f"SELECT {name}, {key} FROM vecmirror_new")}
-    ELSIF TG_OP = 'UPDATE' THEN
-        -- A changed key queues both the old key (its document goes) and the new one.
-        {queue(changed)}
-    ELSIF TG_OP = 'DELETE' THEN
-        {queue(f"SELECT {name}, {key} FROM vecmirror_old")}
+    IF TG_OP = 'TRUNCATE' THEN
+        -- One marker for the whole table; versions stay, so deletes get tombstones.
+        {marker};
+    ELSIF {_keys_unchanged(statements)} THEN
+        IF TG_OP = 'INSERT' THEN
+            {static["INSERT"]};
+        ELSIF TG_OP = 'UPDATE' THEN
+            {static["UPDATE"]};
+        ELSE
+            {static["DELETE"]};
+        END IF;
+        GET DIAGNOSTICS recorded = ROW_COUNT;
     ELSE
-        -- TRUNCATE: one marker for the whole table; versions stay, so deletes get tombstones.
-        INSERT INTO vecmirror.changes_v1 (mirror, row_key) VALUES ({name}, NULL);
+        -- A key column was renamed or dropped since `vecmirror migrate` wrote this function.
+        SELECT 'ARRAY[' || string_agg(format('%I::text', a.attname), ', ' ORDER BY k.position) || ']',
+               bool_or(a.attname IS NULL OR a.attisdropped)
+        INTO key_sql, key_lost
+        FROM unnest({attnums}) WITH ORDINALITY AS k(attnum, position)
+        LEFT JOIN pg_attribute a ON a.attrelid = TG_RELID AND a.attnum = k.attnum;
+        IF key_lost THEN
+            RAISE WARNING 'vecmirror: a key column of mirror % was dropped from %.%; every key is re-checked',
+                {name}, TG_TABLE_SCHEMA, TG_TABLE_NAME
+                USING HINT = 'Set the mirror''s key: and run vecmirror migrate.';
+            {marker};
+        ELSIF TG_OP = 'INSERT' THEN
+            EXECUTE format({quote_literal(dynamic["INSERT"])}, key_sql);
+            GET DIAGNOSTICS recorded = ROW_COUNT;
+        ELSIF TG_OP = 'UPDATE' THEN
+            EXECUTE format({quote_literal(dynamic["UPDATE"])}, key_sql);
+            GET DIAGNOSTICS recorded = ROW_COUNT;
+        ELSE
+            EXECUTE format({quote_literal(dynamic["DELETE"])}, key_sql);
+            GET DIAGNOSTICS recorded = ROW_COUNT;
+        END IF;
     END IF;
     IF recorded > 0 THEN
         -- No payload: NOTIFY only wakes workers, the queue table is the truth.

@@ -24,18 +24,38 @@ SELECT version, name FROM vecmirror.migrations ORDER BY version;
 INSERT INTO vecmirror.migrations (version, name) VALUES ($1, $2);
 
 -- name: table_columns
--- Column names and SQL types of a user table, to validate the config and cast key text back.
+-- Column names and SQL types of a user table, to validate the config and cast key text back; a key
+-- column's attnum lets the capture function find it after a rename, attnotnull that it has a value.
 SELECT a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type,
-       t.typname AS base_type
+       t.typname AS base_type, a.attnum, a.attnotnull AS not_null
 FROM pg_attribute a
 JOIN pg_type t ON t.oid = a.atttypid
 WHERE a.attrelid = to_regclass(format('%I.%I', $1::text, $2::text))
   AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attnum;
 
--- name: table_exists
--- to_regclass returns NULL instead of raising for a missing table.
-SELECT to_regclass(format('%I.%I', $1::text, $2::text)) IS NOT NULL;
+-- name: table_shape
+-- Capture triggers see the statements on this one table: not those on its partitions or inheritance
+-- children, nor an ATTACH or DETACH. Such tables, and views, are refused (see tables.py).
+SELECT c.relkind::text AS kind, c.relispartition AS is_partition,
+       EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = c.oid) AS has_parents,
+       EXISTS (SELECT 1 FROM pg_inherits WHERE inhparent = c.oid) AS has_children
+FROM pg_class c WHERE c.oid = to_regclass(format('%I.%I', $1::text, $2::text));
+
+-- name: unique_key_index
+-- The key must identify one row: a valid unique index (the primary key included) whose columns are
+-- all key columns, with no WHERE clause and no expressions. Returns one such index, or no row.
+SELECT i.indexrelid::regclass::text AS index_name
+FROM pg_index i
+WHERE i.indrelid = to_regclass(format('%I.%I', $1::text, $2::text))
+  AND i.indisunique AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL
+  AND ARRAY(
+        SELECT a.attname::text
+        FROM unnest(i.indkey) WITH ORDINALITY AS k(attnum, position)
+        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+        WHERE k.position <= i.indnkeyatts
+      ) <@ $3::text[]
+LIMIT 1;
 
 -- name: primary_key_columns
 -- The default row key of a mirror is its table's primary key, in key order.
@@ -51,10 +71,15 @@ ORDER BY k.position;
 SELECT name, table_schema, table_name, key_columns, backfill_state
 FROM vecmirror.mirrors_v1 ORDER BY name;
 
--- name: installed_trigger_names
--- Lets `migrate` skip re-creating triggers that are already right (DROP TRIGGER locks the table).
-SELECT tgname FROM pg_trigger
-WHERE tgrelid = to_regclass(format('%I.%I', $1::text, $2::text)) AND tgname = ANY($3::text[]);
+-- name: capture_triggers
+-- Every trigger running a mirror's capture function, on whatever table it now is (a renamed table
+-- keeps its triggers): `migrate` drops them by the function, not by the table it registered, and
+-- skips re-creating them when they are exactly right (DROP TRIGGER locks the table).
+SELECT n.nspname AS table_schema, c.relname AS table_name, t.tgname AS trigger_name
+FROM pg_trigger t
+JOIN pg_class c ON c.oid = t.tgrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE t.tgfoid = to_regprocedure($1::text) AND NOT t.tgisinternal;
 
 -- name: register_mirror
 -- A new mirror, or one whose table or key changed, starts with a pending backfill.
