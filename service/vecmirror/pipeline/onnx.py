@@ -24,7 +24,7 @@ import numpy as np
 import structlog
 
 from vecmirror.errors import StartupError
-from vecmirror.pipeline.embedder import SerialEmbedder, Vectors, resolve_model
+from vecmirror.pipeline.embedder import SerialEmbedder, Vectors, check_model_source, resolve_model
 
 log = structlog.get_logger(__name__)
 
@@ -165,8 +165,11 @@ def ensure_exported(model: str, source: str, cache: Path, *, quantized: bool) ->
     Processes starting together on an empty cache each export into a directory of their own and
     rename it into place: the first rename wins, the others use its export."""
     directory = cache / "onnx" / export_name(model, source)
+    missing = not (directory / METADATA_FILE).exists()
+    if missing:  # an export made at an image's build needs no model files at run time
+        check_model_source(model, source)
     try:
-        if not (directory / METADATA_FILE).exists():
+        if missing:
             _export_into_place(model, source, directory)
         exported = ExportedModel.read(directory)
         if quantized and not exported.graph(quantized=True).exists():

@@ -25,6 +25,7 @@ from sentence_transformers import SentenceTransformer
 from transformers.utils import logging as transformers_logging
 
 from vecmirror.errors import StartupError
+from vecmirror.pipeline.embedder import model_load_error
 from vecmirror.pipeline.onnx import METADATA_FILE, OUTPUT_NAME, ExportedModel, OnnxRunner
 
 # Texts the fresh export must embed as torch does, or it is refused (a graph traced wrongly).
@@ -55,7 +56,10 @@ def export(source: str, directory: Path) -> None:
     # Loading prints a progress bar otherwise, which garbles JSON logs.
     transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     # Eager attention: SDPA's export guards every softmax with IsNaN + Where, a fifth of the run time.
-    transformer = SentenceTransformer(source, device="cpu", model_kwargs={"attn_implementation": "eager"})
+    try:
+        transformer = SentenceTransformer(source, device="cpu", model_kwargs={"attn_implementation": "eager"})
+    except OSError as exc:  # not "cannot write the export": the model itself could not be read
+        raise model_load_error(source, exc) from exc
     max_seq_length, dimension = transformer.max_seq_length, transformer.get_embedding_dimension()
     if max_seq_length is None or dimension is None:
         raise StartupError(f"model {source!r} reports no maximum sequence length or output dimension")
