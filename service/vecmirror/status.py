@@ -1,5 +1,10 @@
 """`vecmirror status [--json]`: where each mirror stands, read from Postgres and Redis (not from a
-worker, so it answers with any number of workers, or none)."""
+worker, so it answers with any number of workers, or none).
+
+A mirror a worker paused on trouble of its own (a dropped column, a missing privilege, foreign keys
+under its prefix) shows as `paused`, with the error and since when; status still answers for it,
+so it reads the table's row count without the start-up checks of the table (None: unreadable).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 import redis.asyncio as redis
 
 from vecmirror.config import MirrorConfig
@@ -15,11 +21,21 @@ from vecmirror.errors import VecmirrorError
 from vecmirror.logging import redact
 from vecmirror.sink.observe import IndexState, index_state, read_last_sync
 from vecmirror.source import Connection
-from vecmirror.source.backfill import count_rows
 from vecmirror.source.observe import QueueState, queue_state
-from vecmirror.source.tables import inspect_table
+from vecmirror.source.statements import TableStatements, qualified
 
-COLUMNS = ("MIRROR", "PENDING", "OLDEST", "DEAD", "ROWS", "DOCUMENTS", "INDEXED", "FAILURES", "BACKFILL")
+COLUMNS = (
+    "MIRROR",
+    "STATE",
+    "PENDING",
+    "OLDEST",
+    "DEAD",
+    "ROWS",
+    "DOCUMENTS",
+    "INDEXED",
+    "FAILURES",
+    "BACKFILL",
+)
 
 
 class ServerUnavailableError(VecmirrorError):
@@ -33,19 +49,30 @@ class ServerUnavailableError(VecmirrorError):
 class MirrorStatus:
     mirror: str
     queue: QueueState
-    table_rows: int
+    table_rows: int | None  # None: the table could not be counted (table_error says why)
     index: IndexState
     last_sync: float | None  # Unix time a worker last wrote a batch; None: never (or Redis was emptied)
+    table_error: str | None = None
+
+    @property
+    def state(self) -> str:
+        return "paused" if self.queue.paused else "ok"
 
     def as_dict(self, now: float) -> dict[str, Any]:
         return {
             "mirror": self.mirror,
+            "state": self.state,
+            "error": self.queue.error,
+            "error_since": None
+            if self.queue.error_since is None
+            else _iso(self.queue.error_since.timestamp()),
             "pending": self.queue.pending,
             "oldest_pending_age_seconds": self.queue.oldest_age,
             "dead_letters": self.queue.dead_letters,
             "failed_rows": self.queue.failed_rows,
             "backfill": self.queue.backfill_state,
             "table_rows": self.table_rows,
+            "table_error": self.table_error,
             "documents": self.index.documents,
             "index": {
                 "name": self.index.name,
@@ -59,35 +86,67 @@ class MirrorStatus:
 
 
 async def mirror_status(conn: Connection, client: redis.Redis, mirror: MirrorConfig) -> MirrorStatus:
-    table = await inspect_table(conn, mirror)
+    rows, table_error = await _table_rows(conn, mirror)
     return MirrorStatus(
         mirror=mirror.name,
         queue=await queue_state(conn, mirror.name),
-        table_rows=await count_rows(conn, table),
+        table_rows=rows,
         index=await index_state(client, mirror.index.index.name),
         last_sync=await read_last_sync(client, mirror.name),
+        table_error=table_error,
     )
 
 
+async def _table_rows(conn: Connection, mirror: MirrorConfig) -> tuple[int | None, str | None]:
+    """The table's rows, or None and why not (it was dropped, or this role may not read it)."""
+    statement = TableStatements(qualified(mirror.schema_name, mirror.table_name), (), ()).count_rows()
+    try:
+        return int(await conn.fetchval(statement)), None
+    except (
+        asyncpg.UndefinedTableError,
+        asyncpg.InvalidSchemaNameError,
+        asyncpg.InsufficientPrivilegeError,
+    ) as exc:
+        return None, str(exc)
+
+
 def format_status(statuses: Sequence[MirrorStatus], now: float) -> str:
-    """One aligned row per mirror, then each mirror's last sync."""
+    """One aligned row per mirror, then each mirror's last sync and what it is paused on."""
     rows = [list(COLUMNS), *(_cells(s) for s in statuses)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
     lines = [
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
     ]
-    lines += [f"{s.mirror}: last sync {_last_sync(s.last_sync, now)}" for s in statuses]
+    for status in statuses:
+        lines.append(f"{status.mirror}: last sync {_last_sync(status.last_sync, now)}")
+        lines += _problems(status, now)
     return "\n".join(lines)
+
+
+def _problems(status: MirrorStatus, now: float) -> list[str]:
+    lines = []
+    queue = status.queue
+    if queue.error is not None:
+        since = "" if queue.error_since is None else f" since {_ago(queue.error_since.timestamp(), now)}"
+        lines.append(f"{status.mirror}: paused{since}: {_one_line(queue.error)}")
+    if status.table_error is not None:
+        lines.append(f"{status.mirror}: cannot count the table's rows: {_one_line(status.table_error)}")
+    return lines
+
+
+def _one_line(text: str) -> str:
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def _cells(status: MirrorStatus) -> list[str]:
     queue, index = status.queue, status.index
     return [
         status.mirror,
+        status.state,
         str(queue.pending),
         "-" if queue.oldest_age is None else duration(queue.oldest_age),
         str(queue.dead_letters),
-        str(status.table_rows),
+        "-" if status.table_rows is None else str(status.table_rows),
         str(index.documents),
         f"{index.indexed_ratio * 100:.0f}%" if index.exists else "no index",
         str(index.indexing_failures),
@@ -98,6 +157,10 @@ def _cells(status: MirrorStatus) -> list[str]:
 def _last_sync(when: float | None, now: float) -> str:
     if when is None:
         return "never (no batch written since Redis was last emptied)"
+    return _ago(when, now)
+
+
+def _ago(when: float, now: float) -> str:
     return f"{_iso(when)} ({duration(max(0.0, now - when))} ago)"
 
 

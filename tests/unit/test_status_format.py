@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from vecmirror.sink.observe import IndexState
@@ -24,27 +26,66 @@ NOTES = MirrorStatus(
     index=IndexState("notes_idx", exists=False),
     last_sync=None,
 )
+PAUSED = MirrorStatus(
+    mirror="docs",
+    queue=QueueState(
+        pending=3,
+        oldest_age=200.0,
+        dead_letters=0,
+        failed_rows=0,
+        backfill_state="done",
+        error='column "title" does not exist in public.docs\nrun `vecmirror check`',
+        error_since=datetime.fromtimestamp(NOW - 185, UTC),
+    ),
+    table_rows=None,
+    index=IndexState("docs_idx", exists=True, documents=5, indexed_ratio=1.0),
+    last_sync=NOW - 190,
+    table_error='relation "public.docs" does not exist',
+)
 
 
 def test_the_table_aligns_one_row_per_mirror() -> None:
     assert format_status([DOCS, NOTES], NOW).splitlines() == [
-        "MIRROR         PENDING  OLDEST  DEAD  ROWS  DOCUMENTS  INDEXED   FAILURES  BACKFILL",
-        "docs           12       1m15s   2     1000  995        100%      1         done",
-        "notes_archive  0        -       0     0     0          no index  0         pending",
+        "MIRROR         STATE  PENDING  OLDEST  DEAD  ROWS  DOCUMENTS  INDEXED   FAILURES  BACKFILL",
+        "docs           ok     12       1m15s   2     1000  995        100%      1         done",
+        "notes_archive  ok     0        -       0     0     0          no index  0         pending",
         "docs: last sync 2023-11-14T22:13:15Z (4.2s ago)",
         "notes_archive: last sync never (no batch written since Redis was last emptied)",
     ]
 
 
+def test_a_paused_mirror_shows_its_state_its_error_and_since_when() -> None:
+    assert format_status([PAUSED], NOW).splitlines() == [
+        "MIRROR  STATE   PENDING  OLDEST  DEAD  ROWS  DOCUMENTS  INDEXED  FAILURES  BACKFILL",
+        "docs    paused  3        3m20s   0     -     5          100%     0         done",
+        "docs: last sync 2023-11-14T22:10:10Z (3m10s ago)",
+        'docs: paused since 2023-11-14T22:10:15Z (3m05s ago): column "title" does not exist in '
+        "public.docs; run `vecmirror check`",
+        'docs: cannot count the table\'s rows: relation "public.docs" does not exist',
+    ]
+    shown = PAUSED.as_dict(NOW)
+    assert (shown["state"], shown["error_since"], shown["table_rows"]) == (
+        "paused",
+        "2023-11-14T22:10:15Z",
+        None,
+    )
+    assert shown["error"] == 'column "title" does not exist in public.docs\nrun `vecmirror check`'
+    assert shown["table_error"] == 'relation "public.docs" does not exist'
+
+
 def test_the_json_names_every_field() -> None:
     assert DOCS.as_dict(NOW) == {
         "mirror": "docs",
+        "state": "ok",
+        "error": None,
+        "error_since": None,
         "pending": 12,
         "oldest_pending_age_seconds": 75.5,
         "dead_letters": 2,
         "failed_rows": 3,
         "backfill": "done",
         "table_rows": 1000,
+        "table_error": None,
         "documents": 995,
         "index": {"name": "docs_idx", "exists": True, "percent_indexed": 100.0, "indexing_failures": 1},
         "last_sync": "2023-11-14T22:13:15Z",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from importlib.resources import files
 
 from vecmirror.source import Connection
@@ -18,10 +19,16 @@ class QueueState:
     dead_letters: int  # failed rows with no automatic attempt left
     failed_rows: int  # failed rows, still retried or dead-lettered
     backfill_state: str  # pending, running or done
+    error: str | None = None  # why a worker paused the mirror (mirrors_v1.error); None: it syncs
+    error_since: datetime | None = None
 
     @property
     def backfill_running(self) -> bool:
         return self.backfill_state != "done"
+
+    @property
+    def paused(self) -> bool:
+        return self.error is not None
 
 
 async def queue_state(conn: Connection, mirror: str) -> QueueState:
@@ -33,4 +40,6 @@ async def queue_state(conn: Connection, mirror: str) -> QueueState:
         dead_letters=row["dead_letters"],
         failed_rows=row["failed_rows"],
         backfill_state=row["backfill_state"] or "not installed",
+        error=row["error"],
+        error_since=row["error_since"],
     )

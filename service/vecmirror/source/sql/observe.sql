@@ -3,7 +3,8 @@
 
 -- name: queue_state
 -- One mirror's queue at a glance. The oldest change's age counts only changes that can be claimed
--- now (a failing row's delayed retry waits by design), from when it became claimable.
+-- now (a failing row's delayed retry waits by design), from when it became claimable. error and
+-- error_since: the trouble a worker paused the mirror on (migration 0004), NULL while it syncs.
 SELECT
     (SELECT count(*) FROM vecmirror.changes_v1 WHERE mirror = $1) AS pending,
     (SELECT extract(epoch FROM clock_timestamp() - min(greatest(created_at, not_before)))::float8
@@ -11,4 +12,6 @@ SELECT
      WHERE mirror = $1 AND (not_before IS NULL OR not_before <= now())) AS oldest_age,
     (SELECT count(*) FROM vecmirror.failed_v1 WHERE mirror = $1 AND retry_at IS NULL) AS dead_letters,
     (SELECT count(*) FROM vecmirror.failed_v1 WHERE mirror = $1) AS failed_rows,
-    (SELECT backfill_state FROM vecmirror.mirrors_v1 WHERE name = $1) AS backfill_state;
+    m.backfill_state, m.error, m.error_since
+FROM (SELECT $1::text AS name) AS asked
+LEFT JOIN vecmirror.mirrors_v1 m ON m.name = asked.name;
