@@ -30,7 +30,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from helpers import NOTES_MIRROR, NOTES_TABLE, PRODUCTS_MIRROR, PRODUCTS_TABLE, hash_doc, json_doc, keys
 from tls_proxy import TlsProxy, Upstream, tcp_upstream, unix_upstream
-from vecmirror.commands import migrate_command, run_command, verify_command
+from vecmirror.commands import failed_command, migrate_command, run_command, status_command, verify_command
 from vecmirror.config import OWN_KEY_PREFIX, Config
 from vecmirror.connections import redis_from_settings
 from vecmirror.query.search import MirrorSearch
@@ -306,6 +306,69 @@ async def test_postgres_tls_is_verified_against_sslrootcert(
         await trusted.close()
     with pytest.raises(ssl.SSLCertVerificationError):
         await asyncpg.connect(tls_database_url(database_url, postgres_tls.port, pki.other_ca_file))
+
+
+def worker_grants(role: str, tables: list[str]) -> list[str]:
+    """The README's "Postgres privileges" for `run`, `status`, `verify`, `backfill` and `failed`,
+    exactly: the schema, the migrations ledger (every command checks that the schema is current), the
+    queue's tables, and the mirrored tables."""
+    return [
+        f"GRANT USAGE ON SCHEMA vecmirror TO {role}",
+        f"GRANT SELECT ON vecmirror.migrations TO {role}",
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON vecmirror.changes_v1, vecmirror.mirrors_v1, "
+        f"vecmirror.failed_v1, vecmirror.versions_v1 TO {role}",
+        f"GRANT SELECT ON {', '.join(tables)} TO {role}",
+    ]
+
+
+@pytest.fixture
+async def worker_role(pg: asyncpg.Connection, database_url: str) -> AsyncIterator[tuple[str, str]]:
+    """A login role with no privileges of its own, and the test database's URL logging in as it."""
+    role = f"vecmirror_worker_{os.getpid()}"
+    await pg.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{ACL_PASSWORD}'")
+    parts = urlsplit(database_url)
+    netloc = f"{role}:{quote(ACL_PASSWORD)}@{parts.netloc.rpartition('@')[2]}"
+    try:
+        yield role, parts._replace(netloc=netloc).geturl()
+    finally:
+        await pg.execute(f"DROP OWNED BY {role}")  # its grants, in this database (the only one)
+        await pg.execute(f"DROP ROLE {role}")
+
+
+async def test_run_status_verify_and_failed_with_exactly_the_documented_grants(
+    pg: asyncpg.Connection,
+    database_url: str,
+    redis_url: str,
+    write_config: Any,
+    worker_role: tuple[str, str],
+) -> None:
+    role, role_url = worker_role
+    await pg.execute(PRODUCTS_TABLE)
+    path, config = write_config([PRODUCTS_MIRROR])
+    await migrate_command(Settings(database_url=database_url, redis_url=redis_url, config=path), config)
+    for grant in worker_grants(role, ["public.products"]):
+        await pg.execute(grant)
+    await pg.execute(
+        "INSERT INTO products VALUES ('lamp', 'Lamp', 19.5, '{1,0,0,0}'), ('bad', 'Bad', 1, '{1}')"
+    )
+    settings = Settings(database_url=role_url, redis_url=redis_url, config=path, row_max_attempts=1)
+
+    await run_command(settings, config, once=True)
+    [status] = await status_command(settings, config)
+    assert (status.state, status.table_rows, status.index.documents, status.queue.dead_letters) == (
+        "ok",
+        2,
+        1,
+        1,
+    )
+    [drift] = await verify_command(settings, config, None, repair=True)
+    assert (drift.rows, drift.missing, drift.extra, drift.stale) == (2, [], [], {})
+    assert await failed_command(settings, "retry", None, None) == 1
+    assert await failed_command(settings, "discard", None, [("bad",)]) == 1
+
+    await pg.execute(f"REVOKE SELECT ON vecmirror.migrations FROM {role}")
+    with pytest.raises(Exception, match="permission denied for table migrations"):
+        await status_command(settings, config)
 
 
 # Names Postgres accepts only quoted: quotes, spaces, semicolons, upper case, SQL. No "." (the
