@@ -11,6 +11,7 @@ import functools
 import http.server
 import os
 import re
+import shlex
 import subprocess
 import sys
 import threading
@@ -280,6 +281,36 @@ def test_compose_runs_migrate_once_then_the_worker() -> None:
     }
     assert service("migrate")["depends_on"] == {"postgres": {"condition": "service_healthy"}}
     assert "test" in service("postgres")["healthcheck"] and "test" in service("redis")["healthcheck"]
+
+
+def pg_isready_options(command: list[str]) -> dict[str, str]:
+    """--host=H, --host H and -h H alike, by long name."""
+    short = {"-h": "host", "-p": "port", "-U": "username", "-d": "dbname"}
+    options: dict[str, str] = {}
+    args = iter(command)
+    for arg in args:
+        name, equals, value = arg.removeprefix("--").partition("=")
+        if arg in short:
+            name, value = short[arg], next(args)
+        elif not arg.startswith("--"):
+            raise AssertionError(f"pg_isready: unexpected argument {arg!r}")
+        elif not equals:
+            value = next(args)
+        options[name] = value
+    return options
+
+
+def test_compose_postgres_is_healthy_only_once_it_listens_on_tcp() -> None:
+    """The postgres image runs its init scripts on a server listening on the Unix socket only; a
+    pg_isready on the socket passes then, and `migrate` would start before the schema exists."""
+    test = service("postgres")["healthcheck"]["test"]
+    command = shlex.split(test[1]) if test[0] == "CMD-SHELL" else test[1:]
+    assert command[0] == "pg_isready"
+    options = pg_isready_options(command[1:])
+    env = service("postgres")["environment"]
+    assert options["host"] == "127.0.0.1"
+    assert options.get("port", "5432") == "5432"
+    assert (options["username"], options["dbname"]) == (env["POSTGRES_USER"], env["POSTGRES_DB"])
 
 
 def test_compose_builds_one_image_from_the_dockerfile() -> None:
