@@ -1,0 +1,109 @@
+"""The CLI's last-resort net: what vecmirror raises on purpose is one line and exit 2; a driver error
+that slipped past the boundary too, flagged as internal; a bug keeps its traceback. In `run` with
+JSON logs each of them is one JSON line instead."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import asyncpg
+import pytest
+from redis import exceptions as redis_errors
+
+from vecmirror.cli import failure_logged, failure_message, handles_errors
+from vecmirror.errors import StartupError
+from vecmirror.logging import configure_logging
+from vecmirror.settings import Settings
+
+SECRET = "Zq8-cli-pw"
+
+
+def failing(exc: BaseException) -> Callable[[], None]:
+    def command() -> None:
+        raise exc
+
+    return command
+
+
+def test_a_vecmirror_error_is_one_redacted_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    command = handles_errors(failing(StartupError(f"no luck with postgresql://u:{SECRET}@db/app")))
+    with pytest.raises(SystemExit) as exited:
+        command()
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == "vecmirror: no luck with postgresql://u:***@db/app\n"
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        asyncpg.DeadlockDetectedError("deadlock detected"),
+        redis_errors.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"),
+        ConnectionResetError(104, "Connection reset by peer"),
+    ],
+)
+def test_a_driver_error_that_slipped_through_is_an_internal_error(
+    exc: BaseException, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configure_logging("json", "info")
+    with pytest.raises(SystemExit) as exited:
+        handles_errors(failing(exc))()
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"vecmirror: internal error: {type(exc).__name__}: ")
+    assert err.endswith("(please report; run with VECMIRROR_LOG_LEVEL=debug for the traceback)\n")
+    assert err.count("\n") == 1
+
+
+def test_at_debug_level_the_internal_error_logs_its_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("json", "debug")
+    try:
+        with pytest.raises(SystemExit):
+            handles_errors(failing(redis_errors.ResponseError("ERR odd")))()
+    finally:
+        configure_logging("json", "info")
+    logged, line = capsys.readouterr().err.splitlines()
+    assert json.loads(logged)["event"] == "internal_error"
+    assert "Traceback" in json.loads(logged)["exception"]
+    assert line.startswith("vecmirror: internal error: ResponseError: ERR odd")
+
+
+def test_a_bug_keeps_its_traceback() -> None:
+    assert failure_message(AttributeError("'NoneType' object has no attribute 'x'")) is None
+    with pytest.raises(AttributeError):
+        handles_errors(failing(AttributeError("x")))()
+
+
+def run_failing(exc: BaseException, log_format: str) -> None:
+    settings = Settings(log_format=log_format)
+    configure_logging(settings.log_format, "info")
+    with failure_logged(settings):
+        raise exc
+
+
+def test_run_with_json_logs_ends_in_one_json_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        run_failing(StartupError(f"redis://:{SECRET}@cache:6379 is sad"), "json")
+    assert exited.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    (line,) = captured.err.splitlines()
+    event = json.loads(line)
+    assert event["event"] == "run_failed" and event["level"] == "error"
+    assert event["error"] == "redis://:***@cache:6379 is sad" and event["error_type"] == "StartupError"
+
+
+def test_run_with_json_logs_reports_a_bug_as_json_with_its_traceback(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        run_failing(AttributeError("x"), "json")
+    assert exited.value.code == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    event = json.loads(line)
+    assert event["event"] == "run_crashed" and "AttributeError: x" in event["exception"]
+
+
+def test_run_with_console_logs_leaves_the_error_to_the_plain_line() -> None:
+    with pytest.raises(StartupError):
+        run_failing(StartupError("plain"), "console")
