@@ -121,9 +121,11 @@ def _converter(field_: BaseField) -> Converter:
     """How a non-NULL column becomes the field's value, chosen by the field's type and path."""
     kind = field_type(field_)
     convert = CONVERTERS[kind]
-    if not (field_.path or "").endswith(ARRAY_SUFFIX):
-        if kind == "tag":  # an array becomes one string joined with the separator
-            return functools.partial(_joined_tags, str(getattr(field_.attrs, "separator", ",")))
+    array_path = (field_.path or "").endswith(ARRAY_SUFFIX)
+    if kind == "tag":
+        separator = str(getattr(field_.attrs, "separator", ","))
+        return functools.partial(_tag_array_path if array_path else _joined_tags, separator)
+    if not array_path:
         return convert
     return functools.partial(_array_or_value, kind, convert)
 
@@ -219,17 +221,27 @@ def _tag(value: Any) -> FieldValue:
 
 
 def _joined_tags(separator: str, value: Any) -> FieldValue:
-    """TAG values that will be joined with the separator: an element holding the separator would
-    come back from the index as two tags, so the row fails instead (a plain text column is split
-    on purpose: "a,b" is two tags)."""
+    """TAG values of a HASH field or a plain JSON path: an array is joined with the separator."""
     tags = _tag(value)
-    if isinstance(tags, list):
-        for tag in tags:
-            if separator in str(tag):
-                raise ValueError(
-                    f"the array element {tag!r} contains the TAG separator {separator!r}; "
-                    "it would be indexed as several tags"
-                )
+    return _no_separator(separator, tags) if isinstance(tags, list) else tags
+
+
+def _tag_array_path(separator: str, value: Any) -> FieldValue:
+    """TAG values on a JSON [*] path: the index splits each element by the separator too."""
+    if isinstance(value, ARRAY_TYPES):
+        return _no_separator(separator, _array(_tag, value))
+    return _tag(value)
+
+
+def _no_separator(separator: str, tags: list[Scalar]) -> list[Scalar]:
+    """An array element holding the separator would be indexed as several tags: the row fails
+    instead. (A plain text column is split on purpose: "a,b" is two tags.)"""
+    for tag in tags:
+        if separator in str(tag):
+            raise ValueError(
+                f"the array element {tag!r} contains the TAG separator {separator!r}; "
+                "it would be indexed as several tags"
+            )
     return tags
 
 
