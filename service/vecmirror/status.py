@@ -17,8 +17,6 @@ import asyncpg
 import redis.asyncio as redis
 
 from vecmirror.config import MirrorConfig
-from vecmirror.errors import VecmirrorError
-from vecmirror.logging import redact
 from vecmirror.sink.observe import IndexState, index_state, read_last_sync
 from vecmirror.source import Connection
 from vecmirror.source.observe import QueueState, queue_state
@@ -36,13 +34,6 @@ COLUMNS = (
     "FAILURES",
     "BACKFILL",
 )
-
-
-class ServerUnavailableError(VecmirrorError):
-    """`status` could not read a server; the message names it and says why, without its URL."""
-
-    def __init__(self, server: str, error: BaseException) -> None:
-        super().__init__(f"{server} unreachable: {type(error).__name__}: {redact(str(error))}")
 
 
 @dataclass(frozen=True)

@@ -163,7 +163,8 @@ def _check_status(env: dict[str, str], config_path: Path) -> None:
     result = vecmirror(env, "status", "--json", "--config", str(config_path))
     assert result.returncode == 0, result.stderr
     [docs] = json.loads(result.stdout)
-    assert (docs["mirror"], docs["pending"], docs["dead_letters"]) == ("docs", 0, 1)
+    assert (docs["mirror"], docs["state"], docs["pending"], docs["dead_letters"]) == ("docs", "ok", 0, 1)
+    assert (docs["error"], docs["error_since"]) == (None, None)
     assert (docs["table_rows"], docs["documents"]) == (3, 2)
     assert docs["index"] == {
         "name": "docs_idx",
@@ -173,8 +174,9 @@ def _check_status(env: dict[str, str], config_path: Path) -> None:
     }
     assert docs["last_sync"] is not None and docs["backfill"] == "done"
     table = vecmirror(env, "status", "--config", str(config_path))
-    assert table.returncode == 0 and table.stdout.splitlines()[1].split()[:6] == [
+    assert table.returncode == 0 and table.stdout.splitlines()[1].split()[:7] == [
         "docs",
+        "ok",
         "0",
         "-",
         "1",
@@ -192,7 +194,7 @@ async def _check_redis_outage(directory: Path, port: int, env: dict[str, str], c
     assert status == 503 and json.loads(body)["problems"][0].startswith("redis unreachable")
     assert _get(port, "/healthz")[0] == 200  # alive: only Redis is gone
     down = vecmirror(env, "status", "--config", str(config_path))
-    assert down.returncode == 2 and down.stderr.startswith("vecmirror: Redis unreachable: "), down.stderr
+    assert down.returncode == 2 and down.stderr.startswith("vecmirror: Redis unreachable"), down.stderr
     await asyncio.to_thread(start_redis, directory)
     # Redis comes back empty: ready once the worker has resynced the mirror (its index is back).
     wait_for(lambda: _get(port, "/readyz")[0] == 200, 90, "/readyz once Redis is back")
