@@ -71,9 +71,9 @@ async def _inspect(
         r["name"]: Column(r["name"], r["type"], r["base_type"], r["attnum"], r["not_null"]) for r in rows
     }
     key_names = await _key_names(conn, mirror)
-    problems = _column_problems(mirror, columns, key_names)
+    problems = await _shape_problems(conn, mirror) or _column_problems(mirror, columns, key_names)
     if not problems:
-        problems = await _shape_problems(conn, mirror) + await _key_problems(conn, mirror, columns, key_names)
+        problems = await _key_problems(conn, mirror, columns, key_names)
     return columns, key_names, problems
 
 
