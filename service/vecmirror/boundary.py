@@ -192,7 +192,8 @@ async def require_query_engine(client: redis.Redis, *, json_storage: bool = Fals
     try:
         names = await client.execute_command("FT._LIST")  # type: ignore[no-untyped-call]
         if json_storage:
-            await client.execute_command("JSON.TYPE", "vecmirror:probe")  # type: ignore[no-untyped-call]
+            # JSON.GET: within the least-privilege ACL of the README (Security)
+            await client.execute_command("JSON.GET", "vecmirror:probe")  # type: ignore[no-untyped-call]
     except redis_errors.RedisError as exc:
         error = redis_error(exc, redis_location(client))
         if error is None:

@@ -99,7 +99,7 @@ def caused(error: BaseException, cause: BaseException) -> BaseException:
             "search module, or Redis Stack",
         ),
         (
-            redis_errors.ResponseError("unknown command 'JSON.TYPE', with args beginning with: "),
+            redis_errors.ResponseError("unknown command 'JSON.GET', with args beginning with: "),
             QueryEngineMissingError,
             "has no JSON module (JSON.* commands unknown)",
         ),
