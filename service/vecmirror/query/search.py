@@ -21,7 +21,7 @@ from vecmirror.errors import QueryError
 from vecmirror.pipeline.embedder import Embedder, EmbedderFactory, default_embedder_factory
 from vecmirror.query.checks import Target, check_filter, check_return_fields, check_vector, target_of
 from vecmirror.query.filters import Filter
-from vecmirror.query.results import Hit, decode_field, decode_vector
+from vecmirror.query.results import Hit, decode_field, decode_vector, return_whole_arrays
 from vecmirror.settings import Settings
 
 FilterArg = Filter | str | None
@@ -137,6 +137,7 @@ class MirrorSearch:
             stopwords=None,
         )
         query.load("@__key")
+        return_whole_arrays(query, target.array_paths)
         rows = await AsyncSearchIndex(target.mirror.index, redis_client=self._redis).query(query)
         return [self._hit(target, row, fields, score=float(row["hybrid_score"])) for row in rows]
 
@@ -160,6 +161,7 @@ class MirrorSearch:
     async def _run(self, target: Target, query: Any, with_vectors: bool) -> list[Hit]:
         index = AsyncSearchIndex(target.mirror.index, redis_client=self._redis)
         fields = list(query._return_fields)
+        return_whole_arrays(query, target.array_paths)
         hits = [self._hit(target, row, fields) for row in await index.query(query)]
         return await self._attach_vectors(target, hits) if with_vectors else hits
 
