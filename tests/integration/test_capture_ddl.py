@@ -15,16 +15,17 @@ from vecmirror.commands import migrate_command
 from vecmirror.errors import StartupError
 from vecmirror.source.tables import inspect_table, table_shape_problem
 
-SEEN: dict[int, int] = {}  # the last change id read by queued(), per connection
+SEEN: dict[str, int] = {}  # the last change id queued() read, per database (one per test)
 
 
 async def queued(pg: asyncpg.Connection) -> list[list[str] | None]:
     """The keys queued since the last call (left in the queue for the worker), sorted."""
+    database = await pg.fetchval("SELECT current_database()")
     rows = await pg.fetch(
-        "SELECT id, row_key FROM vecmirror.changes_v1 WHERE id > $1 ORDER BY id", SEEN.get(id(pg), 0)
+        "SELECT id, row_key FROM vecmirror.changes_v1 WHERE id > $1 ORDER BY id", SEEN.get(database, 0)
     )
     if rows:
-        SEEN[id(pg)] = rows[-1]["id"]
+        SEEN[database] = rows[-1]["id"]
     return sorted((r["row_key"] for r in rows), key=lambda k: (k is not None, k or []))
 
 
