@@ -14,6 +14,7 @@ import asyncpg
 import redis.asyncio as redis
 import structlog
 
+from vecmirror.boundary import require_query_engine, translated
 from vecmirror.config import Config, MirrorConfig, ModelSpec
 from vecmirror.connections import redis_from_settings
 from vecmirror.errors import NotMigratedError, StartupError
@@ -71,15 +72,19 @@ async def redis_client(settings: Settings) -> AsyncIterator[redis.Redis]:
 async def open_app(
     settings: Settings, config: Config, embedder_factory: EmbedderFactory | None = None
 ) -> AsyncIterator[App]:
-    pool = await asyncpg.create_pool(
-        settings.require_database_url(),
-        min_size=1,
-        max_size=settings.batches_in_flight + POOL_SPARE_CONNECTIONS,
-        server_settings=session_settings(settings),
-        init=prepare_connection,
-    )
+    with translated(settings):  # a refused login or an unreachable server: one named error
+        pool = await asyncpg.create_pool(
+            settings.require_database_url(),
+            min_size=1,
+            max_size=settings.batches_in_flight + POOL_SPARE_CONNECTIONS,
+            server_settings=session_settings(settings),
+            init=prepare_connection,
+        )
     try:
         async with redis_client(settings) as client:
+            json_storage = any(m.storage == "json" for m in config.mirrors)
+            with translated(settings):
+                await require_query_engine(client, json_storage=json_storage)
             app = await _build(
                 settings, config, pool, client, embedder_factory or default_embedder_factory(settings)
             )
@@ -113,10 +118,11 @@ def sync_options(settings: Settings) -> SyncOptions:
 async def _build(
     settings: Settings, config: Config, pool: asyncpg.Pool, client: redis.Redis, factory: EmbedderFactory
 ) -> App:
+    async with pool.acquire() as conn:
+        await check_migrated(conn, config)  # before the models load: seconds to say "migrate first"
     embedders = load_embedders(config, factory)
     syncs = []
     async with pool.acquire() as conn:
-        await check_migrated(conn, config)
         for mirror in config.mirrors:
             embedder = embedders.get(mirror.embed.spec) if mirror.embed else None
             sink = RedisSink(client, mirror, tombstone_ttl=settings.tombstone_ttl)

@@ -292,13 +292,8 @@ def print_drift(drifts: Sequence[Drift], *, as_json: bool) -> None:
         click.echo(json.dumps([d.as_dict() for d in drifts], ensure_ascii=False))
         return
     for drift in drifts:
-        state = "in sync" if drift.clean else "DRIFTED"
-        click.echo(
-            f"{drift.mirror}: {state}: {drift.rows} rows, {drift.documents} documents, "
-            f"{len(drift.missing)} missing, {len(drift.extra)} extra, {len(drift.stale)} stale"
-        )
-        for key, reason in list(drift.stale.items())[:20]:
-            click.echo(f"  stale {list(key)}: {reason}")
+        for line in drift.lines():
+            click.echo(line)
 
 
 def print_failed(rows: Sequence[FailedRow], *, as_json: bool) -> None:
