@@ -69,7 +69,9 @@ def as_mirror_error(mirror: str, error: BaseException) -> MirrorError:
         return error
     if isinstance(error, asyncpg.PostgresError):
         return MirrorError(mirror, f"Postgres: {_postgres_text(error)}")
-    return MirrorError(mirror, f"Redis: {type(error).__name__}: {error}")
+    if isinstance(error, redis_errors.RedisError):
+        return MirrorError(mirror, f"Redis: {type(error).__name__}: {error}")
+    return MirrorError(mirror, f"{type(error).__name__}: {error}")
 
 
 def _postgres_text(error: asyncpg.PostgresError) -> str:

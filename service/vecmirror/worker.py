@@ -29,6 +29,7 @@ from vecmirror.pauses import MirrorPauses
 from vecmirror.source import Connection, changes, pooled
 from vecmirror.source.backfill import backfill_pending, queue_all_rows
 from vecmirror.source.listener import ChangeListener
+from vecmirror.source.tables import table_shape_problem
 from vecmirror.sync import BatchStats, MirrorSync
 from vecmirror.verify import CountCheck, Verifier, count_check
 
@@ -283,6 +284,11 @@ class Worker:
         return checks
 
     async def _check_mirror(self, sync: MirrorSync, conn: Connection) -> CountCheck | None:
+        # A table that became a partition (ATTACH), gained inheritance, or lost its unique key
+        # since start-up would be captured wrongly from now on: its mirror pauses, named.
+        problem = await table_shape_problem(conn, sync.mirror)
+        if problem is not None:
+            raise MirrorError(sync.name, problem)
         if await sync.resync_if_forgotten(conn):
             await self.backfill_new_mirrors()
         try:
