@@ -15,6 +15,7 @@ import pytest
 import redis
 import yaml
 
+from helpers import stack_directory
 from vecmirror.config import DEFAULT_MODEL, Config, ModelSpec, parse_config
 from vecmirror.pipeline.embedder import Embedder, load_embedder
 from vecmirror.settings import Settings
@@ -25,17 +26,24 @@ _database_numbers = itertools.count()
 
 
 @pytest.fixture(scope="session")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackUrls]:
+def servers() -> Iterator[StackUrls]:
     external_db = os.environ.get("VECMIRROR_TEST_DATABASE_URL")
     external_redis = os.environ.get("VECMIRROR_TEST_REDIS_URL")
     if external_db and external_redis:
         yield StackUrls(external_db, external_redis)
         return
-    directory = tmp_path_factory.mktemp("stack")
-    try:
-        yield stack_up(directory)
-    finally:
-        stack_down(directory)
+    with stack_directory() as directory:
+        try:
+            yield stack_up(directory)
+        finally:
+            stack_down(directory)
+
+
+@pytest.fixture
+def stack_dir() -> Iterator[Path]:
+    """A directory for servers a test starts itself (see helpers.stack_directory)."""
+    with stack_directory() as directory:
+        yield directory
 
 
 def with_database(url: str, database: str) -> str:
@@ -44,13 +52,13 @@ def with_database(url: str, database: str) -> str:
 
 
 @pytest.fixture
-def own_stack(tmp_path: Path) -> Iterator[tuple[Path, StackUrls]]:
+def own_stack() -> Iterator[tuple[Path, StackUrls]]:
     """Servers of the test's own, for a test that stops and restarts them."""
-    directory = tmp_path / "stack"
-    try:
-        yield directory, stack_up(directory)
-    finally:
-        stack_down(directory)
+    with stack_directory() as directory:
+        try:
+            yield directory, stack_up(directory)
+        finally:
+            stack_down(directory)
 
 
 @pytest.fixture

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -137,3 +141,15 @@ def search_ids(client: redis.Redis, index: str, query: str) -> set[str]:
 def write_yaml(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+@contextlib.contextmanager
+def stack_directory() -> Iterator[Path]:
+    """Outside pytest's temporary root: the servers run as another user (Postgres refuses root), and
+    every pytest session that starts resets that root to mode 0700, which would cut a server of a
+    session already running (its own data directory becomes unreadable to it: a PANIC)."""
+    directory = Path(tempfile.mkdtemp(prefix="vecmirror-test-stack-"))
+    try:
+        yield directory / "stack"
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)

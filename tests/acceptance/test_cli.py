@@ -156,8 +156,8 @@ async def test_changes_survive_a_stopped_and_a_sigkilled_worker(
     assert await pg.fetchval("SELECT count(*) FROM vecmirror.changes_v1") == 0
 
 
-def test_stack_up_prints_two_lines_that_eval_accepts_and_down_stops_it(tmp_path: Path) -> None:
-    directory = tmp_path / "stack"
+def test_stack_up_prints_two_lines_that_eval_accepts_and_down_stops_it(stack_dir: Path) -> None:
+    directory = stack_dir
     command = " ".join(VECMIRROR)
     try:
         up = vecmirror({}, "stack", "up", "--dir", str(directory), timeout=120)

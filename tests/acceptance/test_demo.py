@@ -61,8 +61,10 @@ async def _insert_article(database_url: str) -> None:
         await conn.close()
 
 
-async def test_demo_answers_follows_an_insert_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
-    directory = tmp_path / "stack"
+async def test_demo_answers_follows_an_insert_and_stops_cleanly_on_ctrl_c(
+    tmp_path: Path, stack_dir: Path
+) -> None:
+    directory = stack_dir
     command = [sys.executable, "-m", "vecmirror.cli", "demo", "--dir", str(directory), "--rows", "30"]
     stderr_path = tmp_path / "demo.stderr"
     with stderr_path.open("wb") as stderr:

@@ -12,18 +12,19 @@ import redis
 from redis.commands.search.field import VectorField
 from redis.commands.search.index_definition import IndexDefinition, IndexType
 
+from helpers import stack_directory
 from vecmirror.errors import StackError
 from vecmirror.stack import StackUrls, env_lines, stack_down, stack_up
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, StackUrls]]:
+def stack() -> Iterator[tuple[Path, StackUrls]]:
     # One cold start shared by the read-only tests; stack_up sits inside try so a half-started stack stops.
-    directory = tmp_path_factory.mktemp("stack")
-    try:
-        yield directory, stack_up(directory)
-    finally:
-        stack_down(directory)
+    with stack_directory() as directory:
+        try:
+            yield directory, stack_up(directory)
+        finally:
+            stack_down(directory)
 
 
 async def _pg_values(url: str, *statements: str) -> list[object]:
@@ -93,9 +94,9 @@ def test_env_lines_survive_shell_eval(stack: tuple[Path, StackUrls]) -> None:
 
 
 async def test_down_stops_both_and_up_again_keeps_the_urls(
-    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+    stack_dir: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    directory = tmp_path / "stack"
+    directory = stack_dir
     try:
         urls = stack_up(directory)
         assert capfd.readouterr().out == ""  # the CLI's stdout is eval'ed by a shell
