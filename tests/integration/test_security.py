@@ -33,6 +33,7 @@ from tls_proxy import TlsProxy, Upstream, tcp_upstream, unix_upstream
 from vecmirror.commands import failed_command, migrate_command, run_command, status_command, verify_command
 from vecmirror.config import OWN_KEY_PREFIX, Config
 from vecmirror.connections import redis_from_settings
+from vecmirror.errors import VecmirrorError
 from vecmirror.query.search import MirrorSearch
 from vecmirror.settings import Settings
 from vecmirror.stack import StackUrls
@@ -369,6 +370,48 @@ async def test_run_status_verify_and_failed_with_exactly_the_documented_grants(
     await pg.execute(f"REVOKE SELECT ON vecmirror.migrations FROM {role}")
     with pytest.raises(Exception, match="permission denied for table migrations"):
         await status_command(settings, config)
+
+
+async def test_a_privilege_revoked_on_one_table_pauses_only_its_mirror(
+    pg: asyncpg.Connection,
+    database_url: str,
+    redis_url: str,
+    redis_client: redis.Redis,
+    write_config: Any,
+    worker_role: tuple[str, str],
+) -> None:
+    """`permission denied` on one mirror's table is that mirror's trouble: it pauses, named, and the
+    worker syncs the others; granted again, it catches up."""
+    role, role_url = worker_role
+    await pg.execute(PRODUCTS_TABLE)
+    await pg.execute(PRODUCTS_TABLE.replace("products", "parts"))
+    parts = {
+        **PRODUCTS_MIRROR,
+        "name": "parts",
+        "table": "public.parts",
+        "index": {**PRODUCTS_MIRROR["index"], "index": {"name": "parts_idx", "prefix": "part"}},
+    }
+    path, config = write_config([PRODUCTS_MIRROR, parts])
+    await migrate_command(Settings(database_url=database_url, redis_url=redis_url, config=path), config)
+    for grant in worker_grants(role, ["public.products", "public.parts"]):
+        await pg.execute(grant)
+    settings = Settings(database_url=role_url, redis_url=redis_url, config=path, error_backoff=0.05)
+    await run_command(settings, config, once=True)
+    await pg.execute(f"REVOKE SELECT ON public.parts FROM {role}")
+    for table in ("products", "parts"):
+        await pg.execute(f"INSERT INTO {table} VALUES ('lamp', 'Lamp', 19.5, '{{1,0,0,0}}')")
+    with pytest.raises(VecmirrorError, match=r"mirror 'parts': .*permission denied for table parts"):
+        await run_command(settings, config, once=True)
+    assert redis_client.exists("product:lamp") and not redis_client.exists("part:lamp")
+    statuses = {s.mirror: s for s in await status_command(settings, config)}
+    assert statuses["parts"].state == "paused" and statuses["products"].state == "ok"
+    await pg.execute(f"GRANT SELECT ON public.parts TO {role}")
+    await run_command(settings, config, once=True)
+    assert redis_client.exists("part:lamp")
+    assert {s.mirror: s.state for s in await status_command(settings, config)} == {
+        "products": "ok",
+        "parts": "ok",
+    }
 
 
 # Names Postgres accepts only quoted: quotes, spaces, semicolons, upper case, SQL. No "." (the
