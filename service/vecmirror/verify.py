@@ -22,19 +22,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as redis
+import structlog
 
 from vecmirror.config import META_HASH_FIELD, META_KEY_FIELD, META_VERSION_FIELD, MirrorConfig
 from vecmirror.errors import RowError
 from vecmirror.pipeline.documents import Document, DocumentBuilder, RowKey
 from vecmirror.sink.encode import HashEncoder, JsonEncoder
 from vecmirror.sink.keys import key_pattern
+from vecmirror.sink.versioned import META_GENERATION_FIELD, parse_tombstone, tombstone_key
 from vecmirror.sink.writer import RedisSink
-from vecmirror.source import Connection, changes
+from vecmirror.source import Connection, changes, generations
 from vecmirror.source.backfill import count_rows
 from vecmirror.source.tables import SourceTable
 
+log = structlog.get_logger(__name__)
 PAGE = 1000
 FOREIGN_SHOWN = 5  # foreign keys named in verify's text output
+AHEAD = "version ahead of Postgres"  # a stale reason that only a new generation repairs
 JSON_TYPE = "ReJSON-RL"  # what TYPE says of a JSON key
 
 
@@ -72,6 +76,10 @@ class Drift:
     extra: list[RowKey] = field(default_factory=list)
     stale: dict[RowKey, str] = field(default_factory=dict)
     foreign: dict[str, str] = field(default_factory=dict)  # Redis key → its type ("string", "json", …)
+    # Keys whose document or tombstone holds a newer version than Postgres', in the same generation:
+    # Postgres went back (a restore). Only a new generation lets the older versions be written.
+    ahead: list[RowKey] = field(default_factory=list)
+    generation: str | None = None  # the mirror's generation in Postgres when verified
 
     @property
     def clean(self) -> bool:
@@ -89,6 +97,7 @@ class Drift:
             "extra": [list(k) for k in self.extra],
             "stale": [{"key": list(k), "reason": reason} for k, reason in self.stale.items()],
             "foreign": [{"key": key, "type": kind} for key, kind in sorted(self.foreign.items())],
+            "ahead": [list(k) for k in self.ahead],
         }
 
     def lines(self, shown: int = 20) -> list[str]:
@@ -99,6 +108,11 @@ class Drift:
             f"{len(self.missing)} missing, {len(self.extra)} extra, {len(self.stale)} stale"
         ]
         out += [f"  stale {list(key)}: {reason}" for key, reason in list(self.stale.items())[:shown]]
+        if self.ahead:
+            out.append(
+                f"  ahead of Postgres: {len(self.ahead)} key(s), e.g. {list(self.ahead[0])} (Postgres went "
+                "back in time; --repair starts a new generation and the worker resyncs the mirror)"
+            )
         if self.foreign:
             examples = ", ".join(f"{k} ({t})" for k, t in sorted(self.foreign.items())[:FOREIGN_SHOWN])
             out.append(
@@ -116,9 +130,13 @@ class Verifier:
         self._sink = RedisSink(client, mirror)
         self._builder = DocumentBuilder(mirror, max_text_length=max_text_length)
         self._expected = _Expected(mirror)
+        self._generations: tuple[str | None, str | None] = (None, None)  # Postgres', the marker's legacy
 
     async def verify(self, conn: Connection) -> Drift:
         drift = Drift(self._mirror.name)
+        drift.generation = (await generations.load(conn, self._mirror.name)).generation
+        marker = await self._sink.versioned.read_marker()
+        self._generations = (drift.generation, marker.legacy if marker is not None else None)
         seen: set[RowKey] = set()
         cursor: list[str] | None = None
         while True:
@@ -136,6 +154,16 @@ class Verifier:
         return drift
 
     async def repair(self, conn: Connection, drift: Drift) -> int:
+        """Queues every drifted key. Versions ahead of Postgres' cannot be written over in their
+        generation: a new one starts, and the worker resyncs the whole mirror in it."""
+        if drift.ahead and drift.generation is not None:
+            renewed = await generations.renew(conn, self._mirror.name, drift.generation)
+            log.warning(
+                "generation_renewed",
+                mirror=self._mirror.name,
+                generation=renewed,
+                reason=f"verify found {len(drift.ahead)} key(s) ahead of Postgres",
+            )
         keys = drift.keys()
         if keys:
             await changes.enqueue(conn, self._mirror.name, keys)
@@ -173,13 +201,33 @@ class Verifier:
                 drift.foreign[key] = "json" if kind == JSON_TYPE else kind
 
     async def _compare_page(self, page: dict[RowKey, dict[str, Any]], drift: Drift) -> None:
+        versions = {key: int(row["_vm_version"]) for key, row in page.items()}
         stored = await self._stored([self._sink.key(k) for k in page])
+        missing = []
         for (key, row), document in zip(page.items(), stored, strict=True):
             reason = self._difference(key, row, document)
             if reason == "missing":
-                drift.missing.append(key)
+                missing.append(key)
             elif reason is not None:
                 drift.stale[key] = reason
+                if reason.startswith(AHEAD):
+                    drift.ahead.append(key)
+        drift.missing += missing
+        drift.ahead += await self._deleted_ahead(missing, versions)
+
+    async def _deleted_ahead(self, keys: list[RowKey], versions: dict[RowKey, int]) -> list[RowKey]:
+        """Rows without a document whose tombstone, of this generation, is newer than the row."""
+        if not keys:
+            return []
+        generation, legacy = self._generations
+        stones = await self._redis.mget([tombstone_key(self._sink.key(k)) for k in keys])
+        ahead = []
+        for key, stone in zip(keys, stones, strict=True):
+            if stone is not None:
+                held, version = parse_tombstone(stone, legacy)
+                if held == generation and version > versions[key]:
+                    ahead.append(key)
+        return ahead
 
     def _difference(self, key: RowKey, row: dict[str, Any], stored: dict[str, Any] | None) -> str | None:
         version = row.pop("_vm_version")
@@ -192,7 +240,7 @@ class Verifier:
             )
         if stored is None:
             return "missing"
-        return self._expected.difference(expected, stored)
+        return self._expected.difference(expected, stored, *self._generations)
 
     async def _stored(self, keys: list[str]) -> list[dict[str, Any] | None]:
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -221,10 +269,17 @@ class _Expected:
         self._dims = int(vector.attrs.dims) if vector is not None else 0
         self._vector_path = (vector.path or f"$.{vector.name}") if vector is not None else None
 
-    def difference(self, expected: Document, stored: dict[str, Any]) -> str | None:
+    def difference(
+        self, expected: Document, stored: dict[str, Any], generation: str | None, legacy: str | None
+    ) -> str | None:
         stored, vector = self._split_vector(stored)
+        owner = stored.pop(META_GENERATION_FIELD, None) or legacy
+        if owner != generation:
+            return f"generation differs: Redis holds {owner or 'none'}, the mirror is at {generation}"
         held = stored.get(META_VERSION_FIELD)
         if str(held) != str(expected.version):
+            if _is_int(held) and int(str(held)) > expected.version:
+                return f"{AHEAD}: Redis holds {held}, the row is at {expected.version}"
             return f"version differs: Redis holds {held}, the row is at {expected.version}"
         if expected.text_hash is not None and stored.get(META_HASH_FIELD) != expected.text_hash:
             return "content hash differs: the text, model or backend changed since it was embedded"
@@ -281,6 +336,14 @@ def _vector_length(stored: Any, mirror: MirrorConfig) -> int:
     assert vector is not None
     itemsize = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8, "int8": 1, "uint8": 1}
     return len(stored) // itemsize[str(vector.attrs.datatype.value).lower()]
+
+
+def _is_int(value: Any) -> bool:
+    try:
+        int(str(value))
+    except ValueError:
+        return False
+    return True
 
 
 def _drop_empty(node: dict[str, Any]) -> None:

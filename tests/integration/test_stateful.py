@@ -41,7 +41,7 @@ from vecmirror.errors import RedisForgotError
 from vecmirror.pipeline.documents import Document
 from vecmirror.settings import Settings
 from vecmirror.sink.keys import document_key, key_pattern
-from vecmirror.sink.versioned import marker_key, tombstone_key
+from vecmirror.sink.versioned import marker_key, parse_tombstone, tombstone_key
 from vecmirror.sink.writer import RedisSink
 from vecmirror.source.tables import inspect_table
 from vecmirror.sync import BatchStats, MirrorSync, SyncOptions
@@ -539,6 +539,10 @@ class Example:
             None,
             SyncOptions(size),
         )
+        # What the worker loaded at its start (MirrorSync.resync_if_forgotten): the mirror's generation.
+        sync.sink.versioned.generation = await conn.fetchval(
+            "SELECT generation FROM vecmirror.mirrors_v1 WHERE name = $1", mirror.name
+        )
         task = asyncio.create_task(sync.sync_batch(conn))
         try:
             if await self._frozen(gate, task):
@@ -623,7 +627,7 @@ class Example:
         for key in keys:
             tombstone = await self.redis.get(tombstone_key(key))
             held = await self._held_version(mirror, key)
-            versions[key] = max(held, int(tombstone) if tombstone is not None else -1)
+            versions[key] = max(held, parse_tombstone(tombstone, None)[1] if tombstone is not None else -1)
         return versions
 
     async def _held_version(self, mirror: MirrorConfig, key: str) -> int:

@@ -48,7 +48,8 @@ async def test_versions_follow_each_change_and_redis_holds_the_latest(
     await pg.execute("DELETE FROM products WHERE sku = 'b'")
     deleted_at = await pg.fetchval("SELECT version FROM vecmirror.versions_v1 WHERE row_key = '{b}'")
     await sync_once(settings, config)
-    assert redis_client.get(tombstone_key("product:b")) == str(deleted_at).encode()
+    generation = await pg.fetchval("SELECT generation FROM vecmirror.mirrors_v1 WHERE name = 'products'")
+    assert redis_client.get(tombstone_key("product:b")) == f"{generation}:{deleted_at}".encode()
     assert 0 < redis_client.ttl(tombstone_key("product:b")) <= settings.tombstone_ttl
     # the deleted row's version moved to its tombstone; versions_v1 keeps the size of the table
     assert await pg.fetchval("SELECT count(*) FROM vecmirror.versions_v1") == 1
@@ -177,7 +178,8 @@ async def test_older_writes_are_refused_deletes_leave_tombstones_replays_are_har
         assert _stored_name(redis_client, mirror, key) == "five"
         row_key = _document(mirror, 0, "").key
         assert await sink.write([], [(row_key, 6)], keep_vector=set()) == []
-        assert redis_client.exists(key) == 0 and redis_client.get(tombstone_key(key)) == b"6"
+        tombstone = f"{sink.versioned.generation}:6".encode()
+        assert redis_client.exists(key) == 0 and redis_client.get(tombstone_key(key)) == tombstone
         assert await write(5, "late") == [row_key]  # a late upsert cannot bring it back
         assert redis_client.exists(key) == 0
         assert await sink.write([], [(row_key, 4)], keep_vector=set()) == []  # already gone: fine
@@ -241,7 +243,7 @@ async def test_one_chunk_mixes_upserts_and_deletes_and_refuses_only_the_stale_on
         assert _has_vector(redis_client, mirror, key("kept"))  # the unchanged text kept its vector
         assert not _is_tagged(redis_client, mirror, key("kept"))  # its NULL column's field is gone
         assert _is_tagged(redis_client, mirror, key("stale"))
-        assert redis_client.get(tombstone_key(key("gone"))) == b"12"
+        assert redis_client.get(tombstone_key(key("gone"))) == f"{sink.versioned.generation}:12".encode()
         assert (
             redis_client.exists(*(tombstone_key(key(i)) for i in ["kept", "stale", "new", "old-delete"])) == 0
         )

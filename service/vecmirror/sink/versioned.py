@@ -11,12 +11,20 @@ upsert of an older version cannot bring the document back. A replayed write carr
 and is applied again unchanged. Every call first checks the mirror's marker key: a Redis that lost
 it (restarted empty, flushed) refuses writes until the mirror is resynced.
 
+Versions order the writes of one history of the table only. Each history is a generation (see
+migrations/0005_generations.sql): the marker holds the mirror's, every document (`_vm_gen`) and
+tombstone (`gen:version`) the one it was written in, and an older version is refused only within
+one generation; a document of another one is overwritten, whatever its version. A writer whose
+generation is not the marker's is refused as a whole (GenerationChangedError) and reloads it. The
+marker also keeps the highest version written, which tells a Postgres that went back in time.
+
 No library does versioned writes for the Query Engine, hence the scripts.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Mapping, Sequence
 from itertools import chain
 from typing import NamedTuple
@@ -25,26 +33,64 @@ import redis.asyncio as redis
 from redis.exceptions import ResponseError
 
 from vecmirror.config import META_VERSION_FIELD, OWN_KEY_PREFIX
-from vecmirror.errors import RedisForgotError
+from vecmirror.errors import RedisForgotError, VecmirrorError
 
 NO_MARKER = "VECMIRROR_NO_MARKER"
+OTHER_GENERATION = "VECMIRROR_GENERATION"
 APPLIED, REFUSED = 1, 0
 DELETE, HASH_UPSERT, JSON_SET, JSON_MERGE = "del", "hset", "JSON.SET", "JSON.MERGE"
+# Every document carries the generation it was written in (see migrations/0005_generations.sql).
+META_GENERATION_FIELD = "_vm_gen"
+# The marker: a HASH of the mirror's name, its generation, the generation that documents and
+# tombstones without one belong to (written before generations existed; adopted on upgrade), and
+# the highest version written in this generation (a Postgres behind it went back in time).
+MARKER_MIRROR, MARKER_GENERATION, MARKER_LEGACY, MARKER_HIGH = "mirror", "generation", "legacy", "high"
 
 # KEYS: the marker, then each document's key and its tombstone's key.
 # ARGV[1]: the tombstone TTL (ms). ARGV[2]: a JSON array holding, per document in KEYS' order, an
 # array of its operation (DELETE, HASH_UPSERT, JSON_SET or JSON_MERGE), its version and the
 # operation's own arguments (see each storage's `upsert`). Every value there is a string, but for a
 # number n, which stands for ARGV[n]: binary values (HASH vectors), which JSON cannot carry, come as
-# ARGV entries of their own. Returns APPLIED, or REFUSED where Redis holds a newer version, per
-# document in order. `stored_version` and `upsert` come first, from the storage's part.
+# ARGV entries of their own. ARGV[3]: the writer's generation, which the marker must hold.
+# Returns APPLIED, or REFUSED where Redis holds a newer version of the same generation, per
+# document in order. A document or tombstone of another generation is overwritten whatever its
+# version. `stored_version` (the version and generation of a document, one read) and `upsert` come
+# first, from the storage's part.
 _CHUNK = f"""
-local ttl = ARGV[1]
+local ttl, generation = ARGV[1], ARGV[3]
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind == 'none' then
+    return redis.error_reply('{NO_MARKER}')
+end
+local marked = {{false, false, false}}
+if kind == 'hash' then
+    marked = redis.call('HMGET', KEYS[1], '{MARKER_GENERATION}', '{MARKER_LEGACY}', '{MARKER_HIGH}')
+end
+if marked[1] ~= generation then
+    return redis.error_reply('{OTHER_GENERATION} ' .. tostring(marked[1]))
+end
+local legacy, high = marked[2], tonumber(marked[3] or '0')
+
+local function stored(key, tombstone)
+    local version, owner = stored_version(key)
+    if version then
+        return version, owner or legacy
+    end
+    local value = redis.call('GET', tombstone)
+    if not value then
+        return false, false
+    end
+    local at = string.find(value, ':', 1, true)
+    if not at then
+        return value, legacy
+    end
+    return string.sub(value, at + 1), string.sub(value, 1, at - 1)
+end
 
 local function write(key, tombstone, document)
     local operation, version = document[1], document[2]
-    local stored = stored_version(key) or redis.call('GET', tombstone)
-    if stored and tonumber(stored) > tonumber(version) then
+    local held, owner = stored(key, tombstone)
+    if held and owner == generation and tonumber(held) > tonumber(version) then
         if operation == '{DELETE}' and redis.call('EXISTS', key) == 0 then
             return {APPLIED}  -- already deleted, by a newer delete: nothing to do
         end
@@ -52,7 +98,7 @@ local function write(key, tombstone, document)
     end
     if operation == '{DELETE}' then
         redis.call('DEL', key)
-        redis.call('SET', tombstone, version, 'PX', ttl)
+        redis.call('SET', tombstone, generation .. ':' .. version, 'PX', ttl)
         return {APPLIED}
     end
     redis.call('DEL', tombstone)
@@ -60,10 +106,7 @@ local function write(key, tombstone, document)
     return {APPLIED}
 end
 
-if redis.call('EXISTS', KEYS[1]) == 0 then
-    return redis.error_reply('{NO_MARKER}')
-end
-local replies = {{}}
+local replies, newest = {{}}, high
 for index, document in ipairs(cjson.decode(ARGV[2])) do
     for i = 3, #document do
         if type(document[i]) == 'number' then
@@ -71,6 +114,10 @@ for index, document in ipairs(cjson.decode(ARGV[2])) do
         end
     end
     replies[index] = write(KEYS[2 * index], KEYS[2 * index + 1], document)
+    newest = math.max(newest, tonumber(document[2]))
+end
+if newest > high then
+    redis.call('HSET', KEYS[1], '{MARKER_HIGH}', string.format('%.0f', newest))
 end
 return replies
 """
@@ -78,7 +125,8 @@ return replies
 # HASH arguments: the number of field/value pairs to set, the pairs, then the fields to delete.
 HASH_SCRIPT = f"""
 local function stored_version(key)
-    return redis.call('HGET', key, '{META_VERSION_FIELD}')
+    local found = redis.call('HMGET', key, '{META_VERSION_FIELD}', '{META_GENERATION_FIELD}')
+    return found[1], found[2]
 end
 
 local function upsert(key, document)
@@ -92,19 +140,59 @@ end
 
 # JSON arguments: the document (JSON_SET) or the patch (JSON_MERGE), as JSON.
 JSON_SCRIPT = f"""
+local function first(values)
+    if type(values) == 'table' and values[1] ~= nil then
+        return tostring(values[1])
+    end
+    return false
+end
+
 local function stored_version(key)
-    local raw = redis.call('JSON.GET', key, '$.{META_VERSION_FIELD}')
+    local raw = redis.call('JSON.GET', key, '$.{META_VERSION_FIELD}', '$.{META_GENERATION_FIELD}')
     if not raw then
-        return false
+        return false, false
     end
     local values = cjson.decode(raw)
-    return values[1] or false
+    return first(values['$.{META_VERSION_FIELD}']), first(values['$.{META_GENERATION_FIELD}'])
 end
 
 local function upsert(key, document)
     redis.call(document[1], key, '$', document[3])
 end
 {_CHUNK}"""
+
+# KEYS[1]: the marker. ARGV: the mirror, its generation, and "1" to adopt the documents and
+# tombstones written without a generation into it. The same generation keeps its high-water
+# version; another starts afresh (a marker from before generations, a STRING, is replaced).
+MARK_SCRIPT = f"""
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'hash' or redis.call('HGET', KEYS[1], '{MARKER_GENERATION}') ~= ARGV[2] then
+    redis.call('DEL', KEYS[1])
+end
+redis.call('HSET', KEYS[1], '{MARKER_MIRROR}', ARGV[1], '{MARKER_GENERATION}', ARGV[2])
+if ARGV[3] == '1' then
+    redis.call('HSET', KEYS[1], '{MARKER_LEGACY}', ARGV[2])
+end
+return 1
+"""
+
+
+class GenerationChangedError(RedisForgotError):
+    """The marker holds another generation than this writer's: the mirror's history started again
+    (re-registered, its table replaced, Postgres restored) and the writer must reload it."""
+
+    def __init__(self, mirror: str, held: str | None) -> None:
+        self.mirror, self.held = mirror, held
+        problem = f"Redis holds generation {held or 'none'}, not the writer's"
+        VecmirrorError.__init__(self, f"mirror {mirror!r}: {problem}")
+
+
+class Marker(NamedTuple):
+    """What the mirror's marker says. generation None: a marker from before generations."""
+
+    generation: str | None
+    legacy: str | None = None
+    high: int = 0
 
 
 def marker_key(mirror: str) -> str:
@@ -116,7 +204,7 @@ def tombstone_key(document_key: str) -> str:
 
 
 Value = str | bytes | int | float
-FIRST_BINARY = 3  # binary values follow the TTL and the JSON in ARGV
+FIRST_BINARY = 4  # binary values follow the TTL, the JSON and the generation in ARGV
 
 
 class Write(NamedTuple):
@@ -154,13 +242,31 @@ class VersionedWrites:
         self._client = client
         # redis-py's Script runs EVALSHA, and loads the script when Redis answers NOSCRIPT.
         self._script = client.register_script(JSON_SCRIPT if json else HASH_SCRIPT)
+        self._mark = client.register_script(MARK_SCRIPT)
         self._mirror = mirror
         self._marker = marker_key(mirror)
         self._ttl_ms = max(1, int(tombstone_ttl * 1000))
+        # The generation this writer writes in: loaded from Postgres (see MirrorSync), None until then.
+        self.generation: str | None = None
 
-    async def mark(self) -> None:
-        """Written once the mirror's index exists and a full resync is queued."""
-        await self._client.set(self._marker, self._mirror)
+    async def mark(self, generation: str | None = None, *, adopt_legacy: bool = False) -> str:
+        """Written once the mirror's index exists and a full resync is queued: from now on writes
+        of this generation apply. Without a generation: this writer's, or a new one. Returns it."""
+        generation = generation or self.generation or secrets.token_hex(6)
+        await self._mark(keys=[self._marker], args=[self._mirror, generation, "1" if adopt_legacy else "0"])
+        self.generation = generation
+        return generation
+
+    async def read_marker(self) -> Marker | None:
+        """The marker, None when Redis has none (restarted empty, flushed, never synced)."""
+        kind = _text(await self._client.type(self._marker))
+        if kind == "none":
+            return None
+        if kind != "hash":
+            return Marker(None)
+        raw = await self._client.hmget(self._marker, [MARKER_GENERATION, MARKER_LEGACY, MARKER_HIGH])
+        generation, legacy, high = (None if v is None else _text(v) for v in raw)
+        return Marker(generation, legacy, int(float(high)) if high else 0)
 
     async def is_marked(self) -> bool:
         return bool(await self._client.exists(self._marker))
@@ -179,20 +285,38 @@ class VersionedWrites:
     def delete(key: str, version: int) -> Write:
         return Write(key, DELETE, version)
 
-    async def apply(self, writes: Sequence[Write]) -> list[bool]:
-        """Applies the writes in one atomic script call; whether each was applied, in order. The
-        caller keeps a call small (Redis answers BUSY to everyone once a script runs past its
-        busy-reply-threshold, 5 s by default). Raises RedisForgotError when the marker is gone."""
+    async def apply(self, writes: Sequence[Write], generation: str | None = None) -> list[bool]:
+        """Applies the writes in one atomic script call, in `generation` (by default this writer's,
+        which the upserts' documents must carry); whether each was applied, in order. The caller
+        keeps a call small (Redis answers BUSY to everyone once a script runs past its
+        busy-reply-threshold, 5 s by default). Raises RedisForgotError when the marker is gone, and
+        GenerationChangedError when it holds another generation."""
+        generation = generation or self.generation
         if not writes:
             return []
+        if generation is None:
+            raise GenerationChangedError(self._mirror, None)
         keys = [self._marker]
         for write in writes:
             keys += (write.key, tombstone_key(write.key))
         documents, binary = encode_chunk(writes)
         try:
-            replies = await self._script(keys=keys, args=[self._ttl_ms, documents, *binary])
+            replies = await self._script(keys=keys, args=[self._ttl_ms, documents, generation, *binary])
         except ResponseError as exc:
             if NO_MARKER in str(exc):
                 raise RedisForgotError(self._mirror) from exc
+            if OTHER_GENERATION in str(exc):
+                held = str(exc).split(OTHER_GENERATION, 1)[1].strip()
+                raise GenerationChangedError(self._mirror, None if held == "false" else held) from exc
             raise
         return [reply == APPLIED for reply in replies]
+
+
+def parse_tombstone(value: bytes | str, legacy: str | None) -> tuple[str | None, int]:
+    """A tombstone's generation and version (`gen:version`; a bare version is of `legacy`)."""
+    generation, _, version = _text(value).rpartition(":")
+    return (generation or legacy), int(version)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

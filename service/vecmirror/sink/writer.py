@@ -17,7 +17,7 @@ from vecmirror.errors import RedisForgotError
 from vecmirror.pipeline.documents import Document, RowKey
 from vecmirror.sink.encode import HashEncoder, JsonEncoder
 from vecmirror.sink.keys import document_key, key_pattern
-from vecmirror.sink.versioned import VersionedWrites, Write
+from vecmirror.sink.versioned import META_GENERATION_FIELD, GenerationChangedError, VersionedWrites, Write
 
 log = structlog.get_logger(__name__)
 WRITE_CHUNK = 100
@@ -98,30 +98,34 @@ class RedisSink:
         meanwhile). `keep_vector` documents carry no vector because their text is unchanged; their
         stored vector stays. Deletes are (row key, version). Returns the keys Redis refused because
         it holds a newer version (a worker that was frozen past its claim)."""
-        writes = [(d.key, self._upsert(d, partial=d.key in keep_vector)) for d in upserts]
+        generation = self.versioned.generation  # once: the documents carry the one they are written in
+        if generation is None:
+            raise GenerationChangedError(self._mirror.name, None)
+        writes = [(d.key, self._upsert(d, generation, partial=d.key in keep_vector)) for d in upserts]
         writes += [(row_key, self.versioned.delete(self.key(row_key), v)) for row_key, v in deletes]
         chunks = [writes[start : start + WRITE_CHUNK] for start in range(0, len(writes), WRITE_CHUNK)]
         in_flight = asyncio.Semaphore(CHUNKS_IN_FLIGHT)
 
         async def apply(chunk: list[tuple[RowKey, Write]]) -> list[RowKey]:
             async with in_flight:
-                applied = await self.versioned.apply([write for _, write in chunk])
+                applied = await self.versioned.apply([write for _, write in chunk], generation)
             return [row_key for (row_key, _), ok in zip(chunk, applied, strict=True) if not ok]
 
         # Chunks go out without waiting for the previous reply: Redis re-indexes one while the next
         # is encoded. A batch holds each key once, so their order does not matter.
         return [key for refused in await asyncio.gather(*map(apply, chunks)) for key in refused]
 
-    def _upsert(self, document: Document, *, partial: bool) -> Write:
+    def _upsert(self, document: Document, generation: str, *, partial: bool) -> Write:
         key = self.key(document.key)
         if self._is_json:
             body = self._json.document(document, with_nulls=partial)
+            body[META_GENERATION_FIELD] = generation
             return self.versioned.json_upsert(
                 key, document.version, json.dumps(body, ensure_ascii=False), merge=partial
             )
-        return self.versioned.hash_upsert(
-            key, document.version, self._hash.mapping(document), self._hash.removed(document)
-        )
+        mapping = self._hash.mapping(document)
+        mapping[META_GENERATION_FIELD] = generation
+        return self.versioned.hash_upsert(key, document.version, mapping, self._hash.removed(document))
 
     async def indexing_failures(self) -> tuple[int, str | None]:
         """FT.INFO's count of documents the index refused, and its last reason when it says one."""

@@ -14,7 +14,7 @@ import asyncpg
 import structlog
 
 from vecmirror.config import Config, MirrorConfig
-from vecmirror.source import Connection
+from vecmirror.source import Connection, generations
 from vecmirror.source.sql import QUERIES
 from vecmirror.source.statements import (
     TRIGGER_EVENTS,
@@ -67,6 +67,7 @@ async def migrate(conn: Connection, config: Config) -> MigrateReport:
         installed = {r["name"]: r for r in await conn.fetch(QUERIES["installed_mirrors"])}
         for mirror, table in zip(config.mirrors, tables, strict=True):
             changed = await _install_mirror(conn, mirror, table, installed.get(mirror.name))
+            changed = await _follow_table(conn, mirror.name) or changed
             (report.installed if changed else report.unchanged).append(mirror.name)
         for name in sorted(set(installed) - {m.name for m in config.mirrors}):
             await _remove_mirror(conn, installed[name])
@@ -110,6 +111,21 @@ async def _install_mirror(
     for statement in create_triggers(mirror.name, table.statements):
         await conn.execute(statement)
     await conn.execute(QUERIES["register_mirror"], mirror.name, *wanted)
+    return True
+
+
+async def _follow_table(conn: Connection, mirror: str) -> bool:
+    """Records the table's OID; another OID than the registered one (the table was dropped and
+    created again, or the mirror now names another table) starts a new generation: the versions
+    Redis holds belong to the old table's history. True when the generation changed."""
+    state = await generations.load(conn, mirror)
+    if state.current_oid is None:
+        return False
+    if not state.replaced_table():
+        await generations.record_table_oid(conn, mirror, state.current_oid)
+        return False
+    renewed = await generations.renew(conn, mirror, state.generation, table_oid=state.current_oid)
+    log.warning("generation_renewed", mirror=mirror, generation=renewed, reason="the table was replaced")
     return True
 
 
