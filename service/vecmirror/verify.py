@@ -33,6 +33,7 @@ from vecmirror.sink.versioned import META_GENERATION_FIELD, parse_tombstone, tom
 from vecmirror.sink.writer import RedisSink
 from vecmirror.source import Connection, changes, generations
 from vecmirror.source.backfill import count_rows
+from vecmirror.source.rows import load_rows
 from vecmirror.source.tables import SourceTable
 
 log = structlog.get_logger(__name__)
@@ -156,18 +157,50 @@ class Verifier:
     async def repair(self, conn: Connection, drift: Drift) -> int:
         """Queues every drifted key. Versions ahead of Postgres' cannot be written over in their
         generation: a new one starts, and the worker resyncs the whole mirror in it."""
-        if drift.ahead and drift.generation is not None:
+        ahead = await self._confirmed_ahead(conn, drift.ahead) if drift.ahead else []
+        if ahead and drift.generation is not None:
             renewed = await generations.renew(conn, self._mirror.name, drift.generation)
             log.warning(
                 "generation_renewed",
                 mirror=self._mirror.name,
                 generation=renewed,
-                reason=f"verify found {len(drift.ahead)} key(s) ahead of Postgres",
+                reason=f"verify found {len(ahead)} key(s) ahead of Postgres, e.g. {list(ahead[0])}",
             )
         keys = drift.keys()
         if keys:
             await changes.enqueue(conn, self._mirror.name, keys)
         return len(keys)
+
+    async def _confirmed_ahead(self, conn: Connection, keys: list[RowKey]) -> list[RowKey]:
+        """The keys still ahead when read again, Redis first and Postgres second: a key's versions
+        only grow within one history, so a version Redis held before Postgres was read that is
+        newer than Postgres' is no race with a worker syncing a newer row meanwhile (which verify's
+        own reads, Postgres first, could mistake for one). Rows deleted since are left out."""
+        held = await self._held_versions(keys)
+        loaded = await load_rows(conn, self._table, keys)
+        generation = self._generations[0]
+        return [
+            key
+            for key in keys
+            if key in loaded.rows and held[key][0] == generation and held[key][1] > loaded.versions[key]
+        ]
+
+    async def _held_versions(self, keys: list[RowKey]) -> dict[RowKey, tuple[str | None, int]]:
+        """The generation and version of each key's document, or else of its tombstone (-1: none)."""
+        legacy = self._generations[1]
+        redis_keys = [self._sink.key(k) for k in keys]
+        documents = await self._stored(redis_keys)
+        stones = await self._redis.mget([tombstone_key(k) for k in redis_keys])
+        held: dict[RowKey, tuple[str | None, int]] = {}
+        for key, document, stone in zip(keys, documents, stones, strict=True):
+            if document is not None and _is_int(document.get(META_VERSION_FIELD)):
+                owner = document.get(META_GENERATION_FIELD) or legacy
+                held[key] = (owner, int(str(document[META_VERSION_FIELD])))
+            elif document is None and stone is not None:
+                held[key] = parse_tombstone(stone, legacy)
+            else:
+                held[key] = (None, -1)
+        return held
 
     async def _scan_prefix(self) -> AsyncIterator[list[str]]:
         cursor = 0

