@@ -30,6 +30,7 @@ from vecmirror.settings import Settings
 T = TypeVar("T")
 EXIT_ERROR = 2
 EXIT_BUG = 1  # what Python exits with on an uncaught exception
+EXIT_CHANGES_PENDING = 3  # `plan` / `migrate --dry-run`: applying the file would change something
 DRIVER_PACKAGES = ("asyncpg", "redis")
 log = structlog.get_logger(__name__)
 
@@ -128,19 +129,61 @@ def check(config_path: Path | None) -> None:
     click.echo(f"ok: {len(config.mirrors)} mirror(s): " + ", ".join(m.name for m in config.mirrors))
 
 
+def _plan_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    command = click.option("--json", "as_json", is_flag=True, help="Print one JSON object and nothing else.")(
+        command
+    )
+    return config_option(command)
+
+
 @main.command()
-@config_option
+@_plan_options
+@click.option("--dry-run", is_flag=True, help="Print what would change (as `vecmirror plan`).")
+@click.option(
+    "--drop-data",
+    is_flag=True,
+    help="Delete the Redis index, documents and keys of mirrors removed from the file (kept by default).",
+)
 @handles_errors
-def migrate(config_path: Path | None) -> None:
+def migrate(config_path: Path | None, dry_run: bool, drop_data: bool, as_json: bool) -> None:
     """Apply the vecmirror schema and install (or remove) the capture triggers."""
-    from vecmirror.commands import migrate_command
+    if dry_run:
+        _plan(config_path, as_json=as_json, drop_data=drop_data)
+        return
+    from vecmirror.commands import migrate_and_remove
 
     settings = _settings(config_path)
-    report = run_async(migrate_command(settings, _config(settings)))
+    report, removals = run_async(migrate_and_remove(settings, _config(settings), drop_data=drop_data))
+    if as_json:
+        payload = {**vars(report), "removals": [r.as_dict() for r in removals]}
+        click.echo(json.dumps(payload, ensure_ascii=False))
+        return
     click.echo(
         f"migrations applied: {report.applied or 'none'}; triggers installed: {report.installed or 'none'}; "
         f"unchanged: {report.unchanged or 'none'}; removed: {report.removed or 'none'}"
     )
+    for removal in removals:
+        click.echo(removal.line())
+
+
+@main.command()
+@_plan_options
+@click.option("--drop-data", is_flag=True, help="Plan `migrate --drop-data`: removed mirrors' data deleted.")
+@handles_errors
+def plan(config_path: Path | None, drop_data: bool, as_json: bool) -> None:
+    """What `migrate` would change, read from Postgres and Redis without writing anything.
+    Exits 0 when nothing would change, 3 when changes are pending."""
+    _plan(config_path, as_json=as_json, drop_data=drop_data)
+
+
+def _plan(config_path: Path | None, *, as_json: bool, drop_data: bool) -> None:
+    from vecmirror.commands import plan_command, print_plan
+
+    settings = _settings(config_path)
+    result = run_async(plan_command(settings, _config(settings), drop_data=drop_data))
+    print_plan(result, as_json=as_json)
+    if result.changes:
+        sys.exit(EXIT_CHANGES_PENDING)
 
 
 @main.command()
