@@ -8,10 +8,22 @@ import copy
 from typing import Any
 
 import asyncpg
+import pytest
 import redis
+from pydantic import SecretStr
 
-from helpers import DOCS_MIRROR, DOCS_TABLE, PRODUCTS_MIRROR, PRODUCTS_TABLE, keys, sync_once
-from vecmirror.commands import migrate_and_remove, migrate_command, plan_command
+from helpers import (
+    DOCS_MIRROR,
+    DOCS_TABLE,
+    NOTES_MIRROR,
+    NOTES_TABLE,
+    PRODUCTS_MIRROR,
+    PRODUCTS_TABLE,
+    keys,
+    sync_once,
+)
+from vecmirror.boundary import RedisUnavailableError
+from vecmirror.commands import AmbiguousIndexError, migrate_and_remove, migrate_command, plan_command
 from vecmirror.plan import format_plan
 
 
@@ -196,3 +208,39 @@ async def test_a_renamed_table_is_a_trigger_change(
     assert "~ products: triggers re-installed: the table changes: public.products -> public.goods" in (
         format_plan(plan)
     )
+
+
+async def test_drop_data_refuses_before_any_change_when_the_index_is_ambiguous(
+    pg: asyncpg.Connection,
+    redis_client: redis.Redis,
+    write_config: Any,
+    settings_for: Any,
+    embedder_factory: Any,
+) -> None:
+    await _two_mirrors_synced(pg, write_config, settings_for, embedder_factory)
+    redis_client.delete("vecmirror:marker:docs", "vecmirror:marker:products")  # nothing links them now
+    await pg.execute(NOTES_TABLE)
+    path, none = write_config([NOTES_MIRROR])  # docs and products both removed
+    plan = await plan_command(settings_for(path), none, drop_data=True)
+    removed = {m["mirror"]: m["redis"] for m in plan.as_dict()["mirrors"] if m["action"] == "remove"}
+    assert removed["docs"]["index"] is None
+    assert removed["docs"]["candidates"] == ["docs_idx", "products_idx"]
+    with pytest.raises(AmbiguousIndexError, match="its index is one of docs_idx, products_idx"):
+        await migrate_and_remove(settings_for(path), none, drop_data=True)
+    assert await pg.fetchval("SELECT count(*) FROM vecmirror.mirrors_v1") == 2  # nothing changed
+    assert len(keys(redis_client, "doc:*")) == 3
+
+
+async def test_migrate_without_drop_data_goes_on_when_redis_is_out_of_reach(
+    pg: asyncpg.Connection, write_config: Any, settings_for: Any, embedder_factory: Any
+) -> None:
+    await _two_mirrors_synced(pg, write_config, settings_for, embedder_factory)
+    path, only_docs = write_config([DOCS_MIRROR])
+    nowhere = settings_for(path).model_copy(update={"redis_url": SecretStr("redis://127.0.0.1:1/0")})
+    with pytest.raises(RedisUnavailableError):
+        await migrate_and_remove(nowhere, only_docs, drop_data=True)
+    assert await pg.fetchval("SELECT count(*) FROM vecmirror.mirrors_v1") == 2  # refused before Postgres
+    report, removals = await migrate_and_remove(nowhere, only_docs)
+    assert report.removed == ["products"]
+    (line,) = [r.line() for r in removals]
+    assert line.startswith("kept 'products''s data in Redis (not inspected: Redis unreachable at 127.0.0.1:1")
