@@ -143,6 +143,9 @@ async def test_a_broken_mirror_pauses_alone_and_catches_up(
     assert "content" in paused[0]["error"] and paused[0]["table"] == "public.docs"
     assert any(e["event"] == "mirror_resumed" and e["mirror"] == "docs" for e in events)
     assert not any(e["event"] == "server_unavailable" for e in events)
+    # A first sync is not a resync: nothing to warn about, no TRUNCATE re-check of an empty index.
+    assert {e["mirror"] for e in events if e["event"] == "mirror_initialised"} == {"docs", "notes"}
+    assert not any(e["event"] in ("mirror_resync_queued", "truncate_queued") for e in events)
 
 
 async def _note_is_searchable_soon(pg: asyncpg.Connection, client: redis.Redis, note: int) -> None:
