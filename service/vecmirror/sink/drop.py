@@ -56,8 +56,21 @@ class OrphanIndex:
     prefixes: tuple[str, ...]
     documents: int
     storage: str  # HASH or JSON
-    written_by_vecmirror: bool  # a sampled document has _vm_key (or the index is empty)
+    written_by_vecmirror: bool  # a sampled document has _vm_key (an empty index: unknown, False)
     generation: str | None  # the sampled document's _vm_gen
+    sample: str | None = None  # that document's key
+
+    def key_prefixes(self) -> tuple[str, ...]:
+        """The prefixes with the separator the sampled document's key shows after its prefix, so
+        that prefix `doc` does not reach `docs2:…`, another mirror's keys."""
+        return tuple(_with_separator(prefix, self.sample or "") for prefix in self.prefixes)
+
+
+def _with_separator(prefix: str, sample: str) -> str:
+    after = sample[len(prefix) : len(prefix) + 1] if sample.startswith(prefix) else ""
+    if not after or after.isalnum() or prefix.endswith(after):
+        return prefix
+    return prefix + after
 
 
 @dataclass(frozen=True)
@@ -154,7 +167,7 @@ async def drop(client: redis.Redis, data: MirrorData, configured: Sequence[Mirro
     if data.index is not None:
         report.index, report.documents = data.index.name, data.index.documents
         await client.execute_command("FT.DROPINDEX", data.index.name, "DD")  # type: ignore[no-untyped-call]
-        for prefix in data.index.prefixes:
+        for prefix in data.index.key_prefixes():
             await _drop_documents(client, prefix, keep, report)
             async for keys in _scan(client, tombstone_pattern(prefix)):
                 kept = [k for k in keys if not _kept(k.removeprefix(f"{OWN_KEY_PREFIX}tombstone:"), keep)]
@@ -202,9 +215,9 @@ async def _orphan(client: redis.Redis, name: str) -> OrphanIndex:
     documents = int(float(_text(info.get("num_docs") or 0)))
     sample = await _sample(client, name)
     if sample is None:
-        return OrphanIndex(name, prefixes, documents, storage, documents == 0, None)
+        return OrphanIndex(name, prefixes, documents, storage, False, None)
     has_key, generation = await _meta(client, sample, storage)
-    return OrphanIndex(name, prefixes, documents, storage, has_key, generation)
+    return OrphanIndex(name, prefixes, documents, storage, has_key, generation, sample)
 
 
 async def _sample(client: redis.Redis, index: str) -> str | None:
