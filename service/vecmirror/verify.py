@@ -33,12 +33,13 @@ from vecmirror.sink.versioned import META_GENERATION_FIELD, parse_tombstone, tom
 from vecmirror.sink.writer import RedisSink
 from vecmirror.source import Connection, changes, generations
 from vecmirror.source.backfill import count_rows
-from vecmirror.source.rows import load_rows
+from vecmirror.source.rows import LoadedRows, load_rows
 from vecmirror.source.tables import SourceTable
 
 log = structlog.get_logger(__name__)
 PAGE = 1000
 FOREIGN_SHOWN = 5  # foreign keys named in verify's text output
+Held = tuple[str | None, int, bool]  # a key's generation and version in Redis; whether a document
 AHEAD = "version ahead of Postgres"  # a stale reason that only a new generation repairs
 JSON_TYPE = "ReJSON-RL"  # what TYPE says of a JSON key
 
@@ -152,12 +153,15 @@ class Verifier:
         drift.rows = len(seen)
         async for keys in self._scan_prefix():
             await self._classify(keys, seen, drift)
+        # A document whose row is gone cannot be deleted by an older version: Postgres went back, or
+        # the row was deleted without capture (triggers disabled). Found with the checks of repair.
+        drift.ahead += await self._confirmed_ahead(conn, drift.extra)
         return drift
 
     async def repair(self, conn: Connection, drift: Drift) -> int:
         """Queues every drifted key. Versions ahead of Postgres' cannot be written over in their
         generation: a new one starts, and the worker resyncs the whole mirror in it."""
-        ahead = await self._confirmed_ahead(conn, drift.ahead) if drift.ahead else []
+        ahead = await self._confirmed_ahead(conn, drift.ahead)
         if ahead and drift.generation is not None:
             renewed = await generations.renew(conn, self._mirror.name, drift.generation)
             log.warning(
@@ -172,34 +176,43 @@ class Verifier:
         return len(keys)
 
     async def _confirmed_ahead(self, conn: Connection, keys: list[RowKey]) -> list[RowKey]:
-        """The keys still ahead when read again, Redis first and Postgres second: a key's versions
-        only grow within one history, so a version Redis held before Postgres was read that is
-        newer than Postgres' is no race with a worker syncing a newer row meanwhile (which verify's
-        own reads, Postgres first, could mistake for one). Rows deleted since are left out."""
-        held = await self._held_versions(keys)
-        loaded = await load_rows(conn, self._table, keys)
-        generation = self._generations[0]
-        return [
-            key
-            for key in keys
-            if key in loaded.rows and held[key][0] == generation and held[key][1] > loaded.versions[key]
-        ]
+        """The keys whose Redis version is newer than Postgres' for them, in the mirror's own
+        generation, read Redis, then Postgres, then Redis again. A key's versions only grow within
+        one history, so this is no race with a worker that synced a newer row meanwhile, nor with
+        a delete synced meanwhile (its row's version is then forgotten, but its document is gone
+        by the second read). A row that is gone may keep a newer tombstone: only a document of it
+        counts."""
+        ahead: list[RowKey] = []
+        for start in range(0, len(keys), PAGE):
+            page = keys[start : start + PAGE]
+            before = await self._held_versions(page)
+            loaded = await load_rows(conn, self._table, page)
+            after = await self._held_versions(page)
+            ahead += [key for key in page if before[key] == after[key] and self._is_ahead(key, after, loaded)]
+        return ahead
 
-    async def _held_versions(self, keys: list[RowKey]) -> dict[RowKey, tuple[str | None, int]]:
-        """The generation and version of each key's document, or else of its tombstone (-1: none)."""
+    def _is_ahead(self, key: RowKey, held: dict[RowKey, Held], loaded: LoadedRows) -> bool:
+        owner, version, is_document = held[key]
+        if owner != self._generations[0] or not (is_document or key in loaded.rows):
+            return False
+        return version > loaded.versions.get(key, 0)
+
+    async def _held_versions(self, keys: list[RowKey]) -> dict[RowKey, Held]:
+        """The generation and version of each key's document, or else of its tombstone (-1: none),
+        and whether it is a document."""
         legacy = self._generations[1]
         redis_keys = [self._sink.key(k) for k in keys]
         documents = await self._stored(redis_keys)
         stones = await self._redis.mget([tombstone_key(k) for k in redis_keys])
-        held: dict[RowKey, tuple[str | None, int]] = {}
+        held: dict[RowKey, Held] = {}
         for key, document, stone in zip(keys, documents, stones, strict=True):
             if document is not None and _is_int(document.get(META_VERSION_FIELD)):
                 owner = document.get(META_GENERATION_FIELD) or legacy
-                held[key] = (owner, int(str(document[META_VERSION_FIELD])))
+                held[key] = (owner, int(str(document[META_VERSION_FIELD])), True)
             elif document is None and stone is not None:
-                held[key] = parse_tombstone(stone, legacy)
+                held[key] = (*parse_tombstone(stone, legacy), False)
             else:
-                held[key] = (None, -1)
+                held[key] = (None, -1, False)
         return held
 
     async def _scan_prefix(self) -> AsyncIterator[list[str]]:

@@ -235,19 +235,22 @@ async def test_verify_repair_fixes_versions_ahead_of_postgres_with_a_new_generat
     path, config = write_config([PRODUCTS_MIRROR])
     settings = settings_for(path)
     await migrate_command(settings, config)
-    await insert_products(pg, "a", "b", "c")
+    await insert_products(pg, "a", "b", "c", "z")
     await pg.execute("DELETE FROM products WHERE sku = 'c'")
     await sync_once(settings, config)
     first = await generation_of(pg, "products")
-    # a document and a tombstone newer than their rows, in the mirror's own generation
+    # a document and a tombstone newer than their rows, in the mirror's own generation, and a
+    # document whose row Postgres no longer knows of at all (gone with its version, as in a restore)
     redis_client.hset("product:a", mapping={META_VERSION_FIELD: 10**9, "name": "ahead"})
     await pg.execute("ALTER TABLE products DISABLE TRIGGER USER")
     await insert_products(pg, "c")  # version 0, behind the tombstone
+    await pg.execute("DELETE FROM products WHERE sku = 'z'")
     await pg.execute("ALTER TABLE products ENABLE TRIGGER USER")
+    await pg.execute("DELETE FROM vecmirror.versions_v1 WHERE row_key = '{z}'")
 
     (drift,) = await verify_command(settings, config, "products", repair=False)
-    assert sorted(drift.ahead) == [("a",), ("c",)]
-    assert drift.missing == [("c",)] and ("a",) in drift.stale
+    assert sorted(drift.ahead) == [("a",), ("c",), ("z",)]
+    assert drift.missing == [("c",)] and ("a",) in drift.stale and drift.extra == [("z",)]
     assert any("ahead of Postgres" in line for line in drift.lines())
     (drift,) = await verify_command(settings, config, "products", repair=True)
     assert await generation_of(pg, "products") != first
