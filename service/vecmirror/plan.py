@@ -27,12 +27,14 @@ from vecmirror.pipeline.documents import DocumentBuilder, RowKey
 from vecmirror.sink.drop import MirrorData, left_behind, locate
 from vecmirror.sink.writer import RedisSink
 from vecmirror.source import Connection
+from vecmirror.source.generations import load as load_generation
 from vecmirror.source.migrate import bundled_migrations
 from vecmirror.source.sql import QUERIES
 from vecmirror.source.statements import TRIGGER_EVENTS, capture_function_name, trigger_name
 from vecmirror.source.tables import SourceTable, inspect_table
 
 PAGE = 1000
+GENERATIONS = 5  # the migration that records each mirror's table OID (0005_generations)
 
 
 def rebuild_note(index: str) -> str:
@@ -62,6 +64,7 @@ class MirrorPlan:
     rows: int | None = None  # add: queued by the first sync
     removed: MirrorData | None = None
     triggers: str | None = None  # keep: why migrate re-installs them
+    table_replaced: bool = False  # keep: another table under the name (a new generation, a resync)
     index: str | None = None
     index_exists: bool = False
     documents: int = 0
@@ -76,7 +79,8 @@ class MirrorPlan:
         if self.action == "left":
             return False
         reembed = self.embedding is not None and self.embedding.reembed > 0
-        return bool(self.triggers or self.differences or not self.index_exists or reembed or self.problem)
+        moved = self.triggers or self.table_replaced
+        return bool(moved or self.differences or not self.index_exists or reembed or self.problem)
 
     def as_dict(self, *, drop_data: bool) -> dict[str, Any]:
         out: dict[str, Any] = {"mirror": self.mirror, "action": self.action, "table": self.table}
@@ -86,6 +90,7 @@ class MirrorPlan:
             out["redis"] = {**(self.removed.as_dict() if self.removed else {}), "kept": not drop_data}
         else:
             out["triggers"] = self.triggers
+            out["table_replaced"] = self.table_replaced
             out["index"] = {
                 "name": self.index,
                 "exists": self.index_exists,
@@ -125,7 +130,10 @@ async def build_plan(
     plans = []
     for mirror in config.mirrors:
         row = installed.get(mirror.name)
-        plans.append(await (_added(conn, mirror) if row is None else _kept(conn, client, mirror, row)))
+        if row is None:
+            plans.append(await _added(conn, mirror))
+        else:
+            plans.append(await _kept(conn, client, mirror, row, generations=GENERATIONS in applied))
     configured = {m.name for m in config.mirrors}
     removed = sorted(set(installed) - configured)
     left = await left_behind(client, configured | set(installed))
@@ -158,7 +166,9 @@ async def _added(conn: Connection, mirror: MirrorConfig) -> MirrorPlan:
     return plan
 
 
-async def _kept(conn: Connection, client: redis.Redis, mirror: MirrorConfig, row: Any) -> MirrorPlan:
+async def _kept(
+    conn: Connection, client: redis.Redis, mirror: MirrorConfig, row: Any, *, generations: bool
+) -> MirrorPlan:
     plan = MirrorPlan(mirror.name, "keep", f"{mirror.schema_name}.{mirror.table_name}")
     plan.index = mirror.index.index.name
     info = await index_info(client, plan.index)
@@ -172,6 +182,8 @@ async def _kept(conn: Connection, client: redis.Redis, mirror: MirrorConfig, row
         plan.problem = str(exc)
         return plan
     plan.triggers = await _trigger_change(conn, mirror, table, row)
+    if generations:  # as source/migrate.py's _follow_table decides
+        plan.table_replaced = (await load_generation(conn, mirror.name)).replaced_table()
     if mirror.embed is not None and plan.index_exists:
         plan.embedding = await count_reembeds(conn, client, mirror, table)
     return plan
@@ -278,6 +290,8 @@ def _kept_lines(plan: MirrorPlan) -> list[str]:
     lines = []
     if plan.triggers:
         lines.append(f"{head}: triggers re-installed: {plan.triggers}")
+    if plan.table_replaced:
+        lines.append(f"{head}: {plan.table} is another table than the one registered: run resyncs every row")
     if not plan.index_exists and plan.index is not None and not plan.problem:
         lines.append(f"{head}: index {plan.index} missing: run creates it and syncs every row into it")
     if plan.differences:

@@ -244,3 +244,23 @@ async def test_migrate_without_drop_data_goes_on_when_redis_is_out_of_reach(
     assert report.removed == ["products"]
     (line,) = [r.line() for r in removals]
     assert line.startswith("kept 'products''s data in Redis (not inspected: Redis unreachable at 127.0.0.1:1")
+
+
+async def test_a_table_dropped_and_created_again_is_planned_as_a_resync(
+    pg: asyncpg.Connection, write_config: Any, settings_for: Any, embedder_factory: Any
+) -> None:
+    settings, config = await _two_mirrors_synced(pg, write_config, settings_for, embedder_factory)
+    await pg.execute("DROP TABLE products")
+    await pg.execute(PRODUCTS_TABLE)
+    plan = await plan_command(settings, config)
+    products = next(m for m in plan.as_dict()["mirrors"] if m["mirror"] == "products")
+    assert products["table_replaced"] is True
+    assert products["triggers"] == (
+        "the capture triggers are not as registered (found on nowhere): re-installed"
+    )
+    assert (
+        "~ products: public.products is another table than the one registered: run resyncs every row"
+        in format_plan(plan)
+    )
+    docs = next(m for m in plan.as_dict()["mirrors"] if m["mirror"] == "docs")
+    assert docs["table_replaced"] is False and docs["triggers"] is None
