@@ -81,6 +81,8 @@ CELLS: list[tuple[tuple[str, ...], str]] = [
     (("failed", "list", "--mirror", "nope"), "no_mirror"),
     *((("query", "docs", *TEXT), w) for w in [*REDIS_WORLDS, "no_model", "no_index"]),
     (("query", "nope", *TEXT), "no_mirror"),
+    # plan reads both servers; a database never migrated is a plan (every migration pending), not an error
+    *((("plan",), w) for w in ["postgres_down", "no_database", *REDIS_WORLDS]),
 ]
 
 
