@@ -129,6 +129,7 @@ WEIGHTS = {
     "flushall": 1,
     "delete_document": 3,
     "delete_marker": 1,
+    "renew_generation": 1,
     "frozen_worker": 2,
     "restart": 1,
     "quiet_point": 2,
@@ -489,6 +490,25 @@ class Example:
     async def delete_marker(self) -> None:
         await self.redis.delete(marker_key(self.mirrors[self._spec().table].name))
 
+    async def renew_generation(self) -> None:
+        """A new generation behind the worker's back (`verify --repair`, or `migrate` after a DROP
+        TABLE, would start one): batches in flight still write in the old one, which the marker
+        holds, until the next wake-up resyncs the mirror in the new one."""
+        name = self.mirrors[self._spec().table].name
+
+        async def renew() -> None:
+            await self.pg.execute(
+                "UPDATE vecmirror.mirrors_v1 SET generation = substr(md5(random()::text), 1, 12) "
+                "WHERE name = $1",
+                name,
+            )
+            self._note(f"renew generation {name}")
+
+        if self._int(2):
+            await self._drain_with(renew, cancel=False)
+        else:
+            await renew()
+
     async def restart(self) -> None:
         """A new worker process: fresh pools, clients and per-sync state."""
         await self._opened.__aexit__(None, None, None)
@@ -539,9 +559,15 @@ class Example:
             None,
             SyncOptions(size),
         )
-        # What the worker loaded at its start (MirrorSync.resync_if_forgotten): the mirror's generation.
-        sync.sink.versioned.generation = await conn.fetchval(
-            "SELECT generation FROM vecmirror.mirrors_v1 WHERE name = $1", mirror.name
+        # The generation a worker loaded at its last wake-up (MirrorSync.resync_if_forgotten): the
+        # marker's, or Postgres' where the marker is gone (its resync marks that one again).
+        marker = await sync.sink.versioned.read_marker()
+        sync.sink.versioned.generation = (
+            marker.generation
+            if marker is not None and marker.generation
+            else await conn.fetchval(
+                "SELECT generation FROM vecmirror.mirrors_v1 WHERE name = $1", mirror.name
+            )
         )
         task = asyncio.create_task(sync.sync_batch(conn))
         try:
