@@ -14,8 +14,6 @@ it). Both are reported, never repaired: vecmirror deletes only what it wrote.
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -24,10 +22,9 @@ from typing import Any
 import redis.asyncio as redis
 import structlog
 
-from vecmirror.config import META_HASH_FIELD, META_KEY_FIELD, META_VERSION_FIELD, MirrorConfig
+from vecmirror.config import META_KEY_FIELD, META_VERSION_FIELD, MirrorConfig
 from vecmirror.errors import RowError
-from vecmirror.pipeline.documents import Document, DocumentBuilder, RowKey
-from vecmirror.sink.encode import HashEncoder, JsonEncoder
+from vecmirror.pipeline.documents import DocumentBuilder, RowKey
 from vecmirror.sink.keys import key_pattern
 from vecmirror.sink.versioned import META_GENERATION_FIELD, parse_tombstone, tombstone_key
 from vecmirror.sink.writer import RedisSink
@@ -35,12 +32,12 @@ from vecmirror.source import Connection, changes, generations
 from vecmirror.source.backfill import count_rows
 from vecmirror.source.rows import LoadedRows, load_rows
 from vecmirror.source.tables import SourceTable
+from vecmirror.verify_expected import AHEAD, Expected, as_document, is_int
 
 log = structlog.get_logger(__name__)
 PAGE = 1000
 FOREIGN_SHOWN = 5  # foreign keys named in verify's text output
 Held = tuple[str | None, int, bool]  # a key's generation and version in Redis; whether a document
-AHEAD = "version ahead of Postgres"  # a stale reason that only a new generation repairs
 JSON_TYPE = "ReJSON-RL"  # what TYPE says of a JSON key
 
 
@@ -131,7 +128,7 @@ class Verifier:
         self._mirror, self._table, self._redis = mirror, table, client
         self._sink = RedisSink(client, mirror)
         self._builder = DocumentBuilder(mirror, max_text_length=max_text_length)
-        self._expected = _Expected(mirror)
+        self._expected = Expected(mirror)
         self._generations: tuple[str | None, str | None] = (None, None)  # Postgres', the marker's legacy
 
     async def verify(self, conn: Connection) -> Drift:
@@ -153,9 +150,10 @@ class Verifier:
         drift.rows = len(seen)
         async for keys in self._scan_prefix():
             await self._classify(keys, seen, drift)
-        # A document whose row is gone cannot be deleted by an older version: Postgres went back, or
-        # the row was deleted without capture (triggers disabled). Found with the checks of repair.
-        drift.ahead += await self._confirmed_ahead(conn, drift.extra)
+        # A row without a document whose tombstone is newer, or a document whose row is gone and
+        # newer than Postgres' version of it, cannot be fixed by writing the older version: Postgres
+        # went back, or the row changed without capture (triggers disabled).
+        drift.ahead += await self._confirmed_ahead(conn, [*drift.missing, *drift.extra])
         return drift
 
     async def repair(self, conn: Connection, drift: Drift) -> int:
@@ -206,7 +204,7 @@ class Verifier:
         stones = await self._redis.mget([tombstone_key(k) for k in redis_keys])
         held: dict[RowKey, Held] = {}
         for key, document, stone in zip(keys, documents, stones, strict=True):
-            if document is not None and _is_int(document.get(META_VERSION_FIELD)):
+            if document is not None and is_int(document.get(META_VERSION_FIELD)):
                 owner = document.get(META_GENERATION_FIELD) or legacy
                 held[key] = (owner, int(str(document[META_VERSION_FIELD])), True)
             elif document is None and stone is not None:
@@ -247,33 +245,15 @@ class Verifier:
                 drift.foreign[key] = "json" if kind == JSON_TYPE else kind
 
     async def _compare_page(self, page: dict[RowKey, dict[str, Any]], drift: Drift) -> None:
-        versions = {key: int(row["_vm_version"]) for key, row in page.items()}
         stored = await self._stored([self._sink.key(k) for k in page])
-        missing = []
         for (key, row), document in zip(page.items(), stored, strict=True):
             reason = self._difference(key, row, document)
             if reason == "missing":
-                missing.append(key)
+                drift.missing.append(key)
             elif reason is not None:
                 drift.stale[key] = reason
                 if reason.startswith(AHEAD):
                     drift.ahead.append(key)
-        drift.missing += missing
-        drift.ahead += await self._deleted_ahead(missing, versions)
-
-    async def _deleted_ahead(self, keys: list[RowKey], versions: dict[RowKey, int]) -> list[RowKey]:
-        """Rows without a document whose tombstone, of this generation, is newer than the row."""
-        if not keys:
-            return []
-        generation, legacy = self._generations
-        stones = await self._redis.mget([tombstone_key(self._sink.key(k)) for k in keys])
-        ahead = []
-        for key, stone in zip(keys, stones, strict=True):
-            if stone is not None:
-                held, version = parse_tombstone(stone, legacy)
-                if held == generation and version > versions[key]:
-                    ahead.append(key)
-        return ahead
 
     def _difference(self, key: RowKey, row: dict[str, Any], stored: dict[str, Any] | None) -> str | None:
         version = row.pop("_vm_version")
@@ -301,102 +281,7 @@ class Verifier:
             ]
         vector = self._mirror.vector_field
         name = vector.name if vector is not None else None
-        return [_as_document(reply, self._mirror.storage == "json", name) for reply in replies]
-
-
-class _Expected:
-    """What a row's document must hold, compared the way each storage type stores it."""
-
-    def __init__(self, mirror: MirrorConfig) -> None:
-        self._mirror = mirror
-        self._hash, self._json = HashEncoder(mirror), JsonEncoder(mirror)
-        vector = mirror.vector_field
-        self._vector_name = vector.name if vector is not None else None
-        self._dims = int(vector.attrs.dims) if vector is not None else 0
-        self._vector_path = (vector.path or f"$.{vector.name}") if vector is not None else None
-
-    def difference(
-        self, expected: Document, stored: dict[str, Any], generation: str | None, legacy: str | None
-    ) -> str | None:
-        stored, vector = self._split_vector(stored)
-        owner = stored.pop(META_GENERATION_FIELD, None) or legacy
-        if owner != generation:
-            return f"generation differs: Redis holds {owner or 'none'}, the mirror is at {generation}"
-        held = stored.get(META_VERSION_FIELD)
-        if str(held) != str(expected.version):
-            if _is_int(held) and int(str(held)) > expected.version:
-                return f"{AHEAD}: Redis holds {held}, the row is at {expected.version}"
-            return f"version differs: Redis holds {held}, the row is at {expected.version}"
-        if expected.text_hash is not None and stored.get(META_HASH_FIELD) != expected.text_hash:
-            return "content hash differs: the text, model or backend changed since it was embedded"
-        wanted = self._wanted_fields(expected)
-        for name, value in wanted.items():
-            if stored.get(name) != value:
-                return f"field {name!r} differs"
-        extra = set(stored) - set(wanted) - {META_KEY_FIELD, META_HASH_FIELD}
-        if extra:
-            return f"unexpected field(s) {sorted(extra)}"
-        return self._vector_difference(vector)
-
-    def _split_vector(self, stored: dict[str, Any]) -> tuple[dict[str, Any], Any]:
-        """The document without its vector, and the vector (raw bytes for HASH, a list for JSON)."""
-        stored = copy.deepcopy(stored)
-        if self._vector_name is None:
-            return stored, None
-        if self._mirror.storage != "json":
-            return stored, stored.pop(self._vector_name, None)
-        node: Any = stored
-        parts = (self._vector_path or "").removeprefix("$.").split(".")
-        for part in parts[:-1]:
-            node = node.get(part, {}) if isinstance(node, dict) else {}
-        vector = node.pop(parts[-1], None) if isinstance(node, dict) else None
-        _drop_empty(stored)
-        return stored, vector
-
-    def _wanted_fields(self, expected: Document) -> dict[str, Any]:
-        # Vectors are checked by length only: the model is not run again to compare values.
-        expected = dataclasses.replace(expected, vector=None)
-        if self._mirror.storage == "json":
-            return {
-                k: v
-                for k, v in self._json.document(expected, with_nulls=False).items()
-                if k != META_KEY_FIELD
-            }
-        return {k: str(v) for k, v in self._hash.mapping(expected).items() if k != META_KEY_FIELD}
-
-    def _vector_difference(self, stored: Any) -> str | None:
-        if self._vector_name is None:
-            return None
-        length = _vector_length(stored, self._mirror)
-        if length != self._dims:
-            return f"vector has {length} values, dims is {self._dims}"
-        return None
-
-
-def _vector_length(stored: Any, mirror: MirrorConfig) -> int:
-    if stored is None:
-        return 0
-    if isinstance(stored, list):
-        return len(stored)
-    vector = mirror.vector_field
-    assert vector is not None
-    itemsize = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8, "int8": 1, "uint8": 1}
-    return len(stored) // itemsize[str(vector.attrs.datatype.value).lower()]
-
-
-def _is_int(value: Any) -> bool:
-    try:
-        int(str(value))
-    except ValueError:
-        return False
-    return True
-
-
-def _drop_empty(node: dict[str, Any]) -> None:
-    for key in [k for k, v in node.items() if isinstance(v, dict)]:
-        _drop_empty(node[key])
-        if not node[key]:
-            del node[key]
+        return [as_document(reply, self._mirror.storage == "json", name) for reply in replies]
 
 
 def _text(value: Any) -> str:
@@ -416,17 +301,3 @@ def _row_key(meta: Any, *, is_json: bool) -> RowKey | None:
     except ValueError:  # not vecmirror's
         return None
     return tuple(str(part) for part in value) if isinstance(value, list) else None
-
-
-def _as_document(reply: Any, is_json: bool, vector_name: str | None) -> dict[str, Any] | None:
-    if not reply:
-        return None
-    if is_json:
-        parsed: dict[str, Any] = json.loads(reply)
-        return parsed
-    document: dict[str, Any] = {}
-    for name, value in reply.items():
-        key = name.decode() if isinstance(name, bytes) else name
-        # The vector stays raw bytes: they might even happen to decode as text.
-        document[key] = value if key == vector_name or not isinstance(value, bytes) else value.decode()
-    return document
