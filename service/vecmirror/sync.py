@@ -19,14 +19,13 @@ from redis.exceptions import ResponseError
 from vecmirror.batching import BatchSizer
 from vecmirror.config import MirrorConfig
 from vecmirror.errors import MirrorError, RowError, StartupError
-from vecmirror.index.manage import ensure_index, index_info
 from vecmirror.pipeline.batch_embed import BatchEmbedder, Keepalive
 from vecmirror.pipeline.documents import Document, DocumentBuilder, RowKey
 from vecmirror.pipeline.embedder import Embedder
+from vecmirror.resync import MirrorResync
 from vecmirror.sink.observe import record_last_sync
-from vecmirror.sink.versioned import Marker
 from vecmirror.sink.writer import RedisSink
-from vecmirror.source import Connection, changes, discard, generations
+from vecmirror.source import Connection, changes, discard
 from vecmirror.source.changes import ClaimedBatch, RetryPolicy, RowFailure
 from vecmirror.source.rows import LoadedRows, load_rows
 from vecmirror.source.tables import SourceTable, inspect_table
@@ -121,6 +120,7 @@ class MirrorSync:
         )
         self._failures_seen: int | None = None
         self._reading = asyncio.Lock()
+        self._resyncs = MirrorResync(mirror, sink)
 
     @property
     def name(self) -> str:
@@ -229,87 +229,14 @@ class MirrorSync:
         return ages
 
     async def resync_if_forgotten(self, conn: Connection) -> bool:
-        """A Redis without the mirror's marker (restarted empty, flushed) or without its index
-        (dropped by hand), or whose marker holds another generation than Postgres (the mirror's
-        history started again: re-registered, its table replaced, Postgres restored), gets the index
-        back and every row and key queued again, in Postgres' generation; writes are refused until
-        then. Cheap (a query and three reads), so the idle worker looks on every wake-up. A mirror
-        never synced before is simply initialised: its first backfill queues every row."""
+        """Resyncs the mirror where Redis forgot it or its generation changed (see resync.py); True
+        when it did. Cheap, so the idle worker looks on every wake-up."""
         created, self.index_created = self.index_created, False
-        marker, generation = await self._settle_generation(conn)
-        indexed = await index_info(self.sink.client, self.sink.index_name) is not None
-        if marker is not None and marker.generation == generation and indexed and not created:
-            self.sink.versioned.generation = generation
-            return False
-        if marker is None and await self._first_sync_into_empty_index(conn):
-            await self.sink.versioned.mark(generation)
-            log.info("mirror_initialised", mirror=self.name, generation=generation)
-            return True
-        if marker is None:
-            reason = "no marker key in Redis"
-        elif marker.generation != generation:
-            reason = f"the mirror's generation changed from {marker.generation} to {generation}"
-        else:
-            reason = "the index is gone"
-        await self._resync(conn, generation, reason)
-        return True
-
-    async def _settle_generation(self, conn: Connection) -> tuple[Marker | None, str]:
-        """The marker and Postgres' generation, renewed first where Postgres says the history
-        started again behind its back: the table's OID changed (dropped and created again without
-        `migrate`, or restored), or Redis holds versions Postgres never handed out (it went back in
-        time). A marker from before generations adopts Postgres' (the upgrade: no resync)."""
-        marker = await self.sink.versioned.read_marker()
-        state = await generations.load(conn, self.name)
-        generation, reason = state.generation, None
-        if state.replaced_table():
-            reason = "the table was replaced"
-        elif marker is not None and marker.generation == generation and state.went_back(marker.high):
-            reason = (
-                f"Postgres went back: Redis holds version {marker.high}, the newest is {state.last_change_id}"
-            )
-        elif state.table_oid is None and state.current_oid is not None:
-            await generations.record_table_oid(conn, self.name, state.current_oid)
-        if reason is not None:
-            generation = await generations.renew(conn, self.name, generation, table_oid=state.current_oid)
-            log.warning("generation_renewed", mirror=self.name, generation=generation, reason=reason)
-        if marker is not None and marker.generation is None:
-            await self.sink.versioned.mark(generation, adopt_legacy=True)
-            log.info("generation_adopted", mirror=self.name, generation=generation)
-            marker = Marker(generation, generation)
-        return marker, generation
-
-    async def _first_sync_into_empty_index(self, conn: Connection) -> bool:
-        """A first sync has nothing to re-check when its index holds no document yet: the first
-        backfill queues every row. An index already holding documents (of an earlier mirror by
-        that name, say) is resynced, so documents of rows deleted meanwhile go."""
-        if not await changes.is_first_sync(conn, self.name):
-            return False
-        await ensure_index(self.sink.client, self.mirror)
-        info = await index_info(self.sink.client, self.mirror.index.index.name)
-        return info is not None and int(info.get("num_docs", 0)) == 0
+        return await self._resyncs.if_forgotten(conn, index_created=created)
 
     async def resync(self, conn: Connection, reason: str) -> None:
-        """After a write was refused for want of a marker, an index, or of this writer's generation.
-        Where a peer already resynced the mirror in Postgres' generation, this writer only adopts
-        it; otherwise every key and row is queued again, in that generation."""
-        marker, generation = await self._settle_generation(conn)
-        if (
-            marker is not None
-            and marker.generation == generation != self.sink.versioned.generation
-            and await index_info(self.sink.client, self.sink.index_name) is not None
-        ):
-            self.sink.versioned.generation = generation
-            log.info("generation_reloaded", mirror=self.name, generation=generation)
-            return
-        await self._resync(conn, generation, reason)
-
-    async def _resync(self, conn: Connection, generation: str, reason: str) -> None:
-        await ensure_index(self.sink.client, self.mirror)
-        async with conn.transaction():
-            await changes.queue_resync(conn, self.name)
-        await self.sink.versioned.mark(generation)
-        log.warning("mirror_resync_queued", mirror=self.name, reason=reason, generation=generation)
+        """After a write was refused for want of a marker, an index, or of this writer's generation."""
+        await self._resyncs.after_refusal(conn, reason)
 
     async def _sync_truncate(self, conn: Connection) -> bool:
         """A TRUNCATE re-queues every key the mirror has in Redis, and every failing row (which

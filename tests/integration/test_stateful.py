@@ -41,7 +41,7 @@ from vecmirror.errors import RedisForgotError
 from vecmirror.pipeline.documents import Document
 from vecmirror.settings import Settings
 from vecmirror.sink.keys import document_key, key_pattern
-from vecmirror.sink.versioned import marker_key, parse_tombstone, tombstone_key
+from vecmirror.sink.versioned import GenerationChangedError, marker_key, parse_tombstone, tombstone_key
 from vecmirror.sink.writer import RedisSink
 from vecmirror.source.tables import inspect_table
 from vecmirror.sync import BatchStats, MirrorSync, SyncOptions
@@ -611,11 +611,19 @@ class Example:
         before = await self._effective_versions(mirror, keys)
         gate.release.set()
         (outcome,) = await asyncio.gather(task, return_exceptions=True)
-        # Its session is gone, so acknowledging fails like any lost connection, which `run` retries.
-        assert isinstance(outcome, TRANSIENT_ERRORS), f"the fenced worker's batch ended with {outcome!r}"
+        # Its session is gone, so acknowledging fails like any lost connection, which `run` retries;
+        # or the mirror's generation changed while it was frozen (a restart met a generation renewed
+        # earlier, and resynced): its whole write was refused.
+        other_generation = isinstance(outcome, GenerationChangedError)
+        assert other_generation or isinstance(outcome, TRANSIENT_ERRORS), (
+            f"the fenced worker's batch ended with {outcome!r}"
+        )
         after = await self._effective_versions(mirror, keys)
         went_back = {k: (before[k], after[k]) for k in keys if after[k] < before[k]}
         assert not went_back, f"the frozen worker's stale write took keys back: {went_back}"
+        if other_generation:
+            self._note(f"frozen worker on {spec.table}: refused as a whole (another generation)")
+            return
         assert touched in gate.refused, f"the stale write of {touched} was not refused: {gate.refused}"
         self.tally.stale_writes_refused += len(gate.refused)
         self._note(f"frozen worker on {spec.table}: refused {gate.refused}")
