@@ -230,6 +230,7 @@ async def backfill_command(
 async def _backfill_one(app: App, name: str) -> None:
     sync = next(s for s in app.syncs if s.name == name)
     async with app.pool.acquire() as conn:
+        await sync.resync_if_forgotten(conn)  # the mirror's generation; a forgotten or renewed one resyncs
         resumed = not await start_backfill(conn, name)
         total = await count_rows(conn, sync.table)
         with tqdm(total=total, desc=f"{name}: queued", unit="row", initial=0) as bar:
