@@ -34,10 +34,10 @@ from corpus import COLUMNS, TABLE_DDL, Row, embed_mirror, make_rows
 
 from vecmirror.app import open_app
 from vecmirror.pipeline.embedder import Embedder, FakeEmbedder
+from vecmirror.run.sync import BatchStats
+from vecmirror.run.worker import Worker
 from vecmirror.sink.keys import document_key
 from vecmirror.stack import StackUrls
-from vecmirror.sync import BatchStats
-from vecmirror.worker import Worker
 
 DIMS = 384
 LOAD_PAGE = 10_000  # rows per COPY when filling R2's tables

@@ -20,9 +20,9 @@ import redis
 import redis.asyncio as aredis
 
 from vecmirror.config import META_VERSION_FIELD, MirrorConfig
+from vecmirror.ops.verify import Verifier
 from vecmirror.sink.keys import document_key, key_pattern
 from vecmirror.source.tables import inspect_table
-from vecmirror.verify import Verifier
 
 RowKey = tuple[str, ...]
 

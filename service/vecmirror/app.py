@@ -19,8 +19,10 @@ from vecmirror.config import Config, MirrorConfig, ModelSpec
 from vecmirror.connections import redis_from_settings
 from vecmirror.errors import NotMigratedError, StartupError
 from vecmirror.index.manage import check_eviction_policy, ensure_index
-from vecmirror.metrics import Metrics
+from vecmirror.ops.metrics import Metrics
 from vecmirror.pipeline.embedder import Embedder, EmbedderFactory, default_embedder_factory
+from vecmirror.run.sync import MirrorSync, SyncOptions
+from vecmirror.run.worker import BatchCallback, Worker
 from vecmirror.settings import Settings
 from vecmirror.sink.writer import RedisSink
 from vecmirror.source import Connection
@@ -29,8 +31,6 @@ from vecmirror.source.migrate import bundled_migrations
 from vecmirror.source.session import SESSION_SETTINGS, prepare_connection
 from vecmirror.source.sql import QUERIES
 from vecmirror.source.tables import SourceTable, inspect_table
-from vecmirror.sync import MirrorSync, SyncOptions
-from vecmirror.worker import BatchCallback, Worker
 
 log = structlog.get_logger(__name__)
 # Beside the lanes' connections: the metrics sampler, readiness checks and the count check.

@@ -27,11 +27,15 @@ from vecmirror.boundary import (
 )
 from vecmirror.config import Config, MirrorConfig
 from vecmirror.errors import QueryError, VecmirrorError
+from vecmirror.ops.plan import Plan, build_plan, format_plan
+from vecmirror.ops.status import MirrorStatus, format_status, mirror_status
+from vecmirror.ops.verify import Drift, Verifier
 from vecmirror.pipeline.embedder import EmbedderFactory
-from vecmirror.plan import Plan, build_plan, format_plan
 from vecmirror.query.results import Hit
 from vecmirror.query.search import MirrorSearch
-from vecmirror.serve import serve
+from vecmirror.run.serve import serve
+from vecmirror.run.sync import BatchStats
+from vecmirror.run.worker import DrainStats
 from vecmirror.settings import Settings
 from vecmirror.sink.drop import DropReport, MirrorData, drop, left_behind, locate
 from vecmirror.source import Connection, changes
@@ -40,10 +44,6 @@ from vecmirror.source.failures import FailedRow, discard_failed, list_failed, re
 from vecmirror.source.migrate import MigrateReport, migrate
 from vecmirror.source.sql import QUERIES
 from vecmirror.source.tables import inspect_table
-from vecmirror.status import MirrorStatus, format_status, mirror_status
-from vecmirror.sync import BatchStats
-from vecmirror.verify import Drift, Verifier
-from vecmirror.worker import DrainStats
 
 log = structlog.get_logger(__name__)
 
@@ -202,7 +202,7 @@ async def run_command(
     embedder_factory: EmbedderFactory | None = None,
 ) -> DrainStats | None:
     """--once drains and returns its totals; otherwise the worker runs with its HTTP server and
-    side tasks (vecmirror.serve) until a stop signal, and returns None."""
+    side tasks (vecmirror.run.serve) until a stop signal, and returns None."""
     with translated(settings):
         await check_servers(settings, config)
         if not once:

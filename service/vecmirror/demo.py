@@ -21,11 +21,11 @@ from vecmirror.app import App, open_app
 from vecmirror.commands import migrate_command
 from vecmirror.config import Config, load_config
 from vecmirror.query.search import MirrorSearch
+from vecmirror.run.sync import BatchStats
 from vecmirror.settings import Settings
 from vecmirror.source.backfill import start_backfill
 from vecmirror.source.listener import ChangeListener
 from vecmirror.stack import DEFAULT_STACK_DIR, stack_up
-from vecmirror.sync import BatchStats
 
 MIRROR = "articles"
 TABLE = "vecmirror_demo_articles"

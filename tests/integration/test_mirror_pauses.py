@@ -18,8 +18,8 @@ from helpers import PRODUCTS_MIRROR, PRODUCTS_TABLE, keys
 from invariant import assert_invariant
 from vecmirror.app import open_app
 from vecmirror.commands import migrate_command
+from vecmirror.run.worker import MirrorsPausedError, Worker
 from vecmirror.source.listener import ChangeListener
-from vecmirror.worker import MirrorsPausedError, Worker
 
 PARTS_MIRROR: dict[str, Any] = {
     **PRODUCTS_MIRROR,

@@ -14,8 +14,8 @@ from prometheus_client import CollectorRegistry
 from helpers import PRODUCTS_MIRROR, PRODUCTS_TABLE
 from vecmirror.app import App, open_app
 from vecmirror.commands import migrate_command, status_command
-from vecmirror.metrics import Metrics
-from vecmirror.serve import readiness, sample_once
+from vecmirror.ops.metrics import Metrics
+from vecmirror.run.serve import readiness, sample_once
 from vecmirror.sink.observe import last_sync_key
 
 

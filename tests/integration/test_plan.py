@@ -24,7 +24,7 @@ from helpers import (
 )
 from vecmirror.boundary import RedisUnavailableError
 from vecmirror.commands import AmbiguousIndexError, migrate_and_remove, migrate_command, plan_command
-from vecmirror.plan import format_plan
+from vecmirror.ops.plan import format_plan
 
 
 async def _two_mirrors_synced(

@@ -39,13 +39,13 @@ from vecmirror.commands import migrate_command
 from vecmirror.config import META_VERSION_FIELD, Config, MirrorConfig
 from vecmirror.errors import RedisForgotError
 from vecmirror.pipeline.documents import Document
+from vecmirror.run.sync import BatchStats, MirrorSync, SyncOptions
+from vecmirror.run.worker import TRANSIENT_ERRORS, Worker
 from vecmirror.settings import Settings
 from vecmirror.sink.keys import document_key, key_pattern
 from vecmirror.sink.versioned import GenerationChangedError, marker_key, parse_tombstone, tombstone_key
 from vecmirror.sink.writer import RedisSink
 from vecmirror.source.tables import inspect_table
-from vecmirror.sync import BatchStats, MirrorSync, SyncOptions
-from vecmirror.worker import TRANSIENT_ERRORS, Worker
 
 EXAMPLES = 3
 STEPS = 500

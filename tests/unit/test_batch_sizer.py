@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vecmirror.batching import BatchSizer
+from vecmirror.run.batching import BatchSizer
 
 
 def sizer() -> BatchSizer:

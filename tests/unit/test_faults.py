@@ -1,4 +1,4 @@
-"""Whose fault an error is, decided once (vecmirror.faults)."""
+"""Whose fault an error is, decided once (vecmirror.run.faults)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from redis import exceptions as redis_errors
 
 from vecmirror.errors import MirrorError, StartupError
-from vecmirror.faults import as_mirror_error, classify
+from vecmirror.run.faults import as_mirror_error, classify
 
 
 @pytest.mark.parametrize(

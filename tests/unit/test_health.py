@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from vecmirror.health import HealthApp, HealthServer, Probes
-from vecmirror.metrics import Metrics
-from vecmirror.serve import SideTaskError, SideTasks
+from vecmirror.ops.metrics import Metrics
+from vecmirror.run.health import HealthApp, HealthServer, Probes
+from vecmirror.run.serve import SideTaskError, SideTasks
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ def json_lines(text: str) -> list[dict[str, Any]]:
 
 def test_events_are_json_lines_with_their_fields(capsys: pytest.CaptureFixture[str]) -> None:
     configure_logging("json", "info")
-    log = structlog.get_logger("vecmirror.worker")
+    log = structlog.get_logger("vecmirror.run.worker")
     log.info("batch_synced", mirror="docs", changes=3, rows=3, duration_seconds=0.0123)
     log.error("row_failed", mirror="docs", key=["7"], stage="document", field="price", error="not a number")
     log.debug("too_detailed", mirror="docs")

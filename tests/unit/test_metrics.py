@@ -7,11 +7,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from vecmirror import __version__
-from vecmirror.metrics import Metrics
+from vecmirror.ops.metrics import Metrics
+from vecmirror.ops.verify import CountCheck
+from vecmirror.run.sync import BatchStats
 from vecmirror.sink.observe import IndexState
 from vecmirror.source.observe import QueueState
-from vecmirror.sync import BatchStats
-from vecmirror.verify import CountCheck
 
 # The names the README, the dashboards and the Kubernetes docs use.
 DOCUMENTED = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from vecmirror.plan import MirrorPlan, Plan, Reembed, format_plan, rebuild_note
+from vecmirror.ops.plan import MirrorPlan, Plan, Reembed, format_plan, rebuild_note
 from vecmirror.sink.drop import MirrorData, OrphanIndex, _glob_to_regex, _with_separator
 
 

@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 
 import pytest
 
+from vecmirror.ops.status import MirrorStatus, duration, format_status
 from vecmirror.sink.observe import IndexState
 from vecmirror.source.observe import QueueState
-from vecmirror.status import MirrorStatus, duration, format_status
 
 NOW = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 

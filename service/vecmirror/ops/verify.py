@@ -24,6 +24,7 @@ import structlog
 
 from vecmirror.config import META_KEY_FIELD, META_VERSION_FIELD, MirrorConfig
 from vecmirror.errors import RowError
+from vecmirror.ops.verify_expected import AHEAD, Expected, as_document, is_int
 from vecmirror.pipeline.documents import DocumentBuilder, RowKey
 from vecmirror.sink.keys import key_pattern
 from vecmirror.sink.versioned import META_GENERATION_FIELD, parse_tombstone, tombstone_key
@@ -32,7 +33,6 @@ from vecmirror.source import Connection, changes, generations
 from vecmirror.source.backfill import count_rows
 from vecmirror.source.rows import LoadedRows, load_rows
 from vecmirror.source.tables import SourceTable
-from vecmirror.verify_expected import AHEAD, Expected, as_document, is_int
 
 log = structlog.get_logger(__name__)
 PAGE = 1000

@@ -16,13 +16,13 @@ from typing import Literal
 import structlog
 from redis.exceptions import ResponseError
 
-from vecmirror.batching import BatchSizer
 from vecmirror.config import MirrorConfig
 from vecmirror.errors import MirrorError, RowError, StartupError
 from vecmirror.pipeline.batch_embed import BatchEmbedder, Keepalive
 from vecmirror.pipeline.documents import Document, DocumentBuilder, RowKey
 from vecmirror.pipeline.embedder import Embedder
-from vecmirror.resync import MirrorResync
+from vecmirror.run.batching import BatchSizer
+from vecmirror.run.resync import MirrorResync
 from vecmirror.sink.observe import record_last_sync
 from vecmirror.sink.writer import RedisSink
 from vecmirror.source import Connection, changes, discard

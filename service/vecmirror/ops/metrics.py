@@ -25,10 +25,10 @@ from prometheus_client import (
 from vecmirror import __version__
 
 if TYPE_CHECKING:
+    from vecmirror.ops.verify import CountCheck
+    from vecmirror.run.sync import BatchStats
     from vecmirror.sink.observe import IndexState
     from vecmirror.source.observe import QueueState
-    from vecmirror.sync import BatchStats
-    from vecmirror.verify import CountCheck
 
 OPERATIONS = ("upsert", "delete")
 OUTCOMES = ("computed", "skipped")

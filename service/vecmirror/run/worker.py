@@ -23,18 +23,18 @@ from redis.exceptions import RedisError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential, wait_random
 
 from vecmirror.errors import MirrorError, RedisForgotError, VecmirrorError
-from vecmirror.faults import as_mirror_error, classify
-from vecmirror.metrics import Metrics
-from vecmirror.pauses import MirrorPauses
+from vecmirror.ops.metrics import Metrics
+from vecmirror.ops.verify import CountCheck, Verifier, count_check
+from vecmirror.run.faults import as_mirror_error, classify
+from vecmirror.run.pauses import MirrorPauses
+from vecmirror.run.sync import BatchStats, MirrorSync
 from vecmirror.source import Connection, changes, pooled
 from vecmirror.source.backfill import backfill_pending, queue_all_rows
 from vecmirror.source.listener import ChangeListener
 from vecmirror.source.tables import table_shape_problem
-from vecmirror.sync import BatchStats, MirrorSync
-from vecmirror.verify import CountCheck, Verifier, count_check
 
 log = structlog.get_logger(__name__)
-# Anything a server or its driver raises. The loop decides whose fault it is (vecmirror.faults);
+# Anything a server or its driver raises. The loop decides whose fault it is (vecmirror.run.faults);
 # serve.py's samplers and health checks catch these as "a server could not be read".
 TRANSIENT_ERRORS = (
     OSError,

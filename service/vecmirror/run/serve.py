@@ -20,16 +20,16 @@ import structlog
 from vecmirror.app import App, open_app
 from vecmirror.config import Config
 from vecmirror.errors import VecmirrorError
-from vecmirror.health import HealthApp, HealthServer, Probes
 from vecmirror.logging import redact
-from vecmirror.metrics import Metrics
+from vecmirror.ops.metrics import Metrics
 from vecmirror.pipeline.embedder import EmbedderFactory
+from vecmirror.run.health import HealthApp, HealthServer, Probes
+from vecmirror.run.worker import TRANSIENT_ERRORS, Worker
 from vecmirror.settings import Settings
 from vecmirror.sink.observe import index_state
 from vecmirror.source import pooled
 from vecmirror.source.listener import ChangeListener
 from vecmirror.source.observe import queue_state
-from vecmirror.worker import TRANSIENT_ERRORS, Worker
 
 log = structlog.get_logger(__name__)
 SERVER_CHECK_TIMEOUT = 2.0  # seconds each server has to answer a readiness check

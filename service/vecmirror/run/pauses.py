@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import structlog
 
 from vecmirror.errors import MirrorError
-from vecmirror.metrics import Metrics
+from vecmirror.ops.metrics import Metrics
 from vecmirror.source import Connection, changes
 
 log = structlog.get_logger(__name__)

@@ -1,0 +1,1 @@
+"""The operator's views: `status`, `verify`, `plan`, and the Prometheus metrics."""
