@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Iterator
@@ -23,7 +24,7 @@ import structlog
 
 from vecmirror import __version__
 from vecmirror.config import Config, load_config
-from vecmirror.errors import VecmirrorError
+from vecmirror.errors import ArgumentError, VecmirrorError
 from vecmirror.logging import configure_logging, redact, renders_json
 from vecmirror.settings import Settings
 
@@ -87,6 +88,10 @@ def handles_errors(command: Callable[..., T]) -> Callable[..., T]:
     def wrapper(*args: Any, **kwargs: Any) -> T:
         try:
             return command(*args, **kwargs)
+        except BrokenPipeError:
+            # The reader went away (`| head`): nothing left to say to it, and no error of ours.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
         except Exception as exc:
             message = failure_message(exc)
             if message is None:
@@ -363,11 +368,23 @@ def _row_keys(keys: tuple[str, ...]) -> list[tuple[str, ...]] | None:
     parsed = []
     for key in keys:
         if key.startswith("["):
-            values = json.loads(key)
-            parsed.append(tuple(str(v) for v in values))
+            parsed.append(_composite_key(key))
         else:
             parsed.append((key,))
     return parsed
+
+
+def _composite_key(text: str) -> tuple[str, ...]:
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ArgumentError(
+            f"key {text!r}: a key starting with [ is read as a JSON array of the key's columns: {exc}; "
+            "a one-column key that starts with [ is written as a JSON array of one: '[\"[abc\"]'"
+        ) from None
+    if not isinstance(values, list) or not values:
+        raise ArgumentError(f"key {text!r}: expected a non-empty JSON array of the key's columns")
+    return tuple(str(v) for v in values)
 
 
 @main.group()

@@ -66,3 +66,7 @@ class MirrorError(VecmirrorError):
         self.mirror = mirror
         self.problem = problem
         super().__init__(f"mirror {mirror!r}: {problem}")
+
+
+class ArgumentError(VecmirrorError):
+    """A command-line argument cannot be read (one line, exit 2, like every other failure)."""

@@ -228,6 +228,13 @@ async def test_query_options_from_the_cli(
         cli_env, "query", "products", "--vector", "[1,0,0,0]", "--ef-runtime", "5", "--config", str(path)
     )
     assert refused.returncode == 2 and "ef_runtime only applies to HNSW fields" in refused.stderr
+    for rejected in ("@@@bad", "@price:[abc 5]"):  # past vecmirror's own checks, refused by Redis
+        bad = vecmirror(
+            cli_env, "query", "products", "--vector", "[1,0,0,0]", "--filter", rejected, "--config", str(path)
+        )
+        assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
+        assert bad.stderr.startswith("vecmirror: mirror 'products': Redis rejected the query: ")
+        assert bad.stderr.count("\n") == 1
     table = vecmirror(
         cli_env, "query", "products", "--vector", "[0,0,1,0]", "--k", "1", "--config", str(path)
     )

@@ -208,3 +208,73 @@ async def _paused(pg: asyncpg.Connection, name: str) -> bool:
 
 async def _not_paused(pg: asyncpg.Connection, name: str) -> bool:
     return await _mirror_error(pg, name) is None
+
+
+async def test_ddl_that_rewrites_values_without_touching_rows_has_every_row_read_again(
+    pg: asyncpg.Connection, redis_client: redis.Redis, redis_url: str, write_config: Any, settings_for: Any
+) -> None:
+    """ALTER COLUMN TYPE ... USING rewrites values and fires no trigger; a column dropped and added
+    again loses its values the same way. The worker's table check reads every row again."""
+    settings, config = await _two_mirrors(pg, write_config, settings_for)
+    await pg.execute("UPDATE parts SET price = 1.5")
+    async with open_app(settings, config) as app:
+        worker = app.worker()
+        await worker.run_once()
+        assert redis_client.hget("part:a", "price") == b"1.5"
+        await pg.execute("ALTER TABLE parts ALTER COLUMN price TYPE integer USING ceil(price)")
+        await worker.check_mirrors()
+        await worker.run_once()
+        assert redis_client.hget("part:a", "price") == b"2"
+        await pg.execute("ALTER TABLE parts DROP COLUMN name")
+        await pg.execute("ALTER TABLE parts ADD COLUMN name text")  # NULL now: the field goes
+        await worker.check_mirrors()
+        await worker.run_once()
+        assert redis_client.hget("part:a", "name") is None
+        assert redis_client.hget("product:a", "name") == b"A"  # the other mirror was not re-read
+    for mirror in config.mirrors:
+        await assert_invariant(pg, redis_url, mirror)
+
+
+async def test_a_table_dropped_and_created_again_pauses_until_migrate_then_nothing_is_lost(
+    pg: asyncpg.Connection, redis_client: redis.Redis, redis_url: str, write_config: Any, settings_for: Any
+) -> None:
+    settings, config = await _two_mirrors(pg, write_config, settings_for)
+    async with open_app(settings, config) as app:
+        await app.worker().run_once()
+    await pg.execute("DROP TABLE parts")
+    await pg.execute(PRODUCTS_TABLE.replace("products", "parts"))
+    await pg.execute("INSERT INTO parts VALUES ('b', 'B', 2, '{1,2,3,4}')")  # not captured: no trigger
+    async with open_app(settings, config) as app:
+        with pytest.raises(MirrorsPausedError, match=r"capture triggers are missing on parts.*migrate"):
+            await app.worker().run_once()
+    error = await _mirror_error(pg, "parts")
+    assert error is not None and "\n" not in error
+    await migrate_command(settings, config)
+    await pg.execute("UPDATE parts SET name = 'Bee' WHERE sku = 'b'")
+    async with open_app(settings, config) as app:
+        await app.worker().run_once()
+    assert keys(redis_client, "part:*") == {"part:b"}  # 'a' went with the old table
+    assert redis_client.hget("part:b", "name") == b"Bee"
+    for mirror in config.mirrors:
+        await assert_invariant(pg, redis_url, mirror)
+
+
+async def test_foreign_keys_under_a_json_mirrors_prefix_are_named_too(
+    pg: asyncpg.Connection, redis_client: redis.Redis, write_config: Any, settings_for: Any
+) -> None:
+    await pg.execute(PRODUCTS_TABLE.replace("products", "parts"))
+    json_parts = {
+        **PARTS_MIRROR,
+        "index": {
+            **PARTS_MIRROR["index"],
+            "index": {**PARTS_MIRROR["index"]["index"], "storage_type": "json"},
+        },
+    }
+    path, config = write_config([json_parts])
+    settings = settings_for(path, error_backoff=0.05)
+    await migrate_command(settings, config)
+    redis_client.hset("part:b", "a", "b")
+    await pg.execute("INSERT INTO parts VALUES ('b', 'B', 1, '{1,2,3,4}')")
+    async with open_app(settings, config) as app:
+        with pytest.raises(MirrorsPausedError, match=r"part:b \(hash\)"):
+            await app.worker().run_once()

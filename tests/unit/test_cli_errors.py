@@ -5,13 +5,14 @@ JSON logs each of them is one JSON line instead."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 
 import asyncpg
 import pytest
 from redis import exceptions as redis_errors
 
-from vecmirror.cli import failure_logged, failure_message, handles_errors
+from vecmirror.cli import _row_keys, failure_logged, failure_message, handles_errors
 from vecmirror.errors import StartupError
 from vecmirror.logging import configure_logging
 from vecmirror.settings import Settings
@@ -107,3 +108,36 @@ def test_run_with_json_logs_reports_a_bug_as_json_with_its_traceback(
 def test_run_with_console_logs_leaves_the_error_to_the_plain_line() -> None:
     with pytest.raises(StartupError):
         run_failing(StartupError("plain"), "console")
+
+
+def test_a_reader_gone_away_is_no_error_of_ours(capfd: pytest.CaptureFixture[str]) -> None:
+    """`vecmirror verify | head -1`: the closed pipe ends the command quietly, not as an internal error."""
+    command = handles_errors(failing(BrokenPipeError(32, "Broken pipe")))
+    saved = os.dup(1)
+    try:
+        with pytest.raises(SystemExit) as exited:
+            command()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+    assert exited.value.code == 1
+    assert capfd.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    ("argument", "key"),
+    [("42", ("42",)), ('["acme", 42]', ("acme", "42")), ('["[abc"]', ("[abc",))],
+)
+def test_keys_on_the_command_line(argument: str, key: tuple[str, ...]) -> None:
+    assert _row_keys((argument,)) == [key]
+
+
+@pytest.mark.parametrize("argument", ['["2"', "[abc", "[]", '[{"a": 1}'])
+def test_a_key_that_is_no_json_array_is_one_line_and_exit_2(
+    argument: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    command = handles_errors(lambda: _row_keys((argument,)))
+    with pytest.raises(SystemExit) as exited:
+        command()
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and err.count("\n") == 1 and err.startswith(f"vecmirror: key {argument!r}")

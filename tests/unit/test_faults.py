@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncpg
 import pytest
+from prometheus_client import CollectorRegistry
 from redis import exceptions as redis_errors
 
 from vecmirror.errors import MirrorError, StartupError
+from vecmirror.ops.metrics import Metrics
 from vecmirror.run.faults import as_mirror_error, classify
+from vecmirror.run.pauses import MirrorPauses, Pause
 
 
 @pytest.mark.parametrize(
@@ -67,3 +70,12 @@ def test_the_mirror_error_names_the_table_and_column_postgres_gave() -> None:
     message = str(as_mirror_error("docs", error))
     assert message == "mirror 'docs': Postgres: column t.title does not exist (table 'docs', column 'title')"
     assert as_mirror_error("docs", MirrorError("docs", "x")).problem == "x"
+
+
+async def test_a_paused_mirror_gets_one_attempt_per_due_time_however_many_lanes() -> None:
+    pauses = MirrorPauses(Metrics(CollectorRegistry()), backoff=0.0)
+    pauses._pauses["docs"] = Pause(MirrorError("docs", "x"), attempts=1, retry_at=0.0)  # due
+    assert pauses.take_attempt("docs") and not pauses.take_attempt("docs")  # the second lane waits
+    pauses.end_attempt("docs")  # it neither paused nor resumed: due again
+    assert pauses.take_attempt("docs")
+    assert pauses.take_attempt("other")  # not paused: always

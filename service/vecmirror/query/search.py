@@ -12,6 +12,8 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import redis.asyncio as redis
+from redis.exceptions import RedisError, ResponseError
+from redisvl.exceptions import RedisSearchError
 from redisvl.index import AsyncSearchIndex
 from redisvl.query import AggregateHybridQuery, VectorQuery, VectorRangeQuery
 
@@ -138,7 +140,7 @@ class MirrorSearch:
         )
         query.load("@__key")
         return_whole_arrays(query, target.array_paths)
-        rows = await AsyncSearchIndex(target.mirror.index, redis_client=self._redis).query(query)
+        rows = await _searched(target, AsyncSearchIndex(target.mirror.index, redis_client=self._redis), query)
         return [self._hit(target, row, fields, score=float(row["hybrid_score"])) for row in rows]
 
     async def _query_vector(
@@ -162,7 +164,7 @@ class MirrorSearch:
         index = AsyncSearchIndex(target.mirror.index, redis_client=self._redis)
         fields = list(query._return_fields)
         return_whole_arrays(query, target.array_paths)
-        hits = [self._hit(target, row, fields) for row in await index.query(query)]
+        hits = [self._hit(target, row, fields) for row in await _searched(target, index, query)]
         return await self._attach_vectors(target, hits) if with_vectors else hits
 
     def _hit(self, target: Target, row: dict[str, Any], fields: list[str], score: float | None = None) -> Hit:
@@ -201,3 +203,18 @@ def _check_counts(*, k: int, offset: int) -> None:
         raise QueryError(f"k/limit must be a whole number of at least 1, not {k!r}")
     if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
         raise QueryError(f"offset must be a whole number of at least 0, not {offset!r}")
+
+
+async def _searched(target: Target, index: AsyncSearchIndex, query: Any) -> list[dict[str, Any]]:
+    """The query's rows; a query Redis rejects (a filter its parser refuses, a range of words) is
+    the caller's mistake, said in one line, not a traceback."""
+    try:
+        rows: list[dict[str, Any]] = await index.query(query)
+    except RedisSearchError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, ResponseError):
+            raise QueryError(f"mirror {target.mirror.name!r}: Redis rejected the query: {cause}") from exc
+        if isinstance(cause, RedisError):
+            raise cause from exc  # server trouble, named by the boundary like any other
+        raise
+    return rows

@@ -8,6 +8,7 @@ for `vecmirror status`; the first batch that syncs again clears all three (`mirr
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -39,10 +40,23 @@ class MirrorPauses:
     def __contains__(self, mirror: object) -> bool:
         return mirror in self._pauses
 
-    def due(self, mirror: str) -> bool:
-        """True unless the mirror is paused and its next attempt is not due yet."""
+    def take_attempt(self, mirror: str) -> bool:
+        """True unless the mirror is paused and its next attempt is not due yet, or another lane
+        is making it: one attempt per due time, however many lanes drain."""
         pause = self._pauses.get(mirror)
-        return pause is None or time.monotonic() >= pause.retry_at
+        if pause is None:
+            return True
+        if time.monotonic() < pause.retry_at:
+            return False
+        pause.retry_at = math.inf  # taken: pause() sets the next one, healthy() ends the pause
+        return True
+
+    def end_attempt(self, mirror: str) -> None:
+        """An attempt that neither paused nor resumed the mirror (server trouble, or a step that
+        proves nothing) leaves it due again."""
+        pause = self._pauses.get(mirror)
+        if pause is not None and pause.retry_at == math.inf:
+            pause.retry_at = time.monotonic()
 
     def seconds_to_next_attempt(self) -> float | None:
         if not self._pauses:

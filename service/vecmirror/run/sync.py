@@ -27,6 +27,7 @@ from vecmirror.sink.observe import record_last_sync
 from vecmirror.sink.writer import RedisSink
 from vecmirror.source import Connection, changes, discard
 from vecmirror.source.changes import ClaimedBatch, RetryPolicy, RowFailure
+from vecmirror.source.migrate import capture_problem
 from vecmirror.source.rows import LoadedRows, load_rows
 from vecmirror.source.tables import SourceTable, inspect_table
 
@@ -140,9 +141,20 @@ class MirrorSync:
         """Checks the table again and rebuilds its statements: a paused mirror's table may have got
         its column back, or a key column a new type. A check that fails is the mirror's trouble."""
         try:
-            self._table = await inspect_table(conn, self.mirror)
+            table = await inspect_table(conn, self.mirror)
         except StartupError as exc:
-            raise MirrorError(self.name, str(exc).removeprefix(f"mirror {self.name!r}: ")) from exc
+            problems = str(exc).replace(f"mirror {self.name!r}: ", "").splitlines()
+            raise MirrorError(self.name, "; ".join(problems)) from exc
+        problem = await capture_problem(conn, self.mirror)
+        if problem is not None:
+            raise MirrorError(self.name, problem)
+        read = {*self.mirror.columns_needed(), *table.key_names}
+        if self._table is not None and _shape(self._table, read) != _shape(table, read):
+            # The same rows, read otherwise now (a type changed with USING, a column dropped and
+            # added again): no trigger fired, so every row is read again.
+            await changes.requeue_all_rows(conn, self.name)
+            log.warning("table_changed_rows_requeued", mirror=self.name, table=self.mirror.table)
+        self._table = table
 
     async def sync_batch(self, conn: Connection) -> BatchStats | None:
         """Processes one batch; None when the mirror's queue had nothing claimable."""
@@ -180,7 +192,7 @@ class MirrorSync:
                 stats = await self._embed(plan, keepalive=lambda: conn.execute("SELECT 1"))
                 refused = await self._write(plan, stats)
             except ResponseError as exc:
-                if "WRONGTYPE" in str(exc):
+                if "WRONGTYPE" in str(exc) or "wrong Redis type" in str(exc):  # HSET / JSON.SET
                     raise await self._foreign_keys_error(batch.keys) from exc
                 raise
             stats.synced_at = time.time()
@@ -196,7 +208,7 @@ class MirrorSync:
         return MirrorError(
             self.name,
             f"keys under the prefix {self.mirror.index.index.prefix!r} hold another Redis type than the "
-            f"mirror's documents: {named or 'see WRONGTYPE'}; remove them or give the mirror a prefix "
+            f"mirror's documents: {named or 'see the Redis error'}; remove them or give the mirror a prefix "
             "of its own",
         )
 
@@ -230,7 +242,12 @@ class MirrorSync:
 
     async def resync_if_forgotten(self, conn: Connection) -> bool:
         """Resyncs the mirror where Redis forgot it or its generation changed (see resync.py); True
-        when it did. Cheap, so the idle worker looks on every wake-up."""
+        when it did. Cheap, so the idle worker looks on every wake-up. A table whose capture is gone
+        (dropped and created again without `migrate`) pauses the mirror first: resyncing it now
+        would report it in sync while its changes are not captured."""
+        problem = await capture_problem(conn, self.mirror)
+        if problem is not None:
+            raise MirrorError(self.name, problem)
         created, self.index_created = self.index_created, False
         return await self._resyncs.if_forgotten(conn, index_created=created)
 
@@ -338,3 +355,9 @@ class MirrorSync:
         plan.documents = [d for d in plan.documents if d.key not in refused]
         gone = [(key, plan.versions[key]) for key in refused]
         await self.sink.write([], gone, keep_vector=set())
+
+
+def _shape(table: SourceTable, read: set[str]) -> dict[str, tuple[str, int]]:
+    """What the mirror reads of its table: each such column's type and number (a column dropped and
+    added again gets a new number)."""
+    return {name: (c.sql_type, c.attnum) for name, c in table.columns.items() if name in read}

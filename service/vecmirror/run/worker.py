@@ -31,7 +31,6 @@ from vecmirror.run.sync import BatchStats, MirrorSync
 from vecmirror.source import Connection, changes, pooled
 from vecmirror.source.backfill import backfill_pending, queue_all_rows
 from vecmirror.source.listener import ChangeListener
-from vecmirror.source.tables import table_shape_problem
 
 log = structlog.get_logger(__name__)
 # Anything a server or its driver raises. The loop decides whose fault it is (vecmirror.run.faults);
@@ -122,8 +121,16 @@ class Worker:
         """Runs one mirror's step, skipped while the mirror is paused and its next attempt not due.
         Trouble of the mirror's own pauses it (None); server trouble is raised for the caller to
         retry. A step that `proves_health` (a batch) and succeeds resumes a paused mirror."""
-        if not self.pauses.due(sync.name):
+        if not self.pauses.take_attempt(sync.name):
             return None
+        try:
+            return await self._attempt(sync, step, proves_health=proves_health)
+        finally:
+            self.pauses.end_attempt(sync.name)
+
+    async def _attempt(
+        self, sync: MirrorSync, step: Callable[[Connection], Awaitable[_T]], *, proves_health: bool
+    ) -> _T | None:
         try:
             result = await self._with_fresh_table(sync, step)
         except Exception as exc:
@@ -284,11 +291,10 @@ class Worker:
         return checks
 
     async def _check_mirror(self, sync: MirrorSync, conn: Connection) -> CountCheck | None:
-        # A table that became a partition (ATTACH), gained inheritance, or lost its unique key
-        # since start-up would be captured wrongly from now on: its mirror pauses, named.
-        problem = await table_shape_problem(conn, sync.mirror)
-        if problem is not None:
-            raise MirrorError(sync.name, problem)
+        # A table that became a partition (ATTACH), gained inheritance, lost its unique key or its
+        # capture since start-up pauses its mirror, named; one whose mirrored columns changed type
+        # or number without its rows changing has every row read again (MirrorSync.reinspect).
+        await sync.reinspect(conn)
         if await sync.resync_if_forgotten(conn):
             await self.backfill_new_mirrors()
         try:

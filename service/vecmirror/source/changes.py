@@ -138,3 +138,7 @@ async def record_mirror_error(conn: Connection, mirror: str, error: str | None) 
 
 async def is_first_sync(conn: Connection, mirror: str) -> bool:
     return bool(await conn.fetchval(QUERIES["mirror_first_sync"], mirror))
+
+
+async def requeue_all_rows(conn: Connection, mirror: str) -> None:
+    await conn.execute(QUERIES["requeue_all_rows"], mirror)

@@ -150,3 +150,19 @@ async def _remove_mirror(conn: Connection, previous: asyncpg.Record) -> None:
         "forget_mirror",
     ):
         await conn.execute(QUERIES[query], previous["name"])
+
+
+async def capture_problem(conn: Connection, mirror: MirrorConfig) -> str | None:
+    """Why the mirror's changes are not being captured, or None: its table was dropped and created
+    again, or its triggers were dropped, since `migrate` installed them. A worker checks this before
+    trusting the table (its writes would be lost without a word)."""
+    found = {
+        (schema, table, trigger) for schema, table, trigger in await _capture_triggers(conn, mirror.name)
+    }
+    wanted = {(mirror.schema_name, mirror.table_name, trigger_name(mirror.name, e)) for e in TRIGGER_EVENTS}
+    if wanted <= found:
+        return None
+    return (
+        f"the capture triggers are missing on {mirror.table} (the table was dropped and created "
+        "again, or its triggers dropped): changes are not captured; run `vecmirror migrate`"
+    )

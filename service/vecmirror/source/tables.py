@@ -46,7 +46,7 @@ async def inspect_table(conn: Connection, mirror: MirrorConfig) -> SourceTable:
     """Everything the config says about the table must hold, or start-up stops here."""
     columns, key_names, problems = await _inspect(conn, mirror)
     if problems:
-        raise StartupError("\n".join(f"mirror {mirror.name!r}: {p}" for p in problems))
+        raise StartupError(f"mirror {mirror.name!r}: " + "; ".join(problems))  # one line: see cli.py
     keys = tuple(KeyColumn(name, columns[name].sql_type, columns[name].attnum) for name in key_names)
     values = [(name, columns[name].base_type) for name in mirror.columns_needed()]
     statements = TableStatements(qualified(mirror.schema_name, mirror.table_name), keys, select_list(values))

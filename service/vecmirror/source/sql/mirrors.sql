@@ -40,3 +40,8 @@ RETURNING generation;
 -- The table a mirror was registered with, by OID: set by `migrate`, or adopted on the first start
 -- after the upgrade to 0005 (the generation stays).
 UPDATE vecmirror.mirrors_v1 SET table_oid = $2 WHERE name = $1 AND table_oid IS DISTINCT FROM $2;
+
+-- name: requeue_all_rows
+-- The table's columns changed under the mirror without its rows changing (ALTER COLUMN TYPE ...
+-- USING, a column dropped and added again): every row is read again by a new backfill walk.
+UPDATE vecmirror.mirrors_v1 SET backfill_state = 'pending', backfill_cursor = NULL WHERE name = $1;
