@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -178,6 +179,21 @@ async def check_servers(settings: Settings, config: Config, *, postgres: bool = 
         return await _require_redis(client, config)
 
 
+@asynccontextmanager
+async def both_servers(settings: Settings, config: Config) -> AsyncIterator[tuple[Connection, redis.Redis]]:
+    """A Postgres connection whose schema is current and a Redis client with the Query Engine, for
+    the commands that read both; a server they cannot use is one error naming it."""
+    with translated(settings):
+        conn = await connect_postgres(settings)
+        try:
+            await check_migrated(conn, config)
+            async with redis_client(settings) as client:
+                await _require_redis(client, config)
+                yield conn, client
+        finally:
+            await conn.close()
+
+
 async def _require_redis(client: redis.Redis, config: Config) -> set[str]:
     return await require_query_engine(client, json_storage=any(m.storage == "json" for m in config.mirrors))
 
@@ -328,17 +344,8 @@ async def verify_command(
     mirrors = mirrors_named(
         settings, config, [mirror_name] if mirror_name else [m.name for m in config.mirrors]
     )
-    with translated(settings):
-        conn = await connect_postgres(settings)
-        try:
-            await check_migrated(conn, config)
-            async with redis_client(settings) as client:
-                await _require_redis(client, config)
-                return [
-                    await _verify_one(settings, conn, client, mirror, repair=repair) for mirror in mirrors
-                ]
-        finally:
-            await conn.close()
+    async with both_servers(settings, config) as (conn, client):
+        return [await _verify_one(settings, conn, client, mirror, repair=repair) for mirror in mirrors]
 
 
 async def _verify_one(
@@ -381,15 +388,8 @@ async def status_command(settings: Settings, config: Config) -> list[MirrorStatu
     """Each mirror's queue, dead letters, table rows, index and last sync, read from the servers.
     A server it cannot use is an error that names it and says why: unreachable, refusing the login,
     lacking the schema or the Query Engine."""
-    with translated(settings):
-        conn = await connect_postgres(settings)
-        try:
-            await check_migrated(conn, config)
-            async with redis_client(settings) as client:
-                await _require_redis(client, config)
-                return [await mirror_status(conn, client, mirror) for mirror in config.mirrors]
-        finally:
-            await conn.close()
+    async with both_servers(settings, config) as (conn, client):
+        return [await mirror_status(conn, client, mirror) for mirror in config.mirrors]
 
 
 def print_status(statuses: Sequence[MirrorStatus], *, as_json: bool) -> None:
