@@ -24,7 +24,7 @@ from helpers import (
 )
 from vecmirror.boundary import RedisUnavailableError
 from vecmirror.commands import AmbiguousIndexError, migrate_and_remove, migrate_command, plan_command
-from vecmirror.ops.plan import format_plan
+from vecmirror.ops.plan import format_plan, rebuild_note
 
 
 async def _two_mirrors_synced(
@@ -109,14 +109,12 @@ async def test_template_change_counts_exact_re_embeds_and_index_change_is_named(
     }
     index = by_name["products"]["index"]
     assert index["rebuild"] is True and index["exists"] is True and index["documents"] == 2
+    assert index["rebuild_online"] is True  # a flag: the documents follow in place
     assert index["differences"] == ["field 'price': SORTABLE is on in the config, off in Redis"]
     lines = format_plan(plan)
     assert "~ docs: 2 of 3 rows will be re-embedded (exact; 1 unchanged)" in lines
     assert "~ products: index products_idx differs from the config and must be rebuilt:" in lines
-    assert (
-        "    run will refuse to start: drop the index (FT.DROPINDEX products_idx) or change the config back"
-        in lines
-    )
+    assert f"    {rebuild_note('products_idx', online=True)}" in lines
     assert plan.changes
 
 

@@ -56,7 +56,7 @@ async def ensure_index(client: redis.Redis, mirror: MirrorConfig) -> bool:
     """True when the index was created now."""
     if await check_index(client, mirror):
         return False
-    await _create(client, mirror)
+    await create_index(client, mirror.index)
     log.info("index_created", mirror=mirror.name, index=mirror.index.index.name)
     return True
 
@@ -70,17 +70,21 @@ async def check_index(client: redis.Redis, mirror: MirrorConfig) -> bool:
         return False
     differences = index_differences(mirror.index, info)
     if differences:
-        raise StartupError(
-            f"mirror {mirror.name!r}: index {name!r} exists with a different definition:\n"
-            + "\n".join(f"  - {d}" for d in differences)
-            + "\nDrop it (FT.DROPINDEX) or change the config back; vecmirror will not rebuild it."
-        )
+        raise different_index_error(mirror, differences)
     return True
 
 
-async def _create(client: redis.Redis, mirror: MirrorConfig) -> None:
+def different_index_error(mirror: MirrorConfig, differences: list[str]) -> StartupError:
+    name = mirror.index.index.name
+    return StartupError(
+        f"mirror {mirror.name!r}: index {name!r} exists with a definition documents cannot follow "
+        f"in place: {'; '.join(differences)}. Drop it (FT.DROPINDEX) or change the config back"
+    )
+
+
+async def create_index(client: redis.Redis, schema: IndexSchema) -> None:
     try:
-        await AsyncSearchIndex(mirror.index, redis_client=client).create(overwrite=False)
+        await AsyncSearchIndex(schema, redis_client=client).create(overwrite=False)
     except RedisSearchError as exc:
         # RedisVL wraps every error, a dropped connection too: the worker retries server trouble
         # only when it sees it as such.
@@ -125,6 +129,12 @@ def index_differences(schema: IndexSchema, info: dict[str, Any]) -> list[str]:
     for name in sorted(set(wanted) | set(existing)):
         differences += _field_differences(name, wanted.get(name), existing.get(name), storage)
     return differences
+
+
+def index_identifiers(info: dict[str, Any]) -> list[str]:
+    """What each field of an index reads: a HASH field's name, a JSON path."""
+    attributes = map(_attributes, _mapping(info)["attributes"])
+    return [str(_text(a.properties.get("identifier"))) for a in attributes]
 
 
 def _field_differences(

@@ -23,6 +23,7 @@ from redis.exceptions import ResponseError
 from vecmirror.config import Config, MirrorConfig
 from vecmirror.errors import RowError, VecmirrorError
 from vecmirror.index.manage import index_differences, index_info
+from vecmirror.index.rollout import blocking_differences
 from vecmirror.pipeline.documents import DocumentBuilder, RowKey
 from vecmirror.sink.drop import MirrorData, left_behind, locate
 from vecmirror.sink.writer import RedisSink
@@ -37,9 +38,17 @@ PAGE = 1000
 GENERATIONS = 5  # the migration that records each mirror's table OID (0005_generations)
 
 
-def rebuild_note(index: str) -> str:
-    """What happens to an index whose definition differs, as the code stands (index.manage.check_index)."""
-    return f"run will refuse to start: drop the index (FT.DROPINDEX {index}) or change the config back"
+def rebuild_note(index: str, *, online: bool = False) -> str:
+    """What `run` does with an index whose definition differs (index/rollout.py)."""
+    if online:
+        return (
+            f"run rebuilds it online: a new index beside {index} is filled (every row read again; "
+            f"unchanged texts keep their vectors), then {index} switches to it"
+        )
+    return (
+        f"run will refuse to start (another storage, prefix or vector): drop the index "
+        f"(FT.DROPINDEX {index}) or change the config back"
+    )
 
 
 @dataclass
@@ -69,6 +78,7 @@ class MirrorPlan:
     index_exists: bool = False
     documents: int = 0
     differences: list[str] = field(default_factory=list)
+    rebuild_online: bool = False  # the differences are ones documents can follow in place
     embedding: Reembed | None = None
     problem: str | None = None  # what stops migrate or run for this mirror
 
@@ -97,6 +107,7 @@ class MirrorPlan:
                 "documents": self.documents,
                 "differences": self.differences,
                 "rebuild": bool(self.differences),
+                "rebuild_online": bool(self.differences) and self.rebuild_online,
             }
             out["embedding"] = None if self.embedding is None else self.embedding.as_dict()
         out["problem"] = self.problem
@@ -176,6 +187,7 @@ async def _kept(
         plan.index_exists = True
         plan.documents = int(float(info.get("num_docs", 0)))
         plan.differences = index_differences(mirror.index, info)
+        plan.rebuild_online = not blocking_differences(mirror, plan.differences)
     try:
         table = await inspect_table(conn, mirror)
     except VecmirrorError as exc:
@@ -297,7 +309,7 @@ def _kept_lines(plan: MirrorPlan) -> list[str]:
     if plan.differences:
         lines.append(f"{head}: index {plan.index} differs from the config and must be rebuilt:")
         lines += [f"    - {d}" for d in plan.differences]
-        lines.append(f"    {rebuild_note(str(plan.index))}")
+        lines.append(f"    {rebuild_note(str(plan.index), online=plan.rebuild_online)}")
     if plan.embedding is not None and plan.embedding.reembed:
         e = plan.embedding
         lines.append(

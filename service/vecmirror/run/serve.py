@@ -20,6 +20,7 @@ import structlog
 from vecmirror.app import App, open_app
 from vecmirror.config import Config
 from vecmirror.errors import VecmirrorError
+from vecmirror.index.manage import index_info
 from vecmirror.logging import redact
 from vecmirror.ops.metrics import Metrics
 from vecmirror.pipeline.embedder import EmbedderFactory
@@ -196,17 +197,17 @@ async def _postgres_problems(app: App) -> list[str]:
 
 
 async def _redis_problems(app: App, paused: Container[str]) -> list[str]:
+    """FT.INFO of each mirror's index name, which answers for an alias too (an index rebuilt online
+    is queried through one: FT._LIST would not list it)."""
+    problems = []
     try:
         async with asyncio.timeout(SERVER_CHECK_TIMEOUT):
-            listed = await app.redis.execute_command("FT._LIST")  # type: ignore[no-untyped-call]
+            for sync in app.syncs:
+                if sync.name not in paused and await index_info(app.redis, sync.sink.index_name) is None:
+                    problems.append(f"mirror {sync.name!r}: index {sync.sink.index_name!r} is missing")
     except (*TRANSIENT_ERRORS, TimeoutError) as exc:
         return [f"redis unreachable: {_describe(exc)}"]
-    names = {n.decode() if isinstance(n, bytes) else str(n) for n in listed}
-    return [
-        f"mirror {sync.name!r}: index {sync.sink.index_name!r} is missing"
-        for sync in app.syncs
-        if sync.sink.index_name not in names and sync.name not in paused
-    ]
+    return problems
 
 
 def _describe(exc: BaseException) -> str:

@@ -111,6 +111,7 @@ class MirrorSync:
         self.mirror = mirror
         self._table = table  # None until the table passed its checks (see reinspect)
         self.index_created = False  # by start-up, just now: if a marker exists, it was dropped
+        self.rebuild_into: str | None = None  # a new index generation to switch to once filled
         self.sink = sink
         # None: the mirror has no model (its vectors come from a column).
         self._model = BatchEmbedder(embedder, options.embed_batch_size) if embedder is not None else None

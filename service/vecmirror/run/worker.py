@@ -23,11 +23,14 @@ from redis.exceptions import RedisError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential, wait_random
 
 from vecmirror.errors import MirrorError, RedisForgotError, VecmirrorError
+from vecmirror.index.manage import index_info
+from vecmirror.index.rollout import embedding_changed, switch
 from vecmirror.ops.metrics import Metrics
 from vecmirror.ops.verify import CountCheck, Verifier, count_check
 from vecmirror.run.faults import as_mirror_error, classify
 from vecmirror.run.pauses import MirrorPauses
 from vecmirror.run.sync import BatchStats, MirrorSync
+from vecmirror.sink.versioned import marker_key
 from vecmirror.source import Connection, changes, pooled
 from vecmirror.source.backfill import backfill_pending, queue_all_rows
 from vecmirror.source.listener import ChangeListener
@@ -91,6 +94,7 @@ class Worker:
         self.metrics = metrics if metrics is not None else Metrics()
         self.metrics.declare_mirrors(sync.name for sync in self._syncs)
         self.pauses = MirrorPauses(self.metrics, error_backoff)
+        self._embedding_checked: set[str] = set()
 
     async def prepare(self) -> None:
         """Before draining, on every wake-up of `run`, and after server trouble (cheap: a few
@@ -98,7 +102,41 @@ class Worker:
         dropped), then queue the rows of new mirrors."""
         for sync in self._syncs:
             await self._for_mirror(sync, sync.resync_if_forgotten)
+            if sync.name not in self._embedding_checked:
+                await self._for_mirror(sync, functools.partial(self._check_embedding, sync))
         await self.backfill_new_mirrors()
+        await self.finish_rebuilds()
+
+    async def _check_embedding(self, sync: MirrorSync, conn: Connection) -> None:
+        """Once per worker: vectors made from another template, model or backend than the config's
+        (the file changed) are made again, every row read again (texts whose hash did not change
+        keep their vectors). Documents change in place, one batch at a time."""
+        if await embedding_changed(sync.sink.client, marker_key(sync.name), sync.mirror):
+            await changes.requeue_all_rows(conn, sync.name)
+        self._embedding_checked.add(sync.name)
+
+    async def finish_rebuilds(self) -> bool:
+        """Switches each mirror whose new index generation is filled (index/rollout.py); True
+        while one is still filling."""
+        for sync in self._syncs:
+            if sync.rebuild_into is not None:
+                await self._for_mirror(sync, functools.partial(self._finish_rebuild, sync))
+        return any(sync.rebuild_into is not None for sync in self._unpaused())
+
+    async def _finish_rebuild(self, sync: MirrorSync, conn: Connection) -> None:
+        """Filled: the walk over every row is done, nothing of the mirror is queued, and Redis has
+        indexed every document (FT.CREATE scans the keys in the background)."""
+        target = sync.rebuild_into
+        assert target is not None
+        if await backfill_pending(conn, sync.name) or await changes.pending(conn, sync.name):
+            return
+        info = await index_info(sync.sink.client, target)
+        if info is None:
+            raise MirrorError(sync.name, f"the new index {target!r} being filled is gone: restart the worker")
+        if int(info.get("indexing", 0)) or float(info.get("percent_indexed", 1)) < 1:
+            return
+        await switch(sync.sink.client, sync.sink.index_name, target)
+        sync.rebuild_into = None
 
     async def backfill_new_mirrors(self) -> None:
         """Rows that existed before `migrate` are queued on the first run."""
@@ -263,6 +301,9 @@ class Worker:
             delay = await self._retrying(never, self._seconds_to_next_retry)
             if delay is None:
                 if not await self._retrying(never, self._anything_queued):
+                    if await self._retrying(never, self.finish_rebuilds):
+                        await asyncio.sleep(UNCLAIMABLE_RECHECK)  # Redis still indexing the new one
+                        continue
                     if self.pauses.errors():
                         raise MirrorsPausedError(self.pauses.errors())
                     return totals

@@ -49,6 +49,9 @@ class RedisSink:
         self.versioned = VersionedWrites(client, mirror.name, json=self._is_json, tombstone_ttl=tombstone_ttl)
         self._read_script = client.register_script(JSON_READ_SCRIPT if self._is_json else HASH_READ_SCRIPT)
         self.index_name = mirror.index.index.name
+        # Fields the index users query had and the config dropped (an online rebuild): deleted from
+        # every document written, since an upsert leaves a field it is not given.
+        self.dropped_fields: tuple[str, ...] = ()
 
     @property
     def client(self) -> redis.Redis:
@@ -120,12 +123,15 @@ class RedisSink:
         if self._is_json:
             body = self._json.document(document, with_nulls=partial)
             body[META_GENERATION_FIELD] = generation
+            if partial:  # a merge keeps what it is not given; a full JSON.SET replaces everything
+                body.update(_json_nulls(self.dropped_fields))
             return self.versioned.json_upsert(
                 key, document.version, json.dumps(body, ensure_ascii=False), merge=partial
             )
         mapping = self._hash.mapping(document)
         mapping[META_GENERATION_FIELD] = generation
-        return self.versioned.hash_upsert(key, document.version, mapping, self._hash.removed(document))
+        removed = [*self._hash.removed(document), *self.dropped_fields]
+        return self.versioned.hash_upsert(key, document.version, mapping, removed)
 
     async def indexing_failures(self) -> tuple[int, str | None]:
         """FT.INFO's count of documents the index refused, and its last reason when it says one."""
@@ -207,3 +213,8 @@ def search_result_ids(reply: Any) -> list[str]:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _json_nulls(paths: Sequence[str]) -> dict[str, None]:
+    """JSON.MERGE deletes a key given as null: the top-level ones of the dropped paths."""
+    return {path.removeprefix("$."): None for path in paths if path.count(".") == 1 and "[" not in path}
