@@ -195,8 +195,9 @@ async def test_missing_columns_are_named_at_start(
     with pytest.raises(StartupError) as error:
         await migrate_command(settings_for(path), config)
     message = str(error.value)
-    assert "mirror 'docs': index.fields.content: no column 'content' in public.docs" in message
-    assert "mirror 'docs': embed.template: placeholder {content} is not a column" in message
+    assert message.startswith("mirror 'docs': index.fields.content: no column 'content' in public.docs; ")
+    assert "; embed.template: placeholder {content} is not a column" in message
+    assert "\n" not in message  # one line, as every command's error
 
 
 async def test_sync_once_uses_fake_embedder_contract(
