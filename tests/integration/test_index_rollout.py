@@ -15,10 +15,10 @@ import pytest
 import redis
 from redis.commands.search.query import Query
 
-from helpers import DOCS_MIRROR, hash_doc, vector_of
+from helpers import DOCS_MIRROR, PRODUCTS_MIRROR, PRODUCTS_TABLE, hash_doc, vector_of
 from invariant import assert_invariant
 from vecmirror.app import open_app
-from vecmirror.commands import migrate_command
+from vecmirror.commands import migrate_and_remove, migrate_command
 from vecmirror.errors import StartupError
 from vecmirror.index.rollout import generation_name
 
@@ -155,3 +155,38 @@ async def test_a_new_template_re_embeds_every_row_once(
     await assert_invariant(pg, redis_url, config.mirrors[0])
     _, again = await _run(settings_for, write_config, content_only, embedder_factory)  # a restart
     assert again.metrics.embeddings.labels("docs", "computed")._value.get() == 0
+
+
+async def test_drop_data_leaves_an_index_queried_through_its_alias(
+    pg: asyncpg.Connection,
+    redis_client: redis.Redis,
+    write_config: Callable[..., Any],
+    settings_for: Any,
+    embedder_factory: Any,
+) -> None:
+    """A mirror rebuilt online is queried through an alias; its index, under another name, is no
+    removed mirror's to drop."""
+    await pg.execute(DOCS_WITH_YEAR)
+    await pg.execute(PRODUCTS_TABLE)
+    await pg.execute("INSERT INTO docs VALUES (1, 'T', 'Text', 'g', 2001)")
+    await pg.execute("INSERT INTO products VALUES ('lamp', 'Lamp', 1, '{1,0,0,0}')")
+    with_year = _with_fields({"name": "year", "type": "numeric"})
+    await _run(settings_for, write_config, DOCS_MIRROR, embedder_factory)
+    await _run_many(settings_for, write_config, [with_year, PRODUCTS_MIRROR], embedder_factory)
+    rebuilt = _answering(redis_client, "docs_idx")
+    assert rebuilt != "docs_idx"
+    path, config = write_config([with_year])  # products removed, its data dropped
+    _, removals = await migrate_and_remove(settings_for(path), config, drop_data=True)
+    assert [r.mirror for r in removals] == ["products"]
+    assert _indexes(redis_client) == {rebuilt} and redis_client.exists("doc:1")
+    assert not redis_client.exists("product:lamp")
+
+
+async def _run_many(
+    settings_for: Any, write_config: Any, mirrors: list[dict[str, Any]], factory: Any
+) -> None:
+    path, config = write_config(mirrors)
+    settings = settings_for(path)
+    await migrate_command(settings, config)
+    async with open_app(settings, config, factory) as app:
+        await app.worker().run_once()

@@ -29,6 +29,7 @@ from typing import Any
 import redis.asyncio as redis
 
 from vecmirror.config import META_KEY_FIELD, OWN_KEY_PREFIX, MirrorConfig
+from vecmirror.index.rollout import answering_index
 from vecmirror.sink.keys import key_pattern
 
 SCAN_COUNT = 1000
@@ -133,6 +134,8 @@ async def locate(
     if not removed:
         return {}
     wanted = {m.index.index.name for m in configured}
+    # A configured mirror rebuilt online is queried through an alias: its index has another name.
+    wanted |= {name for name in [await answering_index(client, n) for n in sorted(wanted)] if name}
     names = [_text(n) for n in await client.execute_command("FT._LIST")]  # type: ignore[no-untyped-call]
     orphans = [await _orphan(client, n) for n in sorted(names) if n not in wanted]
     owners = await _marker_generations(client)  # generation -> mirror
