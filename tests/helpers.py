@@ -15,8 +15,10 @@ import redis
 
 from vecmirror.commands import run_command
 from vecmirror.config import Config
+from vecmirror.errors import StartupError
 from vecmirror.settings import Settings
 from vecmirror.sink.writer import search_result_ids
+from vecmirror.source.tables import inspect_table
 
 DOCS_TABLE = """
 CREATE TABLE docs (
@@ -153,3 +155,12 @@ def stack_directory() -> Iterator[Path]:
         yield directory / "stack"
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+async def shape_problem(conn: Any, mirror: Any) -> str | None:
+    """What the worker's table check (inspect_table, run every VECMIRROR_CHECK_INTERVAL) says."""
+    try:
+        await inspect_table(conn, mirror)
+    except StartupError as exc:
+        return str(exc)
+    return None

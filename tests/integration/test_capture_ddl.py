@@ -10,10 +10,10 @@ import asyncpg
 import pytest
 import redis
 
-from helpers import PRODUCTS_MIRROR, PRODUCTS_TABLE, keys, sync_once
+from helpers import PRODUCTS_MIRROR, PRODUCTS_TABLE, keys, shape_problem, sync_once
 from vecmirror.commands import migrate_command
 from vecmirror.errors import StartupError
-from vecmirror.source.tables import inspect_table, table_shape_problem
+from vecmirror.source.tables import inspect_table
 
 SEEN: dict[str, int] = {}  # the last change id queued() read, per database (one per test)
 
@@ -190,13 +190,13 @@ async def test_a_table_attached_as_a_partition_later_is_noticed(
 ) -> None:
     _, config = products
     mirror = config.mirrors[0]
-    assert await table_shape_problem(pg, mirror) is None
+    assert await shape_problem(pg, mirror) is None
     await pg.execute(
         "CREATE TABLE all_products (sku text NOT NULL, name text NOT NULL, price numeric, vec real[], "
         "PRIMARY KEY (sku)) PARTITION BY LIST (sku)"
     )
     await pg.execute("ALTER TABLE all_products ATTACH PARTITION products DEFAULT")
-    problem = await table_shape_problem(pg, mirror)
+    problem = await shape_problem(pg, mirror)
     assert problem is not None and "products is a partition" in problem
     with pytest.raises(StartupError, match="products is a partition"):
         await inspect_table(pg, mirror)

@@ -9,11 +9,11 @@ import asyncpg
 import pytest
 import redis
 
-from helpers import keys, sync_once
+from helpers import keys, shape_problem, sync_once
 from vecmirror.commands import migrate_command, verify_command
 from vecmirror.config import parse_config
 from vecmirror.errors import StartupError
-from vecmirror.source.tables import inspect_table, table_shape_problem
+from vecmirror.source.tables import inspect_table
 
 VECTOR_FIELD = {
     "name": "vec",
@@ -152,11 +152,11 @@ async def test_a_unique_key_is_accepted_and_checked_again_at_start(
     await pg.execute("INSERT INTO things VALUES ('a', 't', 'n', '{1,0}')")
     await sync_once(settings, config)
     assert keys(redis_client, "item:*") == {"item:t:a"}
-    assert await table_shape_problem(pg, config.mirrors[0]) is None
+    assert await shape_problem(pg, config.mirrors[0]) is None
 
     await pg.execute("DROP INDEX things_code")
     await pg.execute("ALTER TABLE things ALTER COLUMN tenant DROP NOT NULL")
-    problem = await table_shape_problem(pg, config.mirrors[0])
+    problem = await shape_problem(pg, config.mirrors[0])
     assert problem is not None and "column 'tenant' of things allows NULL" in problem
     assert "(tenant, code) is not unique in things" in problem
     with pytest.raises(StartupError, match="is not unique in things"):  # what start-up checks
@@ -166,7 +166,7 @@ async def test_a_unique_key_is_accepted_and_checked_again_at_start(
 async def test_the_default_key_is_the_primary_key(pg: asyncpg.Connection) -> None:
     await pg.execute("CREATE TABLE things (code text PRIMARY KEY, note text, vec real[])")
     mirror = parse_config({"mirrors": [mirror_of("things")]}).mirrors[0]
-    assert await table_shape_problem(pg, mirror) is None
+    assert await shape_problem(pg, mirror) is None
     await pg.execute("ALTER TABLE things DROP CONSTRAINT things_pkey")
-    problem = await table_shape_problem(pg, mirror)
+    problem = await shape_problem(pg, mirror)
     assert problem is not None and "has no primary key" in problem

@@ -268,9 +268,6 @@ class VersionedWrites:
         generation, legacy, high = (None if v is None else _text(v) for v in raw)
         return Marker(generation, legacy, int(float(high)) if high else 0)
 
-    async def is_marked(self) -> bool:
-        return bool(await self._client.exists(self._marker))
-
     @staticmethod
     def hash_upsert(key: str, version: int, mapping: Mapping[str, Value], removed: Sequence[str]) -> Write:
         return Write(

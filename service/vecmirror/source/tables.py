@@ -53,14 +53,6 @@ async def inspect_table(conn: Connection, mirror: MirrorConfig) -> SourceTable:
     return SourceTable(mirror.name, columns, statements)
 
 
-async def table_shape_problem(conn: Connection, mirror: MirrorConfig) -> str | None:
-    """What makes the mirror's table unfit now, or None. Cheap enough (four catalog queries) to ask
-    every few minutes, to notice after start-up a table that became a partition (ATTACH), gained an
-    inheritance child, lost its key's unique index or NOT NULL, a column, or was dropped."""
-    _, _, problems = await _inspect(conn, mirror)
-    return "; ".join(problems) or None
-
-
 async def _inspect(
     conn: Connection, mirror: MirrorConfig
 ) -> tuple[dict[str, Column], tuple[str, ...], list[str]]:
