@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +21,37 @@ def vecmirror(
     )
 
 
-def start_worker(env: dict[str, str], config: Path, *extra: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [*VECMIRROR, "run", "--config", str(config), *extra],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+class DrainedProcess(subprocess.Popen[str]):
+    """A subprocess whose output is read as it comes. A worker logs a line per batch: left in a pipe
+    nobody reads, 64 KiB of them block its next write, and it stops syncing (a CI run timed out on
+    exactly that). `communicate` returns everything it wrote."""
+
+    def __init__(self, args: Sequence[str], env: dict[str, str]) -> None:
+        super().__init__(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self._out: list[str] = []
+        self._err: list[str] = []
+        self._readers = [
+            threading.Thread(target=_drain, args=(self.stdout, self._out), daemon=True),
+            threading.Thread(target=_drain, args=(self.stderr, self._err), daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def communicate(self, input: Any = None, timeout: float | None = None) -> tuple[str, str]:  # noqa: ARG002 (nothing is sent to a worker)
+        self.wait(timeout)
+        for reader in self._readers:
+            reader.join()
+        return "".join(self._out), "".join(self._err)
+
+
+def _drain(stream: Any, into: list[str]) -> None:
+    with stream:
+        for line in stream:
+            into.append(line)
+
+
+def start_worker(env: dict[str, str], config: Path, *extra: str) -> DrainedProcess:
+    return DrainedProcess([*VECMIRROR, "run", "--config", str(config), *extra], env)
 
 
 def wait_for(condition: Any, timeout: float, what: str) -> None:
