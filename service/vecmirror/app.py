@@ -19,14 +19,14 @@ from vecmirror.config import Config, MirrorConfig, ModelSpec
 from vecmirror.connections import redis_from_settings
 from vecmirror.errors import NotMigratedError, StartupError
 from vecmirror.index.manage import check_eviction_policy
-from vecmirror.index.rollout import prepare_index
 from vecmirror.ops.metrics import Metrics
 from vecmirror.pipeline.embedder import Embedder, EmbedderFactory, default_embedder_factory
 from vecmirror.run.sync import MirrorSync, SyncOptions
 from vecmirror.run.worker import BatchCallback, Worker
 from vecmirror.settings import Settings
+from vecmirror.sink.versioned import SupersededError
 from vecmirror.sink.writer import RedisSink
-from vecmirror.source import Connection, changes
+from vecmirror.source import Connection
 from vecmirror.source.changes import RetryPolicy
 from vecmirror.source.migrate import bundled_migrations
 from vecmirror.source.session import SESSION_SETTINGS, prepare_connection
@@ -126,20 +126,20 @@ async def _build(
     async with pool.acquire() as conn:
         for mirror in config.mirrors:
             embedder = embedders.get(mirror.embed.spec) if mirror.embed else None
-            sink = RedisSink(client, mirror, tombstone_ttl=settings.tombstone_ttl)
+            sink = RedisSink(
+                client, mirror, tombstone_ttl=settings.tombstone_ttl, config_lease=settings.config_lease
+            )
             table = await _inspect_or_defer(conn, mirror)
             syncs.append(MirrorSync(mirror, table, sink, embedder, sync_options(settings)))
     await check_eviction_policy(client)
     for sync in syncs:
-        # An index created here that a marker says existed was dropped: the worker refills it.
-        plan = await prepare_index(client, sync.mirror)
-        sync.index_created, sync.rebuild_into = plan.created, plan.rebuild_into
-        sync.sink.dropped_fields = plan.dropped_fields
-        if sync.rebuild_into is not None:
-            # Every document gets the new index's fields (index/rollout.py); a start during a
-            # rebuild reads them all again, which is slower but never leaves one behind.
-            async with pool.acquire() as conn:
-                await changes.requeue_all_rows(conn, sync.name)
+        try:
+            await sync.claim_config()
+        except SupersededError as exc:  # an old worker (re)started during a rolling update
+            log.warning("mirror_superseded", mirror=sync.name, error=exc.problem)
+            continue  # its index is left alone; the worker pauses the mirror and asks again
+        async with pool.acquire() as conn:
+            await sync.prepare_index(conn)
     return App(settings, config, pool, client, syncs, embedders)
 
 

@@ -76,6 +76,12 @@ class Settings(BaseSettings):
     row_retry_backoff: float = Field(
         default=5.0, ge=0, description="seconds before a failed row's second attempt; doubles each time"
     )
+    config_lease: float = Field(
+        default=120.0,
+        gt=0,
+        description="seconds a mirror stays with the newest config's workers after their last write or "
+        "wake-up: an older config's workers wait that long before taking it back (a rollback)",
+    )
     tombstone_ttl: float = Field(
         default=86400.0, gt=0, description="seconds a deleted document's version is kept in Redis"
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import string
 from collections.abc import Iterator
@@ -117,6 +119,15 @@ class MirrorConfig(BaseModel):
         if schema is None:
             raise ValueError("; ".join(problems))
         return schema
+
+    @property
+    def digest(self) -> str:
+        """Names this definition of the mirror: workers with the same file agree on it, and any
+        change (the index, the template, the model, the key) gives another one."""
+        described = self.model_dump(mode="json", exclude={"index"})
+        described["index"] = self.index.to_dict()
+        text = json.dumps(described, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     @property
     def schema_name(self) -> str:

@@ -18,6 +18,7 @@ from redis.exceptions import ResponseError
 
 from vecmirror.config import MirrorConfig
 from vecmirror.errors import MirrorError, RowError, StartupError
+from vecmirror.index.rollout import prepare_index
 from vecmirror.pipeline.batch_embed import BatchEmbedder, Keepalive
 from vecmirror.pipeline.documents import Document, DocumentBuilder, RowKey
 from vecmirror.pipeline.embedder import Embedder
@@ -112,6 +113,7 @@ class MirrorSync:
         self._table = table  # None until the table passed its checks (see reinspect)
         self.index_created = False  # by start-up, just now: if a marker exists, it was dropped
         self.rebuild_into: str | None = None  # a new index generation to switch to once filled
+        self.index_prepared = False  # prepare_index ran (start-up, or once the config lease came)
         self.sink = sink
         # None: the mirror has no model (its vectors come from a column).
         self._model = BatchEmbedder(embedder, options.embed_batch_size) if embedder is not None else None
@@ -156,6 +158,35 @@ class MirrorSync:
             await changes.requeue_all_rows(conn, self.name)
             log.warning("table_changed_rows_requeued", mirror=self.name, table=self.mirror.table)
         self._table = table
+
+    async def claim_config(self) -> None:
+        """Renews this worker's config lease on the mirror, or takes it over from an older config
+        (see sink/versioned.py); raises SupersededError while a newer config's workers run."""
+        before = await self.sink.versioned.claim_config()
+        if before is not None:
+            log.info("config_taken_over", mirror=self.name, config=self.mirror.digest, before=before)
+
+    async def take_config(self, conn: Connection) -> None:
+        """On every wake-up: the lease first, and nothing of this config's index is done before it
+        holds it (an old worker restarted during a rolling update must not build its old index)."""
+        await self.claim_config()
+        if not self.index_prepared:
+            try:
+                await self.prepare_index(conn)
+            except StartupError as exc:
+                raise MirrorError(self.name, str(exc).removeprefix(f"mirror {self.name!r}: ")) from exc
+
+    async def prepare_index(self, conn: Connection) -> None:
+        """Creates the index, or the new generation to fill and switch to (index/rollout.py)."""
+        plan = await prepare_index(self.sink.client, self.mirror)
+        # An index created here that a marker says existed was dropped: the worker refills it.
+        self.index_created, self.rebuild_into = plan.created, plan.rebuild_into
+        self.sink.dropped_fields = plan.dropped_fields
+        if self.rebuild_into is not None:
+            # Every document gets the new index's fields (index/rollout.py); a start during a
+            # rebuild reads them all again, which is slower but never leaves one behind.
+            await changes.requeue_all_rows(conn, self.name)
+        self.index_prepared = True
 
     async def sync_batch(self, conn: Connection) -> BatchStats | None:
         """Processes one batch; None when the mirror's queue had nothing claimable."""

@@ -30,7 +30,7 @@ from vecmirror.ops.verify import CountCheck, Verifier, count_check
 from vecmirror.run.faults import as_mirror_error, classify
 from vecmirror.run.pauses import MirrorPauses
 from vecmirror.run.sync import BatchStats, MirrorSync
-from vecmirror.sink.versioned import marker_key
+from vecmirror.sink.versioned import SupersededError, marker_key
 from vecmirror.source import Connection, changes, pooled
 from vecmirror.source.backfill import backfill_pending, queue_all_rows
 from vecmirror.source.listener import ChangeListener
@@ -101,6 +101,7 @@ class Worker:
         reads a mirror): resync every mirror Redis forgot (restarted empty, flushed, its index
         dropped), then queue the rows of new mirrors."""
         for sync in self._syncs:
+            await self._for_mirror(sync, sync.take_config)
             await self._for_mirror(sync, sync.resync_if_forgotten)
             if sync.name not in self._embedding_checked:
                 await self._for_mirror(sync, functools.partial(self._check_embedding, sync))
@@ -196,9 +197,10 @@ class Worker:
             async with pooled(self._pool) as conn:
                 if fresh:
                     await sync.reinspect(conn)
+                    await sync.take_config(conn)  # a superseded worker reads and embeds nothing
                 return await step(conn)
         except Exception as exc:
-            if fresh or classify(exc) != "mirror":
+            if fresh or classify(exc) != "mirror" or isinstance(exc, SupersededError):
                 raise
         async with pooled(self._pool) as conn:
             await sync.reinspect(conn)

@@ -18,6 +18,14 @@ one generation; a document of another one is overwritten, whatever its version. 
 generation is not the marker's is refused as a whole (GenerationChangedError) and reloads it. The
 marker also keeps the highest version written, which tells a Postgres that went back in time.
 
+Every call also renews the mirror's config lease (see CLAIM_CONFIG): during a rolling update, workers
+of an older mirrors file run beside workers of the new one, and must not undo their work (write
+documents without a new field, or vectors of an old template). The newest config wins: a writer
+whose config was seen before, while a writer of another config wrote within the lease, is refused
+as a whole (SupersededError) and its mirror pauses; a config never seen before takes over at once,
+and an older one takes over again only once the newer one's workers have been gone a full lease (a
+rollback).
+
 No library does versioned writes for the Query Engine, hence the scripts.
 """
 
@@ -33,10 +41,11 @@ import redis.asyncio as redis
 from redis.exceptions import ResponseError
 
 from vecmirror.config import META_VERSION_FIELD, OWN_KEY_PREFIX
-from vecmirror.errors import RedisForgotError, VecmirrorError
+from vecmirror.errors import MirrorError, RedisForgotError, VecmirrorError
 
 NO_MARKER = "VECMIRROR_NO_MARKER"
 OTHER_GENERATION = "VECMIRROR_GENERATION"
+SUPERSEDED = "VECMIRROR_SUPERSEDED"
 APPLIED, REFUSED = 1, 0
 DELETE, HASH_UPSERT, JSON_SET, JSON_MERGE = "del", "hset", "JSON.SET", "JSON.MERGE"
 # Every document carries the generation it was written in (see migrations/0005_generations.sql).
@@ -45,19 +54,64 @@ META_GENERATION_FIELD = "_vm_gen"
 # tombstones without one belong to (written before generations existed; adopted on upgrade), and
 # the highest version written in this generation (a Postgres behind it went back in time).
 MARKER_MIRROR, MARKER_GENERATION, MARKER_LEGACY, MARKER_HIGH = "mirror", "generation", "legacy", "high"
+LEASE_CURRENT, LEASE_UNTIL = "current", "until"
 
-# KEYS: the marker, then each document's key and its tombstone's key.
+# The config lease, a HASH beside the marker: `current` (the config digest whose writers hold it),
+# `until` (ms, Redis' clock) and `seen:<digest>` (when each config first wrote). Its own key, not a
+# marker field: a marker is deleted with the rest of Redis' memory of the mirror, and the lease must
+# not hand the mirror back to an old config when that happens.
+# claim_config(key, config, lease ms) renews the lease for `config`, or takes it over, and returns
+# false; or returns the digest that holds it when `config` is an older one (seen before) and the
+# holder's lease runs. An empty config (a writer outside any mirrors file) never claims.
+_CLAIM_CONFIG = f"""
+local function claim_config(key, config, lease)
+    if config == '' then
+        return false
+    end
+    local clock = redis.call('TIME')
+    local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+    local held = redis.call('HMGET', key, '{LEASE_CURRENT}', '{LEASE_UNTIL}')
+    if held[1] and held[1] ~= config and tonumber(held[2] or '0') > now
+            and redis.call('HEXISTS', key, 'seen:' .. config) == 1 then
+        return held[1]
+    end
+    redis.call('HSET', key, '{LEASE_CURRENT}', config, '{LEASE_UNTIL}', string.format('%.0f', now + lease))
+    redis.call('HSETNX', key, 'seen:' .. config, string.format('%.0f', now))
+    return false
+end
+"""
+
+# KEYS[1]: the config lease. ARGV: the config digest, the lease (ms). Returns the holder's digest
+# when refused, else '' and the digest that held the lease before ('' when it was this one's).
+CLAIM_SCRIPT = f"""{_CLAIM_CONFIG}
+local before = redis.call('HGET', KEYS[1], '{LEASE_CURRENT}')
+local holder = claim_config(KEYS[1], ARGV[1], tonumber(ARGV[2]))
+if holder then
+    return {{holder, ''}}
+end
+if before and before ~= ARGV[1] then
+    return {{'', before}}
+end
+return {{'', ''}}
+"""
+
+# KEYS: the marker, the config lease, then each document's key and its tombstone's key.
 # ARGV[1]: the tombstone TTL (ms). ARGV[2]: a JSON array holding, per document in KEYS' order, an
 # array of its operation (DELETE, HASH_UPSERT, JSON_SET or JSON_MERGE), its version and the
 # operation's own arguments (see each storage's `upsert`). Every value there is a string, but for a
 # number n, which stands for ARGV[n]: binary values (HASH vectors), which JSON cannot carry, come as
 # ARGV entries of their own. ARGV[3]: the writer's generation, which the marker must hold.
+# ARGV[4], ARGV[5]: the writer's config digest and lease (ms), see claim_config.
 # Returns APPLIED, or REFUSED where Redis holds a newer version of the same generation, per
 # document in order. A document or tombstone of another generation is overwritten whatever its
 # version. `stored_version` (the version and generation of a document, one read) and `upsert` come
 # first, from the storage's part.
-_CHUNK = f"""
+_CHUNK = f"""{_CLAIM_CONFIG}
 local ttl, generation = ARGV[1], ARGV[3]
+local holder = claim_config(KEYS[2], ARGV[4], tonumber(ARGV[5]))
+if holder then
+    return redis.error_reply('{SUPERSEDED} ' .. holder)
+end
 local kind = redis.call('TYPE', KEYS[1])['ok']
 if kind == 'none' then
     return redis.error_reply('{NO_MARKER}')
@@ -113,7 +167,7 @@ for index, document in ipairs(cjson.decode(ARGV[2])) do
             document[i] = ARGV[document[i]]
         end
     end
-    replies[index] = write(KEYS[2 * index], KEYS[2 * index + 1], document)
+    replies[index] = write(KEYS[2 * index + 1], KEYS[2 * index + 2], document)
     newest = math.max(newest, tonumber(document[2]))
 end
 if newest > high then
@@ -187,6 +241,20 @@ class GenerationChangedError(RedisForgotError):
         VecmirrorError.__init__(self, f"mirror {mirror!r}: {problem}")
 
 
+class SupersededError(MirrorError):
+    """Workers of another config of this mirror hold its lease, and this writer's config is older:
+    a rolling update left this worker behind. Its mirror pauses; nothing it holds is written."""
+
+    def __init__(self, mirror: str, holder: str, config: str, lease_seconds: float) -> None:
+        self.holder, self.config = holder, config
+        super().__init__(
+            mirror,
+            f"superseded: a worker of another config of this mirror ({holder}) wrote within the "
+            f"last {lease_seconds:g}s, and this worker's config ({config}) is an older one. It waits: "
+            "stop it (to roll back instead, stop the newer workers: it takes over a lease later)",
+        )
+
+
 class Marker(NamedTuple):
     """What the mirror's marker says. generation None: a marker from before generations."""
 
@@ -199,12 +267,16 @@ def marker_key(mirror: str) -> str:
     return f"{OWN_KEY_PREFIX}marker:{mirror}"
 
 
+def lease_key(mirror: str) -> str:
+    return f"{OWN_KEY_PREFIX}config:{mirror}"
+
+
 def tombstone_key(document_key: str) -> str:
     return f"{OWN_KEY_PREFIX}tombstone:{document_key}"
 
 
 Value = str | bytes | int | float
-FIRST_BINARY = 4  # binary values follow the TTL, the JSON and the generation in ARGV
+FIRST_BINARY = 6  # binary values follow the TTL, the JSON, the generation and the config lease in ARGV
 
 
 class Write(NamedTuple):
@@ -238,14 +310,28 @@ def encode_chunk(writes: Sequence[Write]) -> tuple[str, list[bytes]]:
 class VersionedWrites:
     """Versioned upserts and deletes of one mirror's documents, a chunk per script call."""
 
-    def __init__(self, client: redis.Redis, mirror: str, *, json: bool, tombstone_ttl: float) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        mirror: str,
+        *,
+        json: bool,
+        tombstone_ttl: float,
+        config: str = "",
+        config_lease: float = 120.0,
+    ) -> None:
         self._client = client
         # redis-py's Script runs EVALSHA, and loads the script when Redis answers NOSCRIPT.
         self._script = client.register_script(JSON_SCRIPT if json else HASH_SCRIPT)
         self._mark = client.register_script(MARK_SCRIPT)
+        self._claim = client.register_script(CLAIM_SCRIPT)
         self._mirror = mirror
         self._marker = marker_key(mirror)
+        self._lease = lease_key(mirror)
         self._ttl_ms = max(1, int(tombstone_ttl * 1000))
+        # The digest of the mirror's config this writer runs ('' : none, it never claims the lease).
+        self.config = config
+        self.config_lease = config_lease
         # The generation this writer writes in: loaded from Postgres (see MirrorSync), None until then.
         self.generation: str | None = None
 
@@ -256,6 +342,18 @@ class VersionedWrites:
         await self._mark(keys=[self._marker], args=[self._mirror, generation, "1" if adopt_legacy else "0"])
         self.generation = generation
         return generation
+
+    async def claim_config(self) -> str | None:
+        """Renews this writer's config lease, or takes it over (see CLAIM_CONFIG); raises
+        SupersededError when a newer config holds it. Returns the config it took over from."""
+        holder, before = await self._claim(keys=[self._lease], args=[self.config, self._lease_ms])
+        if holder:
+            raise SupersededError(self._mirror, _text(holder), self.config, self.config_lease)
+        return _text(before) or None
+
+    @property
+    def _lease_ms(self) -> int:
+        return max(1, int(self.config_lease * 1000))
 
     async def read_marker(self) -> Marker | None:
         """The marker, None when Redis has none (restarted empty, flushed, never synced)."""
@@ -293,13 +391,17 @@ class VersionedWrites:
             return []
         if generation is None:
             raise GenerationChangedError(self._mirror, None)
-        keys = [self._marker]
+        keys = [self._marker, self._lease]
         for write in writes:
             keys += (write.key, tombstone_key(write.key))
         documents, binary = encode_chunk(writes)
+        args: list[Value] = [self._ttl_ms, documents, generation, self.config, self._lease_ms, *binary]
         try:
-            replies = await self._script(keys=keys, args=[self._ttl_ms, documents, generation, *binary])
+            replies = await self._script(keys=keys, args=args)
         except ResponseError as exc:
+            if SUPERSEDED in str(exc):
+                holder = str(exc).split(SUPERSEDED, 1)[1].strip()
+                raise SupersededError(self._mirror, holder, self.config, self.config_lease) from exc
             if NO_MARKER in str(exc):
                 raise RedisForgotError(self._mirror) from exc
             if OTHER_GENERATION in str(exc):

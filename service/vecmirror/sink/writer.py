@@ -40,13 +40,27 @@ JSON_READ_SCRIPT = (
 
 
 class RedisSink:
-    def __init__(self, client: redis.Redis, mirror: MirrorConfig, *, tombstone_ttl: float = 86400.0) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        mirror: MirrorConfig,
+        *,
+        tombstone_ttl: float = 86400.0,
+        config_lease: float = 120.0,
+    ) -> None:
         self._redis = client
         self._mirror = mirror
         self._is_json = mirror.storage == "json"
         self._hash = HashEncoder(mirror)
         self._json = JsonEncoder(mirror)
-        self.versioned = VersionedWrites(client, mirror.name, json=self._is_json, tombstone_ttl=tombstone_ttl)
+        self.versioned = VersionedWrites(
+            client,
+            mirror.name,
+            json=self._is_json,
+            tombstone_ttl=tombstone_ttl,
+            config=mirror.digest,
+            config_lease=config_lease,
+        )
         self._read_script = client.register_script(JSON_READ_SCRIPT if self._is_json else HASH_READ_SCRIPT)
         self.index_name = mirror.index.index.name
         # Fields the index users query had and the config dropped (an online rebuild): deleted from
