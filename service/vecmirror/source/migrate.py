@@ -68,12 +68,35 @@ async def migrate(conn: Connection, config: Config) -> MigrateReport:
         for mirror, table in zip(config.mirrors, tables, strict=True):
             changed = await _install_mirror(conn, mirror, table, installed.get(mirror.name))
             changed = await _follow_table(conn, mirror.name) or changed
+            await conn.execute(QUERIES["record_redis_layout"], mirror.name, *redis_layout(mirror))
             (report.installed if changed else report.unchanged).append(mirror.name)
+        await conn.execute(QUERIES["forget_removed_layouts"], [m.name for m in config.mirrors])
         for name in sorted(set(installed) - {m.name for m in config.mirrors}):
             await _remove_mirror(conn, installed[name])
             report.removed.append(name)
     log.info("migrated", **vars(report))
     return report
+
+
+def redis_layout(mirror: MirrorConfig) -> tuple[str, list[str], str, str]:
+    """What the mirror writes in Redis, as mirrors_v1 records it (0006): index name, key prefixes,
+    key separator, storage type. A removed mirror's data is deleted by it (sink/drop.py)."""
+    index = mirror.index.index
+    prefixes = [index.prefix] if isinstance(index.prefix, str) else list(index.prefix)
+    return index.name, prefixes, index.key_separator, mirror.storage
+
+
+async def recorded_layouts(conn: Connection) -> list[asyncpg.Record]:
+    """Every recorded Redis layout (`redis_layouts`): of registered mirrors and of removed mirrors
+    whose data may still be in Redis. None before 0006 is applied."""
+    if not await conn.fetchval("SELECT to_regclass('vecmirror.removed_mirrors_v1') IS NOT NULL"):
+        return []
+    return list(await conn.fetch(QUERIES["redis_layouts"]))
+
+
+async def forget_removed_layout(conn: Connection, mirror: str) -> None:
+    """A removed mirror's Redis data was deleted: its recorded layout goes too."""
+    await conn.execute(QUERIES["forget_removed_layout"], mirror)
 
 
 async def _apply_pending(conn: Connection) -> list[str]:
@@ -141,9 +164,12 @@ async def _drop_triggers(conn: Connection, triggers: list[tuple[str, str, str]])
 
 
 async def _remove_mirror(conn: Connection, previous: asyncpg.Record) -> None:
+    """Drops the mirror's capture and forgets its state; its recorded Redis layout moves to
+    removed_mirrors_v1, where `migrate --drop-data` finds it (now or later)."""
     await _drop_triggers(conn, await _capture_triggers(conn, previous["name"]))
     await conn.execute(drop_capture_function(previous["name"]))
     for query in (
+        "keep_removed_layout",
         "forget_mirror_changes",
         "forget_mirror_versions",
         "forget_mirror_failures",

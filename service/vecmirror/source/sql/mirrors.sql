@@ -45,3 +45,40 @@ UPDATE vecmirror.mirrors_v1 SET table_oid = $2 WHERE name = $1 AND table_oid IS 
 -- The table's columns changed under the mirror without its rows changing (ALTER COLUMN TYPE ...
 -- USING, a column dropped and added again): every row is read again by a new backfill walk.
 UPDATE vecmirror.mirrors_v1 SET backfill_state = 'pending', backfill_cursor = NULL WHERE name = $1;
+
+-- name: record_redis_layout
+-- What the mirror writes in Redis (see 0006_redis_layout.sql), recorded by every `migrate`; an
+-- unchanged layout is not written again, so a re-run changes nothing.
+UPDATE vecmirror.mirrors_v1
+SET index_name = $2, key_prefixes = $3, key_separator = $4, storage_type = $5
+WHERE name = $1
+  AND (index_name, key_prefixes, key_separator, storage_type) IS DISTINCT FROM ($2, $3::text[], $4, $5);
+
+-- name: keep_removed_layout
+-- A mirror removed from the file: its layout stays recorded while its Redis data may be there, so
+-- that `migrate --drop-data`, now or later, deletes exactly that. Nothing when none was recorded.
+INSERT INTO vecmirror.removed_mirrors_v1 (name, index_name, key_prefixes, key_separator, storage_type)
+SELECT name, index_name, key_prefixes, key_separator, storage_type
+FROM vecmirror.mirrors_v1 WHERE name = $1 AND index_name IS NOT NULL
+ON CONFLICT (name) DO UPDATE
+SET index_name = EXCLUDED.index_name, key_prefixes = EXCLUDED.key_prefixes,
+    key_separator = EXCLUDED.key_separator, storage_type = EXCLUDED.storage_type, removed_at = now();
+
+-- name: forget_removed_layouts
+-- Names in the file again belong to their configured mirrors, whose own layout is recorded; $1 is
+-- every configured name.
+DELETE FROM vecmirror.removed_mirrors_v1 WHERE name = ANY($1::text[]);
+
+-- name: forget_removed_layout
+-- A removed mirror's Redis data was deleted (`migrate --drop-data`): nothing of it is left to find.
+DELETE FROM vecmirror.removed_mirrors_v1 WHERE name = $1;
+
+-- name: redis_layouts
+-- Every recorded layout: of the registered mirrors (removed = false; none before their first
+-- `migrate` since 0006) and of the mirrors removed whose data may still be in Redis (removed = true).
+SELECT name, index_name, key_prefixes, key_separator, storage_type, false AS removed
+FROM vecmirror.mirrors_v1 WHERE index_name IS NOT NULL
+UNION ALL
+SELECT name, index_name, key_prefixes, key_separator, storage_type, true AS removed
+FROM vecmirror.removed_mirrors_v1
+ORDER BY name;
