@@ -19,11 +19,11 @@ from vecmirror.boundary import (
 from vecmirror.commands.servers import require_redis
 from vecmirror.config import Config
 from vecmirror.errors import VecmirrorError
-from vecmirror.ops.plan import Plan, build_plan, format_plan
+from vecmirror.ops.plan import Plan, build_plan, format_plan, recorded_redis_layouts
 from vecmirror.settings import Settings
-from vecmirror.sink.drop import DropReport, MirrorData, drop, left_behind, locate
+from vecmirror.sink.drop import DropReport, Layout, MirrorData, drop, left_behind, locate
 from vecmirror.source import Connection
-from vecmirror.source.migrate import MigrateReport, migrate
+from vecmirror.source.migrate import MigrateReport, forget_removed_layout, migrate
 from vecmirror.source.sql import QUERIES
 
 log = structlog.get_logger(__name__)
@@ -41,7 +41,12 @@ class Removal:
     def line(self) -> str:
         if self.dropped is not None:
             d = self.dropped
-            where = f"index {d.index} and its {d.documents} documents" if d.index else "no index found"
+            if d.index:
+                where = f"index {d.index} and its {d.documents} documents"
+            elif d.index_kept_for:
+                where = f"{d.documents} documents (its index is kept: mirror {d.index_kept_for!r}'s)"
+            else:
+                where = "no index found" + (f", {d.documents} documents" if d.documents else "")
             foreign = f"; left {len(d.foreign)} keys vecmirror did not write" if d.foreign else ""
             return f"deleted {self.mirror!r}: {where}, {d.other_keys} other keys{foreign}"
         if self.data is None:
@@ -51,7 +56,14 @@ class Removal:
     def as_dict(self) -> dict[str, Any]:
         dropped = None if self.dropped is None else vars(self.dropped)
         data = None if self.data is None else self.data.as_dict()
-        return {"mirror": self.mirror, "redis": data, "deleted": dropped, "unseen": self.unseen}
+        recorded = None if self.data is None else self.data.recorded()
+        return {
+            "mirror": self.mirror,
+            "redis": data,
+            "recorded": recorded,
+            "deleted": dropped,
+            "unseen": self.unseen,
+        }
 
 
 async def migrate_command(settings: Settings, config: Config) -> MigrateReport:
@@ -64,22 +76,29 @@ async def migrate_and_remove(
 ) -> tuple[MigrateReport, list[Removal]]:
     """Without `drop_data` Redis is read only when mirrors are removed, to say what stays there
     (Redis out of reach is then no error). With it, a removed mirror's index must be known before
-    Postgres changes, and its Redis data goes once Postgres committed."""
+    Postgres changes, and its Redis data goes once Postgres committed. A removed mirror's data is
+    found by the layout Postgres recorded of it (0006), else by guessing in Redis (sink/drop.py)."""
     with translated(settings):
         conn = await connect_postgres(settings)
         try:
             removed, registered = await _removed_mirrors(conn, config)
-            located, unseen = await _locate_removed(settings, config, removed, registered, drop_data)
+            layouts, gone = await recorded_redis_layouts(conn)
+            located, unseen = await _locate_removed(
+                settings, config, removed, registered, drop_data, layouts=layouts, gone=gone
+            )
             report = await migrate(conn, config)
+            earlier = [name for name in located if name not in removed]  # --drop-data only
+            removals = [
+                Removal(name, located.get(name), unseen=unseen) for name in [*report.removed, *earlier]
+            ]
+            if drop_data and removals:
+                async with redis_client(settings) as client:
+                    for removal in removals:
+                        if removal.data is not None:
+                            removal.dropped = await drop(client, removal.data, config.mirrors)
+                            await forget_removed_layout(conn, removal.mirror)
         finally:
             await conn.close()
-        earlier = [name for name in located if name not in removed]  # --drop-data only
-        removals = [Removal(name, located.get(name), unseen=unseen) for name in [*report.removed, *earlier]]
-        if drop_data and removals:
-            async with redis_client(settings) as client:
-                for removal in removals:
-                    if removal.data is not None:
-                        removal.dropped = await drop(client, removal.data, config.mirrors)
         return report, removals
 
 
@@ -92,10 +111,18 @@ async def _removed_mirrors(conn: Connection, config: Config) -> tuple[list[str],
 
 
 async def _locate_removed(
-    settings: Settings, config: Config, removed: list[str], registered: set[str], drop_data: bool
+    settings: Settings,
+    config: Config,
+    removed: list[str],
+    registered: set[str],
+    drop_data: bool,
+    *,
+    layouts: dict[str, Layout],
+    gone: set[str],
 ) -> tuple[dict[str, MirrorData], str | None]:
     """Each removed mirror's data in Redis; without `drop_data`, a Redis out of reach is the reason
-    it was not looked at instead of an error."""
+    it was not looked at instead of an error. `layouts`: what Postgres recorded of each mirror;
+    `gone`: the mirrors removed earlier whose recorded layout was kept."""
     if not removed and not drop_data:
         return {}, None
     try:
@@ -103,8 +130,9 @@ async def _locate_removed(
             await require_redis(client, config)
             if drop_data:  # also the mirrors removed earlier whose data was kept
                 known = {m.name for m in config.mirrors} | registered
-                removed = [*removed, *await left_behind(client, known)]
-            located = await locate(client, removed, config.mirrors)
+                earlier = {*await left_behind(client, known), *gone} - known
+                removed = [*removed, *sorted(earlier)]
+            located = await locate(client, removed, config.mirrors, layouts)
     except (VecmirrorError, RedisError) as exc:
         if drop_data:
             raise

@@ -25,11 +25,11 @@ from vecmirror.errors import RowError, VecmirrorError
 from vecmirror.index.manage import index_differences, index_info
 from vecmirror.index.rollout import blocking_differences
 from vecmirror.pipeline.documents import DocumentBuilder, RowKey
-from vecmirror.sink.drop import MirrorData, left_behind, locate
+from vecmirror.sink.drop import Layout, MirrorData, left_behind, locate
 from vecmirror.sink.writer import RedisSink
 from vecmirror.source import Connection
 from vecmirror.source.generations import load as load_generation
-from vecmirror.source.migrate import bundled_migrations
+from vecmirror.source.migrate import bundled_migrations, recorded_layouts
 from vecmirror.source.sql import QUERIES
 from vecmirror.source.statements import TRIGGER_EVENTS, capture_function_name, trigger_name
 from vecmirror.source.tables import SourceTable, inspect_table
@@ -98,6 +98,7 @@ class MirrorPlan:
             out["rows_to_queue"] = self.rows
         elif self.action in ("remove", "left"):
             out["redis"] = {**(self.removed.as_dict() if self.removed else {}), "kept": not drop_data}
+            out["recorded"] = None if self.removed is None else self.removed.recorded()
         else:
             out["triggers"] = self.triggers
             out["table_replaced"] = self.table_replaced
@@ -147,13 +148,27 @@ async def build_plan(
             plans.append(await _kept(conn, client, mirror, row, generations=GENERATIONS in applied))
     configured = {m.name for m in config.mirrors}
     removed = sorted(set(installed) - configured)
-    left = await left_behind(client, configured | set(installed))
-    located = await locate(client, [*removed, *left], config.mirrors)
+    layouts, gone = await recorded_redis_layouts(conn)
+    known = configured | set(installed)
+    left = sorted({*await left_behind(client, known), *gone} - known)
+    located = await locate(client, [*removed, *left], config.mirrors, layouts)
     for name in removed:
         table = f"{installed[name]['table_schema']}.{installed[name]['table_name']}"
         plans.append(MirrorPlan(name, "remove", table, removed=located[name]))
     plans += [MirrorPlan(name, "left", "", removed=located[name]) for name in left]
     return Plan(pending, plans, drop_data)
+
+
+async def recorded_redis_layouts(conn: Connection) -> tuple[dict[str, Layout], set[str]]:
+    """The Redis layout Postgres recorded of each mirror (0006; none before), registered or
+    removed, and the names of the removed ones whose data may still be in Redis."""
+    layouts: dict[str, Layout] = {}
+    gone: set[str] = set()
+    for record in sorted(await recorded_layouts(conn), key=lambda r: not r["removed"]):
+        layouts[record["name"]] = Layout.from_record(record)  # a registered mirror's comes last
+        if record["removed"]:
+            gone.add(record["name"])
+    return layouts, gone
 
 
 async def _installed(conn: Connection) -> tuple[set[int], dict[str, Any]]:
