@@ -7,6 +7,7 @@ message that says what to fix and exit non-zero without a traceback.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 
 class VecmirrorError(Exception):
@@ -61,6 +62,10 @@ class MirrorError(VecmirrorError):
     """One mirror cannot sync, through no fault of a server or of a single row: its table lost a
     column or changed a type, a privilege is missing, its prefix holds keys of another Redis type,
     its index vanished. That mirror pauses (named, retried with backoff); the others go on."""
+
+    # Recorded as the mirror's error for `status` (every worker shares it), unless it is the state
+    # of this worker alone: a superseded config's worker must not mark the mirror paused for all.
+    of_the_mirror: ClassVar[bool] = True
 
     def __init__(self, mirror: str, problem: str) -> None:
         self.mirror = mirror

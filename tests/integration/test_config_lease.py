@@ -75,6 +75,8 @@ async def test_an_older_config_is_refused_once_a_newer_one_wrote_and_writes_noth
     assert f"({_config(NEW_PRODUCTS).digest})" in problem
     assert float(hash_doc(redis_client, "product:p1")["price"]) == 1  # the old worker wrote nothing
     assert await pg.fetchval("SELECT count(*) FROM vecmirror.changes_v1") == 1  # still queued
+    # The mirror is fine (the newer workers sync it): `status` must not show it paused for all.
+    assert await pg.fetchval("SELECT error FROM vecmirror.mirrors_v1 WHERE name = 'products'") is None
 
     await _run_once(settings, NEW_PRODUCTS, write_config)
     assert float(hash_doc(redis_client, "product:p1")["price"]) == 1000

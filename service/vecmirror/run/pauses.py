@@ -8,6 +8,7 @@ for `vecmirror status`; the first batch that syncs again clears all three (`mirr
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
@@ -73,7 +74,8 @@ class MirrorPauses:
         attempts = 1 if previous is None else previous.attempts + 1
         wait = min(self._backoff * 2 ** (attempts - 1), MAX_PAUSE_BACKOFF) + random.uniform(0, self._backoff)
         self._pauses[error.mirror] = Pause(error, attempts, time.monotonic() + wait)
-        log.error(
+        log.log(
+            logging.ERROR if error.of_the_mirror else logging.WARNING,
             "mirror_paused",
             mirror=error.mirror,
             table=table,
@@ -83,7 +85,8 @@ class MirrorPauses:
         )
         self._metrics.mirror_paused.labels(error.mirror).set(1)
         self._metrics.mirror_errors.labels(error.mirror).inc()
-        await changes.record_mirror_error(conn, error.mirror, error.problem)
+        if error.of_the_mirror:
+            await changes.record_mirror_error(conn, error.mirror, error.problem)
 
     async def healthy(self, conn: Connection, mirror: str) -> bool:
         """After a batch went through; True when that resumed a paused mirror. The first one of

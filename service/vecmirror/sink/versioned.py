@@ -243,7 +243,10 @@ class GenerationChangedError(RedisForgotError):
 
 class SupersededError(MirrorError):
     """Workers of another config of this mirror hold its lease, and this writer's config is older:
-    a rolling update left this worker behind. Its mirror pauses; nothing it holds is written."""
+    a rolling update left this worker behind. Its mirror pauses; nothing it holds is written. The
+    mirror itself is fine (the newer workers sync it), so `status` does not show it paused."""
+
+    of_the_mirror = False
 
     def __init__(self, mirror: str, holder: str, config: str, lease_seconds: float) -> None:
         self.holder, self.config = holder, config
