@@ -47,7 +47,7 @@ from redisvl.index.storage import BaseStorage
 from vecmirror.config import META_KEY_FIELD, OWN_KEY_PREFIX, MirrorConfig
 from vecmirror.index.rollout import answering_index
 from vecmirror.sink.keys import document_key, key_pattern
-from vecmirror.sink.versioned import lease_key
+from vecmirror.sink.versioned import lease_keys
 
 SCAN_COUNT = 1000
 SAMPLES = 100  # documents read from an index to find one no configured mirror owns
@@ -66,7 +66,7 @@ def last_sync_key(mirror: str) -> str:
 def own_keys(mirror: str) -> list[str]:
     """The keys vecmirror keeps of a mirror under its own prefix, named by the mirror: its marker,
     last sync and config lease (of a rolling update)."""
-    return [marker_key(mirror), last_sync_key(mirror), lease_key(mirror)]
+    return [marker_key(mirror), last_sync_key(mirror), *lease_keys(mirror)]
 
 
 def tombstone_pattern(prefix: str) -> str:

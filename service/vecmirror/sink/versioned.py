@@ -54,38 +54,39 @@ META_GENERATION_FIELD = "_vm_gen"
 # tombstones without one belong to (written before generations existed; adopted on upgrade), and
 # the highest version written in this generation (a Postgres behind it went back in time).
 MARKER_MIRROR, MARKER_GENERATION, MARKER_LEGACY, MARKER_HIGH = "mirror", "generation", "legacy", "high"
-LEASE_CURRENT, LEASE_UNTIL = "current", "until"
+LEASE_CURRENT = "current"
 
-# The config lease, a HASH beside the marker: `current` (the config digest whose writers hold it),
-# `until` (ms, Redis' clock) and `seen:<digest>` (when each config first wrote). Its own key, not a
-# marker field: a marker is deleted with the rest of Redis' memory of the mirror, and the lease must
-# not hand the mirror back to an old config when that happens.
-# claim_config(key, config, lease ms) renews the lease for `config`, or takes it over, and returns
-# false; or returns the digest that holds it when `config` is an older one (seen before) and the
-# holder's lease runs. An empty config (a writer outside any mirrors file) never claims.
+# The config lease: its holder, a STRING key whose TTL is the lease (`vecmirror:config_lease:<m>`),
+# and the configs seen, a HASH (`vecmirror:config:<mirror>`: `current`, and `seen:<digest>`). Keys
+# of their own, not marker fields: a marker is deleted with the rest of Redis' memory of the mirror,
+# and that must not hand the mirror back to an old config. The key's TTL is the clock: a script that
+# read the time (TIME) would need a permission the worker's ACL does not give.
+# claim_config(holder key, seen key, config, lease ms) renews the lease for `config`, or takes it
+# over, and returns false; or returns the digest that holds it when `config` is an older one (seen
+# before) and the holder's lease runs. An empty config (a writer outside any mirrors file) never
+# claims.
 _CLAIM_CONFIG = f"""
-local function claim_config(key, config, lease)
+local function claim_config(holder_key, seen_key, config, lease)
     if config == '' then
         return false
     end
-    local clock = redis.call('TIME')
-    local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-    local held = redis.call('HMGET', key, '{LEASE_CURRENT}', '{LEASE_UNTIL}')
-    if held[1] and held[1] ~= config and tonumber(held[2] or '0') > now
-            and redis.call('HEXISTS', key, 'seen:' .. config) == 1 then
-        return held[1]
+    local holder = redis.call('GET', holder_key)
+    if holder and holder ~= config and redis.call('HEXISTS', seen_key, 'seen:' .. config) == 1 then
+        return holder
     end
-    redis.call('HSET', key, '{LEASE_CURRENT}', config, '{LEASE_UNTIL}', string.format('%.0f', now + lease))
-    redis.call('HSETNX', key, 'seen:' .. config, string.format('%.0f', now))
+    redis.call('SET', holder_key, config, 'PX', lease)
+    redis.call('HSET', seen_key, '{LEASE_CURRENT}', config)
+    redis.call('HSETNX', seen_key, 'seen:' .. config, '1')
     return false
 end
 """
 
-# KEYS[1]: the config lease. ARGV: the config digest, the lease (ms). Returns the holder's digest
-# when refused, else '' and the digest that held the lease before ('' when it was this one's).
+# KEYS: the lease's holder and seen keys. ARGV: the config digest, the lease (ms). Returns the
+# holder's digest when refused, else '' and the config that held the mirror before ('' when it
+# was this one).
 CLAIM_SCRIPT = f"""{_CLAIM_CONFIG}
-local before = redis.call('HGET', KEYS[1], '{LEASE_CURRENT}')
-local holder = claim_config(KEYS[1], ARGV[1], tonumber(ARGV[2]))
+local before = redis.call('HGET', KEYS[2], '{LEASE_CURRENT}')
+local holder = claim_config(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2]))
 if holder then
     return {{holder, ''}}
 end
@@ -95,7 +96,7 @@ end
 return {{'', ''}}
 """
 
-# KEYS: the marker, the config lease, then each document's key and its tombstone's key.
+# KEYS: the marker, the config lease's two keys, then each document's key and its tombstone's key.
 # ARGV[1]: the tombstone TTL (ms). ARGV[2]: a JSON array holding, per document in KEYS' order, an
 # array of its operation (DELETE, HASH_UPSERT, JSON_SET or JSON_MERGE), its version and the
 # operation's own arguments (see each storage's `upsert`). Every value there is a string, but for a
@@ -108,7 +109,7 @@ return {{'', ''}}
 # first, from the storage's part.
 _CHUNK = f"""{_CLAIM_CONFIG}
 local ttl, generation = ARGV[1], ARGV[3]
-local holder = claim_config(KEYS[2], ARGV[4], tonumber(ARGV[5]))
+local holder = claim_config(KEYS[2], KEYS[3], ARGV[4], tonumber(ARGV[5]))
 if holder then
     return redis.error_reply('{SUPERSEDED} ' .. holder)
 end
@@ -167,7 +168,7 @@ for index, document in ipairs(cjson.decode(ARGV[2])) do
             document[i] = ARGV[document[i]]
         end
     end
-    replies[index] = write(KEYS[2 * index + 1], KEYS[2 * index + 2], document)
+    replies[index] = write(KEYS[2 * index + 2], KEYS[2 * index + 3], document)
     newest = math.max(newest, tonumber(document[2]))
 end
 if newest > high then
@@ -270,8 +271,9 @@ def marker_key(mirror: str) -> str:
     return f"{OWN_KEY_PREFIX}marker:{mirror}"
 
 
-def lease_key(mirror: str) -> str:
-    return f"{OWN_KEY_PREFIX}config:{mirror}"
+def lease_keys(mirror: str) -> list[str]:
+    """The config lease's holder (a TTL'd STRING) and the configs seen (a HASH)."""
+    return [f"{OWN_KEY_PREFIX}config_lease:{mirror}", f"{OWN_KEY_PREFIX}config:{mirror}"]
 
 
 def tombstone_key(document_key: str) -> str:
@@ -330,7 +332,7 @@ class VersionedWrites:
         self._claim = client.register_script(CLAIM_SCRIPT)
         self._mirror = mirror
         self._marker = marker_key(mirror)
-        self._lease = lease_key(mirror)
+        self._lease = lease_keys(mirror)
         self._ttl_ms = max(1, int(tombstone_ttl * 1000))
         # The digest of the mirror's config this writer runs ('' : none, it never claims the lease).
         self.config = config
@@ -349,7 +351,7 @@ class VersionedWrites:
     async def claim_config(self) -> str | None:
         """Renews this writer's config lease, or takes it over (see CLAIM_CONFIG); raises
         SupersededError when a newer config holds it. Returns the config it took over from."""
-        holder, before = await self._claim(keys=[self._lease], args=[self.config, self._lease_ms])
+        holder, before = await self._claim(keys=self._lease, args=[self.config, self._lease_ms])
         if holder:
             raise SupersededError(self._mirror, _text(holder), self.config, self.config_lease)
         return _text(before) or None
@@ -394,7 +396,7 @@ class VersionedWrites:
             return []
         if generation is None:
             raise GenerationChangedError(self._mirror, None)
-        keys = [self._marker, self._lease]
+        keys = [self._marker, *self._lease]
         for write in writes:
             keys += (write.key, tombstone_key(write.key))
         documents, binary = encode_chunk(writes)
