@@ -28,7 +28,16 @@ from hypothesis import strategies as st
 from redis.exceptions import AuthenticationError, NoPermissionError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from helpers import NOTES_MIRROR, NOTES_TABLE, PRODUCTS_MIRROR, PRODUCTS_TABLE, hash_doc, json_doc, keys
+from helpers import (
+    NOTES_MIRROR,
+    NOTES_TABLE,
+    PRODUCTS_MIRROR,
+    PRODUCTS_TABLE,
+    hash_doc,
+    json_doc,
+    keys,
+    search_ids,
+)
 from tls_proxy import TlsProxy, Upstream, tcp_upstream, unix_upstream
 from vecmirror.commands import failed_command, migrate_command, run_command, status_command, verify_command
 from vecmirror.config import OWN_KEY_PREFIX, Config
@@ -44,10 +53,11 @@ ACL_PASSWORD = "acl-test-Pa55word"
 
 def least_privilege_rules(password: str, prefixes: list[str], indexes: list[str]) -> list[str]:
     """The README's ACL for a vecmirror worker: its key prefixes, its own keys and its index names
-    (the Query Engine takes an index name as a key), the plain read/write commands minus the
+    (the Query Engine takes an index name as a key; `<name>*` covers an online rebuild's
+    `<name>__<digest>`), the plain read/write commands minus the
     dangerous ones (no MULTI/EXEC), the scripts of versioned writes and reads, and the FT.* and
     JSON.* commands it calls."""
-    key_patterns = [f"~{p}:*" for p in prefixes] + [f"~{OWN_KEY_PREFIX}*"] + [f"~{i}" for i in indexes]
+    key_patterns = [f"~{p}:*" for p in prefixes] + [f"~{OWN_KEY_PREFIX}*"] + [f"~{i}*" for i in indexes]
     return [
         "reset",
         "on",
@@ -66,6 +76,9 @@ def least_privilege_rules(password: str, prefixes: list[str], indexes: list[str]
         "+ft.search",
         "+ft.aggregate",
         "+ft._list",
+        "+ft.aliasadd",
+        "+ft.aliasupdate",
+        "+ft.dropindex",
         "+json.get",
         "+json.set",
         "+json.merge",
@@ -508,3 +521,27 @@ async def _fresh_database(servers: StackUrls) -> AsyncIterator[str]:
             await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
     finally:
         await admin.close()
+
+
+@pytest.mark.usefixtures("acl_user")
+async def test_an_online_index_rebuild_as_the_least_privilege_acl_user(
+    pg: asyncpg.Connection,
+    redis_client: redis.Redis,
+    write_config: Any,
+    tls_settings: Callable[..., Settings],
+) -> None:
+    """A config change rebuilds the index beside the old one and switches the name (index/rollout.py):
+    the README's ACL must allow the new generation's name and the alias commands."""
+    await pg.execute(PRODUCTS_TABLE)
+    await pg.execute("INSERT INTO products VALUES ('lamp', 'Lamp', 19.5, '{1,0,0,0}')")
+    path, config = write_config([PRODUCTS_MIRROR])
+    await migrate_command(tls_settings(path), config)
+    await run_command(tls_settings(path), config, once=True)
+    fields = [{"name": "sku", "type": "tag"}, *PRODUCTS_MIRROR["index"]["fields"]]
+    path, config = write_config(
+        [{**PRODUCTS_MIRROR, "index": {**PRODUCTS_MIRROR["index"], "fields": fields}}]
+    )
+    await run_command(tls_settings(path), config, once=True)
+    answering = redis_client.ft("products_idx").info()["index_name"]
+    assert str(answering).startswith("products_idx__")
+    assert search_ids(redis_client, "products_idx", "@sku:{lamp}") == {"product:lamp"}
