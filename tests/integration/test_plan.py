@@ -216,6 +216,10 @@ async def test_drop_data_refuses_before_any_change_when_the_index_is_ambiguous(
     embedder_factory: Any,
 ) -> None:
     await _two_mirrors_synced(pg, write_config, settings_for, embedder_factory)
+    await pg.execute(  # installed before 0006: Postgres recorded no layout (else nothing is ambiguous)
+        "UPDATE vecmirror.mirrors_v1 SET index_name = NULL, key_prefixes = NULL, key_separator = NULL, "
+        "storage_type = NULL"
+    )
     redis_client.delete("vecmirror:marker:docs", "vecmirror:marker:products")  # nothing links them now
     await pg.execute(NOTES_TABLE)
     path, none = write_config([NOTES_MIRROR])  # docs and products both removed
