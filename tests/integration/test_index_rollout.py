@@ -18,7 +18,7 @@ from redis.commands.search.query import Query
 from helpers import DOCS_MIRROR, PRODUCTS_MIRROR, PRODUCTS_TABLE, hash_doc, vector_of
 from invariant import assert_invariant
 from vecmirror.app import open_app
-from vecmirror.commands import migrate_and_remove, migrate_command
+from vecmirror.commands import QueryRequest, migrate_and_remove, migrate_command, query_command
 from vecmirror.errors import StartupError
 from vecmirror.index.rollout import generation_name
 
@@ -106,6 +106,10 @@ async def test_a_new_filter_field_is_rolled_out_online_without_a_model_call(
     assert worker.metrics.embeddings.labels("docs", "computed")._value.get() == 0  # no model call
     assert worker.metrics.embeddings.labels("docs", "skipped")._value.get() == ROWS
     await assert_invariant(pg, redis_url, config.mirrors[0])
+    # `vecmirror query` asks through the name too, though FT._LIST lists no alias.
+    request = QueryRequest("docs", vector=[1.0] * 384, k=3, filter_expression="@year:[2000 2009]")
+    hits = await query_command(settings_for(write_config([DOCS_MIRROR])[0]), config, request)
+    assert len(hits) == 3
 
     # A second change goes from alias to alias; the generation it replaces is dropped.
     with reader(redis_client, "docs_idx") as seen:

@@ -11,7 +11,7 @@ import click
 import redis.asyncio as redis
 import structlog
 
-from vecmirror.app import check_migrated
+from vecmirror.app import check_migrated, redis_client
 from vecmirror.boundary import (
     IndexMissingError,
     connect_postgres,
@@ -21,6 +21,7 @@ from vecmirror.boundary import (
 from vecmirror.commands.servers import both_servers, check_servers, mirrors_named
 from vecmirror.config import Config, MirrorConfig
 from vecmirror.errors import QueryError
+from vecmirror.index.rollout import answering_index
 from vecmirror.ops.status import MirrorStatus, format_status, mirror_status
 from vecmirror.ops.verify import Drift, Verifier
 from vecmirror.pipeline.embedder import EmbedderFactory
@@ -56,13 +57,20 @@ async def query_command(
     """--range: a range query (k is its limit); --text-weight: fused text+vector; otherwise KNN."""
     (mirror,) = mirrors_named(settings, config, [request.mirror])
     with translated(settings):
-        indexes = await check_servers(settings, config, postgres=False)
-        if mirror.index.index.name not in indexes:
+        await check_servers(settings, config, postgres=False)
+        if not await _answers(settings, mirror.index.index.name):
             raise IndexMissingError(
                 f"mirror {mirror.name!r}: Redis at {redis_location(settings.require_redis_url())} has no "
                 f"index {mirror.index.index.name!r}: `vecmirror run` creates it"
             )
         return await _search(settings, config, request, embedder_factory)
+
+
+async def _answers(settings: Settings, name: str) -> bool:
+    """Whether an index answers for the name: itself, or after an online rebuild the generation its
+    alias points to (FT._LIST lists no alias)."""
+    async with redis_client(settings) as client:
+        return await answering_index(client, name) is not None
 
 
 async def _search(
