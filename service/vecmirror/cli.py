@@ -21,6 +21,7 @@ from typing import IO, Any, TypeVar
 
 import click
 import structlog
+from pydantic import ValidationError
 
 from vecmirror import __version__
 from vecmirror.config import Config, load_config
@@ -37,11 +38,21 @@ log = structlog.get_logger(__name__)
 
 
 def _settings(config_path: Path | None) -> Settings:
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        raise settings_error(exc) from None
     if config_path is not None:
         settings = settings.model_copy(update={"config": config_path})
     configure_logging(settings.log_format, settings.log_level)
     return settings
+
+
+def settings_error(exc: ValidationError) -> VecmirrorError:
+    """One line naming each environment variable that is wrong; never its value (it may be a URL
+    with a password)."""
+    problems = [f"VECMIRROR_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()]
+    return VecmirrorError(f"invalid settings: {'; '.join(problems)}")
 
 
 def _config(settings: Settings) -> Config:

@@ -10,9 +10,10 @@ from collections.abc import Callable
 
 import asyncpg
 import pytest
+from click.testing import CliRunner
 from redis import exceptions as redis_errors
 
-from vecmirror.cli import _row_keys, failure_logged, failure_message, handles_errors
+from vecmirror.cli import _row_keys, failure_logged, failure_message, handles_errors, main
 from vecmirror.errors import StartupError
 from vecmirror.logging import configure_logging
 from vecmirror.settings import Settings
@@ -141,3 +142,22 @@ def test_a_key_that_is_no_json_array_is_one_line_and_exit_2(
         command()
     err = capsys.readouterr().err
     assert exited.value.code == 2 and err.count("\n") == 1 and err.startswith(f"vecmirror: key {argument!r}")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("VECMIRROR_CONFIG_LEASE", "-1", "VECMIRROR_CONFIG_LEASE: Input should be greater than 0"),
+        ("VECMIRROR_BATCH_SIZE", "many", "VECMIRROR_BATCH_SIZE: Input should be a valid integer"),
+        ("VECMIRROR_LOG_FORMAT", "xml", "VECMIRROR_LOG_FORMAT: Input should be 'auto', 'json' or 'console'"),
+    ],
+)
+def test_a_wrong_setting_is_one_line_naming_it_and_exit_2(
+    variable: str, value: str, says: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(variable, value)
+    monkeypatch.setenv("VECMIRROR_DATABASE_URL", f"postgresql://u:{SECRET}@127.0.0.1:1/app")
+    result = CliRunner().invoke(main, ["status"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"vecmirror: invalid settings: {says}")
+    assert result.stderr.count("\n") == 1 and SECRET not in result.stderr and value not in result.stderr
