@@ -135,6 +135,17 @@ def vector_of(doc: dict[str, bytes], field: str = "embedding") -> np.ndarray[Any
     return np.frombuffer(doc[field], dtype=np.float32)
 
 
+def vector_at(client: redis.Redis, index: str) -> str:
+    """Where the index users query reads vectors: the field's name, or where an online
+    re-embedding moved them (FT.INFO's identifier)."""
+    for attribute in client.ft(index).info()["attributes"]:
+        properties = dict(zip(attribute[::2], attribute[1::2], strict=False))
+        if properties.get(b"type", properties.get("type")) in (b"VECTOR", "VECTOR"):
+            identifier = properties.get(b"identifier", properties.get("identifier"))
+            return identifier.decode() if isinstance(identifier, bytes) else str(identifier)
+    raise AssertionError(f"{index} has no vector field")
+
+
 def search_ids(client: redis.Redis, index: str, query: str) -> set[str]:
     reply = client.execute_command("FT.SEARCH", index, query, "NOCONTENT", "LIMIT", 0, 1000, "DIALECT", 2)
     return set(search_result_ids(reply))

@@ -15,7 +15,7 @@ import pytest
 import redis
 from redis.commands.search.query import Query
 
-from helpers import DOCS_MIRROR, PRODUCTS_MIRROR, PRODUCTS_TABLE, hash_doc, vector_of
+from helpers import DOCS_MIRROR, PRODUCTS_MIRROR, PRODUCTS_TABLE, hash_doc, vector_at, vector_of
 from invariant import assert_invariant
 from vecmirror.app import open_app
 from vecmirror.commands import QueryRequest, migrate_and_remove, migrate_command, query_command
@@ -144,7 +144,8 @@ async def test_a_new_template_re_embeds_every_row_once(
     embedder: Any,
     embedder_factory: Any,
 ) -> None:
-    """A changed template used to leave every vector as it was until its row changed."""
+    """A changed template used to leave every vector as it was until its row changed. Now the new
+    vectors are made beside the old ones, then the index switches to them and the old ones go."""
     await pg.execute(DOCS_WITH_YEAR)
     await pg.execute(
         "INSERT INTO docs SELECT g, 'Title ' || g, 'Text ' || g, 'g', 2000 FROM generate_series(1, 20) g"
@@ -154,8 +155,11 @@ async def test_a_new_template_re_embeds_every_row_once(
     config, worker = await _run(settings_for, write_config, content_only, embedder_factory)
     assert worker.metrics.embeddings.labels("docs", "computed")._value.get() == 20
     expected = embedder.embed(["Text 7"])[0]
-    stored = vector_of(hash_doc(redis_client, "doc:7"))
-    assert float(np.dot(stored, expected)) > 0.9999
+    moved_to = vector_at(redis_client, "docs_idx")
+    assert moved_to.startswith("embedding__")
+    document = hash_doc(redis_client, "doc:7")
+    assert float(np.dot(vector_of(document, moved_to), expected)) > 0.9999
+    assert "embedding" not in document  # the old vectors went after the switch
     await assert_invariant(pg, redis_url, config.mirrors[0])
     _, again = await _run(settings_for, write_config, content_only, embedder_factory)  # a restart
     assert again.metrics.embeddings.labels("docs", "computed")._value.get() == 0

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 from redisvl.schema import IndexInfo, IndexSchema
 from redisvl.schema.fields import BaseField
 
@@ -82,6 +82,9 @@ class MirrorConfig(BaseModel):
     embed: EmbedConfig | None = None
     vector_column: str | None = None
     index: IndexSchema
+    # Where documents hold the vector when an online re-embedding moved it (index/rollout.py): not
+    # part of the definition, so not of `digest` either.
+    _moved_vector_to: str | None = PrivateAttr(default=None)
 
     @field_validator("key", mode="before")
     @classmethod
@@ -145,6 +148,31 @@ class MirrorConfig(BaseModel):
     def vector_field(self) -> BaseField | None:
         vectors = [f for f in self.index.fields.values() if field_type(f) == "vector"]
         return vectors[0] if vectors else None
+
+    @property
+    def vector_at(self) -> str | None:
+        """Where each document holds its vector: a HASH field's name, a JSON path."""
+        if self.vector_field is None:
+            return None
+        return self._moved_vector_to or self.usual_vector_at
+
+    @property
+    def usual_vector_at(self) -> str | None:
+        """Where the vector field's own name (HASH) or path (JSON) puts the vector."""
+        vector = self.vector_field
+        if vector is None:
+            return None
+        return (vector.path or f"$.{vector.name}") if self.storage == "json" else vector.name
+
+    @property
+    def vector_moved(self) -> bool:
+        return self._moved_vector_to is not None
+
+    def with_vector_at(self, at: str) -> MirrorConfig:
+        """This mirror writing its vectors at `at` (see index/rollout.py, place_vectors)."""
+        placed = self.model_copy()
+        placed._moved_vector_to = None if at == self.usual_vector_at else at
+        return placed
 
     @property
     def value_fields(self) -> list[BaseField]:

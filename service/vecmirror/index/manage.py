@@ -52,11 +52,22 @@ _TYPE_FLAGS: dict[str, tuple[tuple[str, str], ...]] = {
 }
 
 
+def physical_schema(mirror: MirrorConfig, name: str) -> IndexSchema:
+    """The index FT.CREATE makes for this mirror under `name`: the vector read from where documents
+    hold it (`<at> AS <field>` once an online re-embedding moved it, see index/rollout.py)."""
+    schema = mirror.index.model_copy(deep=True)
+    schema.index.name = name
+    vector = mirror.vector_field
+    if vector is not None and mirror.vector_moved:
+        schema.fields[vector.name].path = mirror.vector_at
+    return schema
+
+
 async def ensure_index(client: redis.Redis, mirror: MirrorConfig) -> bool:
     """True when the index was created now."""
     if await check_index(client, mirror):
         return False
-    await create_index(client, mirror.index)
+    await create_index(client, physical_schema(mirror, mirror.index.index.name))
     log.info("index_created", mirror=mirror.name, index=mirror.index.index.name)
     return True
 
@@ -68,7 +79,7 @@ async def check_index(client: redis.Redis, mirror: MirrorConfig) -> bool:
     info = await index_info(client, name)
     if info is None:
         return False
-    differences = index_differences(mirror.index, info)
+    differences = index_differences(physical_schema(mirror, name), info)
     if differences:
         raise different_index_error(mirror, differences)
     return True
@@ -131,6 +142,11 @@ def index_differences(schema: IndexSchema, info: dict[str, Any]) -> list[str]:
     return differences
 
 
+def index_attributes(info: dict[str, Any]) -> list[_Attributes]:
+    """Each field of an index as FT.INFO shows it."""
+    return [_attributes(raw) for raw in _mapping(info)["attributes"]]
+
+
 def index_identifiers(info: dict[str, Any]) -> list[str]:
     """What each field of an index reads: a HASH field's name, a JSON path."""
     attributes = map(_attributes, _mapping(info)["attributes"])
@@ -144,7 +160,7 @@ def _field_differences(
         return [f"field {name!r}: in the config, not in the index"]
     if wanted is None:
         return [f"field {name!r}: in the index, not in the config"]
-    properties = expected_attributes(wanted, storage)
+    properties = expected_attributes(wanted)
     same_type = _normal(existing.properties.get("type")) == _normal(properties["type"])
     if not same_type:  # every other property differs too: the type says it all
         properties = {"identifier": properties["identifier"], "type": properties["type"]}
@@ -202,10 +218,11 @@ def _attributes(raw: Any) -> _Attributes:
     return attrs
 
 
-def expected_attributes(field: BaseField, storage: str) -> dict[str, Any]:
+def expected_attributes(field: BaseField) -> dict[str, Any]:
     """The `key value` properties FT.INFO shows for this configured field."""
     expected: dict[str, Any] = {
-        "identifier": field.path if storage == "JSON" and field.path else field.name,
+        # A HASH field has a path only where vecmirror moved its vector (index/rollout.py).
+        "identifier": field.path or field.name,
         "type": field_type(field).upper(),
     }
     attrs: Any = field.attrs

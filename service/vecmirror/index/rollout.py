@@ -21,56 +21,42 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as redis
 import structlog
 from redis.exceptions import ResponseError
-from redisvl.schema import IndexSchema
 
 from vecmirror.config import RESERVED_PREFIX, MirrorConfig
 from vecmirror.index.manage import (
     create_index,
     different_index_error,
+    index_attributes,
     index_differences,
     index_identifiers,
     index_info,
+    physical_schema,
 )
+from vecmirror.sink.keys import key_pattern
 
 log = structlog.get_logger(__name__)
-# What in a difference of the vector field means other vectors, not another index over them.
-VECTOR_CHANGES = (" dim is", " data_type is", "identifier", "not in the")
 
 
 def generation_name(mirror: MirrorConfig) -> str:
-    """The physical name of the index this config defines: a digest of its definition, so workers
-    with the same file agree, and workers with another file build another one."""
-    definition = json.dumps(mirror.index.to_dict(), sort_keys=True, default=str)
+    """The physical name of the index this config defines (where it reads vectors from included): a
+    digest of its definition, so workers with the same file agree, and workers with another file
+    build another one."""
+    schema = physical_schema(mirror, mirror.index.index.name)
+    definition = json.dumps(schema.to_dict(), sort_keys=True, default=str)
     return f"{mirror.index.index.name}__{hashlib.sha256(definition.encode()).hexdigest()[:10]}"
 
 
-def physical_schema(mirror: MirrorConfig, name: str) -> IndexSchema:
-    schema = mirror.index.model_copy(deep=True)
-    schema.index.name = name
-    return schema
-
-
-def blocking_differences(mirror: MirrorConfig, differences: list[str]) -> list[str]:
+def blocking_differences(differences: list[str]) -> list[str]:
     """The differences documents cannot follow in place: another storage or prefix means other
-    keys; another vector field, dims or type means other vectors (a re-embedding)."""
-    vector = mirror.vector_field.name if mirror.vector_field is not None else None
-
-    def blocks(difference: str) -> bool:
-        if difference.startswith(("storage_type", "prefix")):
-            return True
-        if vector is not None and difference.startswith(f"field {vector!r}:"):
-            return any(
-                part in difference for part in (" dim is", " data_type is", "identifier", "not in the")
-            )
-        return False
-
-    return [d for d in differences if blocks(d)]
+    keys. (Other vectors are made beside the old ones: see place_vectors.)"""
+    return [d for d in differences if d.startswith(("storage_type", "prefix"))]
 
 
 def queried_index(info: dict[str, Any]) -> str:
@@ -109,67 +95,191 @@ async def answering_index(client: redis.Redis, name: str) -> str | None:
 
 @dataclass(frozen=True)
 class IndexPlan:
+    mirror: MirrorConfig  # the config, its vectors placed (see place_vectors)
     created: bool = False  # nothing answered for the name: the index was created now
     rebuild_into: str | None = None  # a new generation to fill, then switch to
     dropped_fields: tuple[str, ...] = ()  # fields of the queried index the config no longer has
+    vectors_left_at: str | None = None  # where the queried index reads the old vectors, kept till the switch
+    vectors_reusable: bool = False  # old vectors of the same dims and type: copied where the text is the same
 
 
-async def prepare_index(client: redis.Redis, mirror: MirrorConfig) -> IndexPlan:
+async def prepare_index(client: redis.Redis, mirror: MirrorConfig, marker: str) -> IndexPlan:
     """Creates the mirror's index when nothing answers for its name, or, when the index users
-    query differs from the config in a way documents can follow in place, the new index generation
-    beside it (to switch to once filled). Other differences stop start-up."""
+    query differs from the config in a way documents can follow (anything but their keys: new
+    vectors are made beside the old ones), the new index generation beside it, to switch to once
+    filled. Another storage or prefix stops start-up."""
     info = await index_info(client, mirror.index.index.name)
+    placed = await place_vectors(client, marker, mirror, info)
     if info is None:
-        await create_index(client, mirror.index)
+        await create_index(client, physical_schema(placed, placed.index.index.name))
         log.info("index_created", mirror=mirror.name, index=mirror.index.index.name)
-        return IndexPlan(created=True)
-    differences = index_differences(mirror.index, info)
+        await settle_vectors(client, marker, placed)
+        return IndexPlan(placed, created=True)
+    differences = index_differences(physical_schema(placed, placed.index.index.name), info)
     if not differences:
-        return IndexPlan()
-    blocking = blocking_differences(mirror, differences)
+        await settle_vectors(client, marker, placed)
+        return IndexPlan(placed)
+    blocking = blocking_differences(differences)
     if blocking:
         raise different_index_error(mirror, blocking)
-    target = generation_name(mirror)
+    target = generation_name(placed)
     if await index_info(client, target) is None:
-        await create_index(client, physical_schema(mirror, target))
+        await create_index(client, physical_schema(placed, target))
         log.info("index_rebuild_started", mirror=mirror.name, index=target, differences=differences)
-    return IndexPlan(rebuild_into=target, dropped_fields=_dropped_fields(mirror, info))
+    served = served_vector(info)
+    left_at = served.at if served is not None and placed.vector_at not in (None, served.at) else None
+    return IndexPlan(
+        placed,
+        rebuild_into=target,
+        dropped_fields=_dropped_fields(placed, info, keep=left_at),
+        vectors_left_at=left_at,
+        vectors_reusable=left_at is not None and same_shape(placed, served),
+    )
 
 
-def _dropped_fields(mirror: MirrorConfig, info: dict[str, Any]) -> tuple[str, ...]:
+def _dropped_fields(mirror: MirrorConfig, info: dict[str, Any], *, keep: str | None) -> tuple[str, ...]:
     """What documents hold for the queried index that the config no longer writes: HSET leaves a
-    field it is not given, so the fill deletes these (HASH field names; JSON top-level paths)."""
-    wanted = {f.path if mirror.storage == "json" else f.name for f in mirror.index.fields.values()}
+    field it is not given, so the fill deletes these (HASH field names; JSON top-level paths). The
+    old vectors (`keep`) serve until the switch, and go after it (settle_vectors)."""
+    wanted = {f.path if mirror.storage == "json" else f.name for f in mirror.value_fields}
+    wanted |= {mirror.vector_at} if mirror.vector_at is not None else set()
     identifiers = {str(identifier) for identifier in index_identifiers(info)}
     own = {i for i in identifiers if i.removeprefix("$.").startswith(RESERVED_PREFIX)}  # never ours to drop
-    return tuple(sorted(identifiers - wanted - own))
+    return tuple(sorted(identifiers - wanted - own - {keep}))
 
 
-EMBEDDING_FIELD = "embedding"  # of the marker HASH: a digest of what the stored vectors were made from
+# Of the marker HASH: a digest of what the stored vectors were made from, and where they are.
+EMBEDDING_FIELD, VECTOR_AT_FIELD = "embedding", "vector_at"
 
 
 def embedding_digest(mirror: MirrorConfig) -> str | None:
-    """What a mirror's vectors are made from (model, backend, template); None without a model. The
-    content hash of each document changes with it too, so rows read again are re-embedded."""
+    """What a mirror's vectors are made from (model, backend, template); None without a model."""
     if mirror.embed is None:
         return None
     made_from = [mirror.embed.model, mirror.embed.backend, mirror.embed.template]
     return hashlib.sha256(json.dumps(made_from, default=str).encode()).hexdigest()[:16]
 
 
-async def embedding_changed(client: redis.Redis, marker: str, mirror: MirrorConfig) -> bool:
-    """True once when the mirror's vectors were made from another model, backend or template than
-    the config's (recorded with the marker); the caller then reads every row again. A marker with
-    no record yet (new, or from before this record) takes the config's without a re-read."""
+@dataclass(frozen=True)
+class ServedVector:
+    """The vector field of the index users query, as FT.INFO shows it."""
+
+    name: str
+    at: str  # its identifier: a HASH field, a JSON path
+    dims: int
+    datatype: str
+
+
+def served_vector(info: dict[str, Any] | None) -> ServedVector | None:
+    if info is None:
+        return None
+    for attributes in index_attributes(info):
+        properties = attributes.properties
+        if str(properties.get("type", "")).upper() == "VECTOR":
+            return ServedVector(
+                name=str(properties.get("attribute")),
+                at=str(properties.get("identifier")),
+                dims=int(properties.get("dim", 0) or 0),
+                datatype=str(properties.get("data_type", "")).upper(),
+            )
+    return None
+
+
+def same_shape(mirror: MirrorConfig, served: ServedVector | None) -> bool:
+    """The served vector field is the config's, of the same dims and type."""
+    vector = mirror.vector_field
+    if vector is None or served is None:
+        return False
+    attrs: Any = vector.attrs
+    wanted = (vector.name, int(attrs.dims), str(attrs.datatype.value).upper())
+    return (served.name, served.dims, served.datatype) == wanted
+
+
+async def place_vectors(
+    client: redis.Redis, marker: str, mirror: MirrorConfig, info: dict[str, Any] | None
+) -> MirrorConfig:
+    """Where this config writes its vectors. Where the queried index reads them, while they are made
+    as this config makes them (same model, backend and template, as the marker records, and the
+    same field, dims and type). Otherwise beside them, at `<field>__<digest of what they are made
+    from>`: the old index keeps answering from the old vectors until the new generation, filled
+    with new ones, takes over (blue/green). Every worker with the same file picks the same place."""
+    vector = mirror.vector_field
+    if vector is None:
+        return mirror
+    recorded, recorded_at = (_text(v) for v in await client.hmget(marker, EMBEDDING_FIELD, VECTOR_AT_FIELD))
+    served = served_vector(info)
+    attrs: Any = vector.attrs
+    dims, datatype = int(attrs.dims), str(attrs.datatype.value).upper()
     digest = embedding_digest(mirror)
-    if digest is None:
-        return False
-    stored = await client.hget(marker, EMBEDDING_FIELD)
-    if stored is not None and (stored.decode() if isinstance(stored, bytes) else str(stored)) == digest:
-        return False
-    if not await client.exists(marker):
-        return False  # nothing synced yet: the first sync embeds with this config anyway
-    await client.hset(marker, EMBEDDING_FIELD, digest)
-    if stored is not None:
-        log.info("embedding_changed_rows_requeued", mirror=mirror.name)
-    return stored is not None
+    same_source = recorded is None or recorded == digest
+    usual = mirror.usual_vector_at or vector.name
+    if same_source and (served is None or same_shape(mirror, served)):
+        return mirror.with_vector_at(served.at if served is not None else recorded_at or usual)
+    made_from = json.dumps([digest, mirror.vector_column, dims, datatype]).encode()
+    return mirror.with_vector_at(f"{usual}__{hashlib.sha256(made_from).hexdigest()[:8]}")
+
+
+# KEYS[1]: the marker. ARGV: the embedding digest ('' for none), where the vectors are. Only a marker
+# that exists is written: one made here would stand for a sync that never happened.
+_RECORD_VECTORS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+    return 0
+end
+if ARGV[1] == '' then
+    redis.call('HDEL', KEYS[1], 'embedding')
+else
+    redis.call('HSET', KEYS[1], 'embedding', ARGV[1])
+end
+redis.call('HSET', KEYS[1], 'vector_at', ARGV[2])
+return 1
+"""
+
+
+async def settle_vectors(client: redis.Redis, marker: str, mirror: MirrorConfig) -> None:
+    """Once the index users query reads vectors where this config writes them (created, or just
+    switched to): the old vectors, recorded with the marker, are deleted from every document, then
+    the marker records the new ones. A crash in between walks again on the next start."""
+    at = mirror.vector_at
+    if at is None:
+        return
+    recorded, recorded_at = (_text(v) for v in await client.hmget(marker, EMBEDDING_FIELD, VECTOR_AT_FIELD))
+    digest = embedding_digest(mirror)
+    if (recorded, recorded_at) == (digest, at):
+        return
+    left = recorded_at if recorded_at is not None else mirror.usual_vector_at
+    if left is not None and left != at:
+        removed = await delete_from_documents(client, mirror, left)
+        log.info("old_vectors_removed", mirror=mirror.name, at=left, documents=removed)
+    await client.eval(_RECORD_VECTORS, 1, marker, digest or "", at)
+
+
+async def delete_from_documents(client: redis.Redis, mirror: MirrorConfig, at: str) -> int:
+    """Deletes one field (HASH) or path (JSON) from every document under the mirror's prefix."""
+    removed = 0
+    async for keys in _document_keys(client, mirror):
+        async with client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                if mirror.storage == "json":
+                    pipe.execute_command("JSON.DEL", key, at)
+                else:
+                    pipe.hdel(key, at)
+            # A foreign key of another type under the prefix answers WRONGTYPE: not ours to change.
+            replies = await pipe.execute(raise_on_error=False)
+        removed += sum(1 for reply in replies if isinstance(reply, int) and reply > 0)
+    return removed
+
+
+async def _document_keys(client: redis.Redis, mirror: MirrorConfig) -> AsyncIterator[list[Any]]:
+    cursor = 0
+    while True:
+        cursor, keys = await client.scan(cursor, match=key_pattern(mirror), count=1000)
+        if keys:
+            yield keys
+        if cursor == 0:
+            return
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)

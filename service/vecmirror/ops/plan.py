@@ -22,10 +22,11 @@ from redis.exceptions import ResponseError
 
 from vecmirror.config import Config, MirrorConfig
 from vecmirror.errors import RowError, VecmirrorError
-from vecmirror.index.manage import index_differences, index_info
-from vecmirror.index.rollout import blocking_differences
+from vecmirror.index.manage import index_differences, index_info, physical_schema
+from vecmirror.index.rollout import blocking_differences, place_vectors, same_shape, served_vector
 from vecmirror.pipeline.documents import DocumentBuilder, RowKey
 from vecmirror.sink.drop import Layout, MirrorData, left_behind, locate
+from vecmirror.sink.versioned import marker_key
 from vecmirror.sink.writer import RedisSink
 from vecmirror.source import Connection
 from vecmirror.source.generations import load as load_generation
@@ -43,10 +44,11 @@ def rebuild_note(index: str, *, online: bool = False) -> str:
     if online:
         return (
             f"run rebuilds it online: a new index beside {index} is filled (every row read again; "
-            f"unchanged texts keep their vectors), then {index} switches to it"
+            f"unchanged texts keep their vectors, other vectors are made beside the old ones), then "
+            f"{index} switches to it"
         )
     return (
-        f"run will refuse to start (another storage, prefix or vector): drop the index "
+        f"run will refuse to start (another storage or prefix): drop the index "
         f"(FT.DROPINDEX {index}) or change the config back"
     )
 
@@ -197,12 +199,17 @@ async def _kept(
 ) -> MirrorPlan:
     plan = MirrorPlan(mirror.name, "keep", f"{mirror.schema_name}.{mirror.table_name}")
     plan.index = mirror.index.index.name
+    reuse_from = None  # where old vectors of unchanged texts are copied from (index/rollout.py)
     info = await index_info(client, plan.index)
     if info is not None:
         plan.index_exists = True
         plan.documents = int(float(info.get("num_docs", 0)))
-        plan.differences = index_differences(mirror.index, info)
-        plan.rebuild_online = not blocking_differences(mirror, plan.differences)
+        mirror = await place_vectors(client, marker_key(mirror.name), mirror, info)
+        served = served_vector(info)
+        if served is not None and served.at != mirror.vector_at and same_shape(mirror, served):
+            reuse_from = served.at
+        plan.differences = index_differences(physical_schema(mirror, plan.index), info)
+        plan.rebuild_online = not blocking_differences(plan.differences)
     try:
         table = await inspect_table(conn, mirror)
     except VecmirrorError as exc:
@@ -212,7 +219,7 @@ async def _kept(
     if generations:  # as source/migrate.py's _follow_table decides
         plan.table_replaced = (await load_generation(conn, mirror.name)).replaced_table()
     if mirror.embed is not None and plan.index_exists:
-        plan.embedding = await count_reembeds(conn, client, mirror, table)
+        plan.embedding = await count_reembeds(conn, client, mirror, table, reuse_from)
     return plan
 
 
@@ -234,12 +241,17 @@ async def _trigger_change(conn: Connection, mirror: MirrorConfig, table: SourceT
 
 
 async def count_reembeds(
-    conn: Connection, client: redis.Redis, mirror: MirrorConfig, table: SourceTable
+    conn: Connection,
+    client: redis.Redis,
+    mirror: MirrorConfig,
+    table: SourceTable,
+    reuse_from: str | None = None,
 ) -> Reembed:
     """Every row rendered and hashed under the file's template, model and backend, compared with
-    its document's `_vm_hash`, a page at a time (exact)."""
+    its document's `_vm_hash`, a page at a time (exact). A vector copied from `reuse_from` (the same
+    text, the same model) costs no model call either."""
     counts = Reembed()
-    builder = DocumentBuilder(mirror)
+    builder = DocumentBuilder(mirror, reuse_from=reuse_from)
     sink = RedisSink(client, mirror)
     cursor: list[str] | None = None
     while True:
@@ -247,22 +259,22 @@ async def count_reembeds(
         rows = await conn.fetch(statement, PAGE, mirror.name, *(cursor or []))
         if not rows:
             return counts
-        hashes: dict[RowKey, str] = {}
+        hashes: dict[RowKey, tuple[str | None, ...]] = {}
         for record in rows:
             key = tuple(record["_vm_key"])
             try:
-                text_hash = builder.build(key, dict(record)).text_hash
+                document = builder.build(key, dict(record))
             except RowError:
                 counts.failing += 1
                 continue
-            assert text_hash is not None
-            hashes[key] = text_hash
+            hashes[key] = (document.text_hash, document.reusable_hash)
         counts.rows += len(rows)
         await _compare(sink, hashes, counts)
         cursor = list(rows[-1]["_vm_key"])
 
 
-async def _compare(sink: RedisSink, hashes: dict[RowKey, str], counts: Reembed) -> None:
+async def _compare(sink: RedisSink, hashes: dict[RowKey, tuple[str | None, ...]], counts: Reembed) -> None:
+    """`hashes`: per row, the hashes its stored document may hold for the model not to run."""
     try:
         stored = await sink.stored_text_hashes(list(hashes))
     except ResponseError:  # keys of another type than the config's storage: rebuilt anyway
@@ -270,7 +282,7 @@ async def _compare(sink: RedisSink, hashes: dict[RowKey, str], counts: Reembed) 
     for wanted, held in zip(hashes.values(), stored, strict=True):
         if held is None:
             counts.without_document += 1
-        elif held == wanted:
+        elif held in wanted:
             counts.unchanged += 1
         else:
             counts.reembed += 1

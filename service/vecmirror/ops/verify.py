@@ -24,6 +24,8 @@ import structlog
 
 from vecmirror.config import META_KEY_FIELD, META_VERSION_FIELD, MirrorConfig
 from vecmirror.errors import RowError
+from vecmirror.index.manage import index_info
+from vecmirror.index.rollout import served_vector
 from vecmirror.ops.verify_expected import AHEAD, Expected, as_document, is_int
 from vecmirror.pipeline.documents import DocumentBuilder, RowKey
 from vecmirror.sink.keys import key_pattern
@@ -127,11 +129,22 @@ class Verifier:
     ) -> None:
         self._mirror, self._table, self._redis = mirror, table, client
         self._sink = RedisSink(client, mirror)
+        self._max_text_length = max_text_length
         self._builder = DocumentBuilder(mirror, max_text_length=max_text_length)
         self._expected = Expected(mirror)
         self._generations: tuple[str | None, str | None] = (None, None)  # Postgres', the marker's legacy
 
+    async def _read_vectors_where_served(self) -> None:
+        """Vectors are checked where the index users query reads them (an online re-embedding may
+        have moved them: index/rollout.py)."""
+        served = served_vector(await index_info(self._redis, self._mirror.index.index.name))
+        if served is not None and served.name == getattr(self._mirror.vector_field, "name", None):
+            self._mirror = self._mirror.with_vector_at(served.at)
+            self._builder = DocumentBuilder(self._mirror, max_text_length=self._max_text_length)
+            self._expected = Expected(self._mirror)
+
     async def verify(self, conn: Connection) -> Drift:
+        await self._read_vectors_where_served()
         drift = Drift(self._mirror.name)
         drift.generation = (await generations.load(conn, self._mirror.name)).generation
         marker = await self._sink.versioned.read_marker()
@@ -279,8 +292,7 @@ class Verifier:
             replies = [
                 None if isinstance(r, Exception) else r for r in await pipe.execute(raise_on_error=False)
             ]
-        vector = self._mirror.vector_field
-        name = vector.name if vector is not None else None
+        name = self._mirror.vector_at
         return [as_document(reply, self._mirror.storage == "json", name) for reply in replies]
 
 

@@ -22,9 +22,9 @@ class Expected:
         self._mirror = mirror
         self._hash, self._json = HashEncoder(mirror), JsonEncoder(mirror)
         vector = mirror.vector_field
-        self._vector_name = vector.name if vector is not None else None
+        self._vector_name = mirror.vector_at
         self._dims = int(vector.attrs.dims) if vector is not None else 0
-        self._vector_path = (vector.path or f"$.{vector.name}") if vector is not None else None
+        self._vector_path = mirror.vector_at
 
     def difference(
         self, expected: Document, stored: dict[str, Any], generation: str | None, legacy: str | None

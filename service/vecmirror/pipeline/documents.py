@@ -44,6 +44,9 @@ class Document:
     text_hash: str | None = None
     vector: npt.NDArray[Any] | None = field(default=None, repr=False)
     version: int = 0  # of the row this document was built from (see migrations/0002)
+    # While new vectors are made beside the old ones (index/rollout.py): the hash the old vector
+    # holds if it was made from this very text by this very model, so it is copied, not made again.
+    reusable_hash: str | None = None
 
 
 class DocumentBuilder:
@@ -51,19 +54,26 @@ class DocumentBuilder:
     parsed template, the model's part of the hash) is worked out here once: a batch whose text did
     not change costs little more than this per-row work, which must stay small next to Redis'."""
 
-    def __init__(self, mirror: MirrorConfig, *, max_text_length: int = 100_000) -> None:
+    def __init__(
+        self, mirror: MirrorConfig, *, max_text_length: int = 100_000, reuse_from: str | None = None
+    ) -> None:
         self._mirror = mirror
         self._vector_field = mirror.vector_field
         self._max_text_length = max_text_length
         self._converters = [(f.name, _converter(f)) for f in mirror.value_fields]
         self._embedding: tuple[str, Template, ContentHasher] | None = None
+        self._reusable: ContentHasher | None = None
         if mirror.embed is not None:
             embed = mirror.embed
+            moved_to = mirror.vector_at if mirror.vector_moved else None
             self._embedding = (
                 embed.field,
                 Template(embed.template),
-                ContentHasher(embed.model, embed.backend),
+                ContentHasher(embed.model, embed.backend, moved_to=moved_to),
             )
+            if reuse_from is not None:
+                moved_from = None if reuse_from == mirror.usual_vector_at else reuse_from
+                self._reusable = ContentHasher(embed.model, embed.backend, moved_to=moved_from)
 
     def build(self, key: RowKey, row: dict[str, Any]) -> Document:
         document = Document(key, self._fields(key, row))
@@ -71,6 +81,8 @@ class DocumentBuilder:
             field_name, template, content_hash = self._embedding
             document.text = self._render(key, row, template, field_name)
             document.text_hash = content_hash(document.text)
+            if self._reusable is not None:
+                document.reusable_hash = self._reusable(document.text)
         elif self._mirror.vector_column is not None:
             document.vector = self.vector(
                 key, row.get(self._mirror.vector_column), self._mirror.vector_column

@@ -45,7 +45,7 @@ class ContentHasher:
     """Identifies what a vector was computed from: the text, the model, and the backend unless it
     is exact. The model's part is hashed once, then copied for each text."""
 
-    def __init__(self, model: str, backend: Backend | None = None) -> None:
+    def __init__(self, model: str, backend: Backend | None = None, *, moved_to: str | None = None) -> None:
         self._source = hashlib.sha256()
         self._source.update(model.encode())
         self._source.update(b"\0")
@@ -53,6 +53,10 @@ class ContentHasher:
             # Postgres text holds no NUL, so no text can spell this part under an exact backend.
             self._source.update(backend.encode())
             self._source.update(b"\0")
+        if moved_to is not None:
+            # A vector written elsewhere (an online re-embedding, index/rollout.py) is new even for
+            # an unchanged text: hashes made before the move never match.
+            self._source.update(b"\0at\0" + moved_to.encode() + b"\0")
 
     def __call__(self, text: str) -> str:
         digest = self._source.copy()

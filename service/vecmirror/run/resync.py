@@ -21,7 +21,7 @@ log = structlog.get_logger(__name__)
 
 class MirrorResync:
     def __init__(self, mirror: MirrorConfig, sink: RedisSink) -> None:
-        self._mirror, self._sink = mirror, sink
+        self.mirror, self._sink = mirror, sink
         self.name = mirror.name
 
     async def if_forgotten(self, conn: Connection, *, index_created: bool) -> bool:
@@ -80,8 +80,8 @@ class MirrorResync:
         that name, say) is resynced, so documents of rows deleted meanwhile go."""
         if not await changes.is_first_sync(conn, self.name):
             return False
-        await ensure_index(self._sink.client, self._mirror)
-        info = await index_info(self._sink.client, self._mirror.index.index.name)
+        await ensure_index(self._sink.client, self.mirror)
+        info = await index_info(self._sink.client, self.mirror.index.index.name)
         return info is not None and int(info.get("num_docs", 0)) == 0
 
     async def after_refusal(self, conn: Connection, reason: str) -> None:
@@ -100,7 +100,7 @@ class MirrorResync:
         await self._resync(conn, generation, reason)
 
     async def _resync(self, conn: Connection, generation: str, reason: str) -> None:
-        await ensure_index(self._sink.client, self._mirror)
+        await ensure_index(self._sink.client, self.mirror)
         async with conn.transaction():
             await changes.queue_resync(conn, self.name)
         await self._sink.versioned.mark(generation)

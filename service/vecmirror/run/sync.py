@@ -18,13 +18,14 @@ from redis.exceptions import ResponseError
 
 from vecmirror.config import MirrorConfig
 from vecmirror.errors import MirrorError, RowError, StartupError
-from vecmirror.index.rollout import prepare_index
+from vecmirror.index.rollout import prepare_index, settle_vectors
 from vecmirror.pipeline.batch_embed import BatchEmbedder, Keepalive
 from vecmirror.pipeline.documents import Document, DocumentBuilder, RowKey
 from vecmirror.pipeline.embedder import Embedder
 from vecmirror.run.batching import BatchSizer
 from vecmirror.run.resync import MirrorResync
 from vecmirror.sink.observe import record_last_sync
+from vecmirror.sink.versioned import marker_key
 from vecmirror.sink.writer import RedisSink
 from vecmirror.source import Connection, changes, discard
 from vecmirror.source.changes import ClaimedBatch, RetryPolicy, RowFailure
@@ -125,6 +126,7 @@ class MirrorSync:
         self._failures_seen: int | None = None
         self._reading = asyncio.Lock()
         self._resyncs = MirrorResync(mirror, sink)
+        self._reuse_from: str | None = None
 
     @property
     def name(self) -> str:
@@ -178,15 +180,34 @@ class MirrorSync:
 
     async def prepare_index(self, conn: Connection) -> None:
         """Creates the index, or the new generation to fill and switch to (index/rollout.py)."""
-        plan = await prepare_index(self.sink.client, self.mirror)
+        plan = await prepare_index(self.sink.client, self.mirror, marker_key(self.name))
+        self.place(plan.mirror, reuse_from=plan.vectors_left_at if plan.vectors_reusable else None)
         # An index created here that a marker says existed was dropped: the worker refills it.
         self.index_created, self.rebuild_into = plan.created, plan.rebuild_into
         self.sink.dropped_fields = plan.dropped_fields
+        self.sink.vectors_left_at = plan.vectors_left_at
         if self.rebuild_into is not None:
             # Every document gets the new index's fields (index/rollout.py); a start during a
             # rebuild reads them all again, which is slower but never leaves one behind.
             await changes.requeue_all_rows(conn, self.name)
         self.index_prepared = True
+
+    async def settle_vectors(self, conn: Connection) -> None:  # noqa: ARG002 (a worker step's signature)
+        """Once Redis knows the mirror (its marker) and no rebuild is under way, the marker records
+        what its vectors are made from and where (index/rollout.py)."""
+        if self.index_prepared and self.rebuild_into is None:
+            await settle_vectors(self.sink.client, marker_key(self.name), self.mirror)
+
+    def place(self, mirror: MirrorConfig, *, reuse_from: str | None = None) -> None:
+        """The mirror, its vectors placed (index/rollout.py): every stage writes and hashes them so.
+        `reuse_from`: where old vectors are copied from for texts that did not change."""
+        self.mirror = mirror
+        self._reuse_from = reuse_from
+        self._builder = DocumentBuilder(
+            mirror, max_text_length=self.options.max_text_length, reuse_from=reuse_from
+        )
+        self.sink.place(mirror)
+        self._resyncs.mirror = mirror
 
     async def sync_batch(self, conn: Connection) -> BatchStats | None:
         """Processes one batch; None when the mirror's queue had nothing claimable."""
@@ -332,7 +353,9 @@ class MirrorSync:
             return stats
         stored = await self.sink.stored_text_hashes([d.key for d in plan.documents])
         plan.keep_vector = {d.key for d, h in zip(plan.documents, stored, strict=True) if h == d.text_hash}
-        todo = [d for d in plan.documents if d.key not in plan.keep_vector]
+        reusable = [d for d, h in zip(plan.documents, stored, strict=True) if h and h == d.reusable_hash]
+        copied = await self._copy_old_vectors(reusable)
+        todo = [d for d in plan.documents if d.key not in plan.keep_vector and d.key not in copied]
         stats.embedding_skipped = len(plan.documents) - len(todo)
         stats.embedded = len(todo)
         if todo:
@@ -340,6 +363,19 @@ class MirrorSync:
             vectors = await self._model.embed(texts, keepalive, stats.embed_call_seconds)
             self._attach_vectors(plan, todo, vectors)
         return stats
+
+    async def _copy_old_vectors(self, documents: list[Document]) -> set[RowKey]:
+        """While new vectors are made beside the old ones: a text the same model already embedded
+        gets its old vector copied (a template change that leaves it as it was costs no model call)."""
+        if self._reuse_from is None or not documents:
+            return set()
+        copied = set()
+        old = await self.sink.stored_vectors([d.key for d in documents], self._reuse_from)
+        for document, vector in zip(documents, old, strict=True):
+            if vector is not None:
+                document.vector = vector
+                copied.add(document.key)
+        return copied
 
     def _attach_vectors(self, plan: _Plan, todo: list[Document], vectors: list[object]) -> None:
         assert self.mirror.embed is not None

@@ -24,7 +24,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exp
 
 from vecmirror.errors import MirrorError, RedisForgotError, VecmirrorError
 from vecmirror.index.manage import index_info
-from vecmirror.index.rollout import embedding_changed, switch
+from vecmirror.index.rollout import settle_vectors, switch
 from vecmirror.ops.metrics import Metrics
 from vecmirror.ops.verify import CountCheck, Verifier, count_check
 from vecmirror.run.faults import as_mirror_error, classify
@@ -94,7 +94,6 @@ class Worker:
         self.metrics = metrics if metrics is not None else Metrics()
         self.metrics.declare_mirrors(sync.name for sync in self._syncs)
         self.pauses = MirrorPauses(self.metrics, error_backoff)
-        self._embedding_checked: set[str] = set()
 
     async def prepare(self) -> None:
         """Before draining, on every wake-up of `run`, and after server trouble (cheap: a few
@@ -103,18 +102,9 @@ class Worker:
         for sync in self._syncs:
             await self._for_mirror(sync, sync.take_config)
             await self._for_mirror(sync, sync.resync_if_forgotten)
-            if sync.name not in self._embedding_checked:
-                await self._for_mirror(sync, functools.partial(self._check_embedding, sync))
+            await self._for_mirror(sync, sync.settle_vectors)
         await self.backfill_new_mirrors()
         await self.finish_rebuilds()
-
-    async def _check_embedding(self, sync: MirrorSync, conn: Connection) -> None:
-        """Once per worker: vectors made from another template, model or backend than the config's
-        (the file changed) are made again, every row read again (texts whose hash did not change
-        keep their vectors). Documents change in place, one batch at a time."""
-        if await embedding_changed(sync.sink.client, marker_key(sync.name), sync.mirror):
-            await changes.requeue_all_rows(conn, sync.name)
-        self._embedding_checked.add(sync.name)
 
     async def finish_rebuilds(self) -> bool:
         """Switches each mirror whose new index generation is filled (index/rollout.py); True
@@ -138,6 +128,8 @@ class Worker:
             return
         await switch(sync.sink.client, sync.sink.index_name, target)
         sync.rebuild_into = None
+        sync.sink.dropped_fields, sync.sink.vectors_left_at = (), None
+        await settle_vectors(sync.sink.client, marker_key(sync.name), sync.mirror)
 
     async def backfill_new_mirrors(self) -> None:
         """Rows that existed before `migrate` are queued on the first run."""

@@ -27,6 +27,15 @@ def vector_bytes(vector: npt.NDArray[Any], datatype: str) -> bytes:
     return vector.astype(np.dtype(datatype)).tobytes()
 
 
+def vector_from_bytes(raw: bytes, datatype: str) -> npt.NDArray[Any]:
+    """What vector_bytes wrote, read back."""
+    if datatype == "bfloat16":
+        import ml_dtypes
+
+        return np.frombuffer(raw, dtype=ml_dtypes.bfloat16).astype(np.float32)
+    return np.frombuffer(raw, dtype=np.dtype(datatype))
+
+
 def _datatype(field: BaseField) -> str:
     attrs: Any = field.attrs
     return str(attrs.datatype.value).lower()
@@ -36,6 +45,7 @@ class HashEncoder:
     def __init__(self, mirror: MirrorConfig) -> None:
         self._fields = {f.name: f for f in mirror.value_fields}
         self._vector = mirror.vector_field
+        self._vector_at = mirror.vector_at
 
     def mapping(self, document: Document) -> dict[str, str | bytes | int | float]:
         """Fields to HSET; vector only when the document carries one."""
@@ -48,8 +58,8 @@ class HashEncoder:
         for name, value in document.fields.items():
             if value is not None:
                 mapping[name] = self._scalar(self._fields[name], value)
-        if document.vector is not None and self._vector is not None:
-            mapping[self._vector.name] = vector_bytes(document.vector, _datatype(self._vector))
+        if document.vector is not None and self._vector is not None and self._vector_at is not None:
+            mapping[self._vector_at] = vector_bytes(document.vector, _datatype(self._vector))
         return mapping
 
     @staticmethod
@@ -67,7 +77,7 @@ class HashEncoder:
 class JsonEncoder:
     def __init__(self, mirror: MirrorConfig) -> None:
         self._fields = {f.name: f for f in mirror.value_fields}
-        self._vector = mirror.vector_field
+        self._vector_at = mirror.vector_at
 
     def document(self, document: Document, *, with_nulls: bool) -> dict[str, Any]:
         """The object to JSON.SET (nulls dropped) or JSON.MERGE (nulls delete fields)."""
@@ -78,8 +88,8 @@ class JsonEncoder:
             if value is not None or with_nulls:
                 field = self._fields[name]
                 _set_path(body, field.path or f"$.{name}", self._value(field, value))
-        if document.vector is not None and self._vector is not None:
-            _set_path(body, self._vector.path or f"$.{self._vector.name}", document.vector.tolist())
+        if document.vector is not None and self._vector_at is not None:
+            _set_path(body, self._vector_at, document.vector.tolist())
         return body
 
     @staticmethod

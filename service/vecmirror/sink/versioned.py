@@ -193,7 +193,9 @@ local function upsert(key, document)
 end
 {_CHUNK}"""
 
-# JSON arguments: the document (JSON_SET) or the patch (JSON_MERGE), as JSON.
+# JSON arguments: the document (JSON_SET) or the patch (JSON_MERGE), as JSON, then the paths a
+# JSON_SET keeps from the stored document (the old vectors during an online re-embedding). A path
+# JSON.GET answers for is one match, `[value]`: the value is that text without its brackets.
 JSON_SCRIPT = f"""
 local function first(values)
     if type(values) == 'table' and values[1] ~= nil then
@@ -212,7 +214,17 @@ local function stored_version(key)
 end
 
 local function upsert(key, document)
+    local kept = {{}}
+    for i = 4, #document do
+        local found = redis.call('JSON.GET', key, document[i])
+        if found and found ~= '[]' then
+            kept[#kept + 1] = {{document[i], string.sub(found, 2, -2)}}
+        end
+    end
     redis.call(document[1], key, '$', document[3])
+    for _, path_value in ipairs(kept) do
+        redis.pcall('JSON.SET', key, path_value[1], path_value[2])
+    end
 end
 {_CHUNK}"""
 
@@ -378,8 +390,9 @@ class VersionedWrites:
         )
 
     @staticmethod
-    def json_upsert(key: str, version: int, body: str, *, merge: bool) -> Write:
-        return Write(key, JSON_MERGE if merge else JSON_SET, version, (body,))
+    def json_upsert(key: str, version: int, body: str, *, merge: bool, kept: tuple[str, ...] = ()) -> Write:
+        """`kept`: paths a whole-document JSON.SET keeps from the stored document."""
+        return Write(key, JSON_MERGE if merge else JSON_SET, version, (body, *kept))
 
     @staticmethod
     def delete(key: str, version: int) -> Write:

@@ -8,6 +8,8 @@ import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import redis.asyncio as redis
 import structlog
 from redis.exceptions import ResponseError
@@ -15,7 +17,7 @@ from redis.exceptions import ResponseError
 from vecmirror.config import META_HASH_FIELD, META_KEY_FIELD, MirrorConfig
 from vecmirror.errors import RedisForgotError
 from vecmirror.pipeline.documents import Document, RowKey
-from vecmirror.sink.encode import HashEncoder, JsonEncoder
+from vecmirror.sink.encode import HashEncoder, JsonEncoder, vector_from_bytes
 from vecmirror.sink.keys import document_key, key_pattern
 from vecmirror.sink.versioned import META_GENERATION_FIELD, GenerationChangedError, VersionedWrites, Write
 
@@ -66,6 +68,14 @@ class RedisSink:
         # Fields the index users query had and the config dropped (an online rebuild): deleted from
         # every document written, since an upsert leaves a field it is not given.
         self.dropped_fields: tuple[str, ...] = ()
+        # Where the index users query reads the old vectors while new ones are made beside them (a
+        # JSON document written whole keeps that path: index/rollout.py).
+        self.vectors_left_at: str | None = None
+
+    def place(self, mirror: MirrorConfig) -> None:
+        """Writes vectors where `mirror` says (index/rollout.py, place_vectors)."""
+        self._mirror = mirror
+        self._hash, self._json = HashEncoder(mirror), JsonEncoder(mirror)
 
     @property
     def client(self) -> redis.Redis:
@@ -92,6 +102,23 @@ class RedisSink:
         """The content hash kept with each document, None where there is no document yet."""
         replies = await self._own_field([self.key(k) for k in keys], META_HASH_FIELD)
         return [self._decode_meta(reply) for reply in replies]
+
+    async def stored_vectors(self, keys: Sequence[RowKey], at: str) -> list[npt.NDArray[Any] | None]:
+        """The vector each document holds at `at` (a HASH field, a top-level JSON path), None where
+        it holds none."""
+        replies = await self._own_field([self.key(k) for k in keys], at.removeprefix("$."))
+        vector = self._mirror.vector_field
+        assert vector is not None
+        datatype = str(vector.attrs.datatype.value).lower()
+        return [self._decode_vector(reply, datatype) for reply in replies]
+
+    def _decode_vector(self, reply: Any, datatype: str) -> npt.NDArray[Any] | None:
+        if reply is None or reply is False:
+            return None
+        if self._is_json:
+            values = json.loads(_text(reply))
+            return np.asarray(values[0], dtype=np.float64) if values else None
+        return vector_from_bytes(reply, datatype)
 
     async def _own_field(self, keys: Sequence[str], field: str) -> list[Any]:
         """One of vecmirror's own fields of each document as Redis returns it (JSON: JSON.GET's
@@ -139,8 +166,9 @@ class RedisSink:
             body[META_GENERATION_FIELD] = generation
             if partial:  # a merge keeps what it is not given; a full JSON.SET replaces everything
                 body.update(_json_nulls(self.dropped_fields))
+            kept = () if partial or self.vectors_left_at is None else (self.vectors_left_at,)
             return self.versioned.json_upsert(
-                key, document.version, json.dumps(body, ensure_ascii=False), merge=partial
+                key, document.version, json.dumps(body, ensure_ascii=False), merge=partial, kept=kept
             )
         mapping = self._hash.mapping(document)
         mapping[META_GENERATION_FIELD] = generation
