@@ -108,6 +108,26 @@ def embedder() -> Embedder:
     return load_embedder(ModelSpec(DEFAULT_MODEL), Settings())
 
 
+@pytest.fixture(scope="session")
+def minilm_256(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second model with other dims, made offline: all-MiniLM-L6-v2 then a fixed random projection
+    to 256 dims (and Normalize), saved as a sentence-transformers folder. For model and dims
+    changes; its vectors are what this folder makes, nothing more."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Dense, Normalize
+
+    from vecmirror.pipeline.embedder import resolve_model
+
+    base = SentenceTransformer(resolve_model(DEFAULT_MODEL), device="cpu")
+    torch.manual_seed(256)
+    projection = Dense(384, 256, bias=False, activation_function=torch.nn.Identity())
+    kept = [module for module in base if not isinstance(module, Normalize)]
+    directory = tmp_path_factory.mktemp("models") / "minilm-256"
+    SentenceTransformer(modules=[*kept, projection, Normalize()], device="cpu").save(str(directory))
+    return directory
+
+
 @pytest.fixture
 def embedder_factory(embedder: Embedder) -> Callable[[ModelSpec], Embedder]:
     def load(spec: ModelSpec) -> Embedder:

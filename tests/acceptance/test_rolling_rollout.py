@@ -70,7 +70,7 @@ BODIES = (
 )
 
 
-def _mirror(template: str, *, rank: bool) -> dict[str, Any]:
+def _mirror(template: str, *, rank: bool, model: Path | None = None, dims: int = DIMS) -> dict[str, Any]:
     fields: list[dict[str, Any]] = [{"name": "title", "type": "text"}]
     if rank:
         fields.append({"name": "rank", "type": "numeric"})
@@ -78,13 +78,13 @@ def _mirror(template: str, *, rank: bool) -> dict[str, Any]:
         {
             "name": "embedding",
             "type": "vector",
-            "attrs": {"algorithm": "hnsw", "dims": DIMS, "distance_metric": "cosine", "datatype": "float32"},
+            "attrs": {"algorithm": "hnsw", "dims": dims, "distance_metric": "cosine", "datatype": "float32"},
         }
     )
     return {
         "name": "docs",
         "table": "public.docs",
-        "embed": {"field": "embedding", "template": template},
+        "embed": {"field": "embedding", "template": template, **({"model": str(model)} if model else {})},
         "index": {"index": {"name": INDEX, "prefix": PREFIX, "storage_type": "hash"}, "fields": fields},
     }
 
@@ -191,9 +191,32 @@ def _total(reply: Any) -> int:
     return int(total)
 
 
-def _query_vector() -> bytes:
-    vector = np.random.default_rng(7).standard_normal(DIMS).astype(np.float32)
+def _query_vector(dims: int) -> bytes:
+    vector = np.random.default_rng(7).standard_normal(dims).astype(np.float32)
     return (vector / np.linalg.norm(vector)).astype(np.float32).tobytes()
+
+
+def _vector_field(info: dict[str, Any]) -> dict[str, Any]:
+    """The vector field of an index as FT.INFO shows it: identifier, dim, ..."""
+    for attribute in info["attributes"]:
+        if isinstance(attribute, dict):
+            properties = {_text(k): v for k, v in attribute.items()}
+        else:
+            properties = {_text(k): v for k, v in zip(attribute[::2], attribute[1::2], strict=False)}
+        if _text(properties.get("type", "")) == "VECTOR":
+            return properties
+    raise AssertionError(f"{INDEX} has no vector field")
+
+
+def _dims(info: dict[str, Any]) -> int:
+    return int(_text(_vector_field(info)["dim"]))
+
+
+def _vector_at(client: redis.Redis) -> str:
+    """Where the index users query reads vectors: `embedding`, or where new vectors were made."""
+    info = _ft_info(client)
+    assert info is not None
+    return _text(_vector_field(info)["identifier"])
 
 
 @dataclass
@@ -208,6 +231,9 @@ class Reader:
     drops: list[str] = field(default_factory=list)
     short: list[str] = field(default_factory=list)
     answering: list[str] = field(default_factory=list)  # the real indexes that answered, in order
+    # KNN queries asked again because the index switched to other dims between FT.INFO and the
+    # query: a client whose model changed must switch its query vectors at that moment (README).
+    dims_switches: list[str] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
@@ -224,22 +250,18 @@ class Reader:
 
     def _run(self) -> None:
         client = redis.Redis.from_url(self.redis_url, socket_timeout=30)
-        vector = _query_vector()
         try:
             while not self.stop.is_set():
-                self._sample(client, vector)
+                self._sample(client)
                 self.stop.wait(0.1)
         finally:
             client.close()
 
-    def _sample(self, client: redis.Redis, vector: bytes) -> None:
+    def _sample(self, client: redis.Redis) -> None:
         at = f"t={time.monotonic() - self._started:.2f}s"
         try:
             count = _count(client)
-            knn = client.execute_command(  # type: ignore[no-untyped-call]
-                "FT.SEARCH", INDEX, "*=>[KNN 10 @embedding $vec AS d]", "PARAMS", 2, "vec", vector,
-                "NOCONTENT", "LIMIT", 0, 10, "DIALECT", 2,
-            )  # fmt: skip
+            knn = self._knn(client, at)
             info = _ft_info(client)
         except redis.RedisError as error:
             self.errors.append(f"{at}: {type(error).__name__}: {error}")
@@ -254,6 +276,27 @@ class Reader:
         name = "(FT.INFO found no index)" if info is None else _text(info["index_name"])
         if not self.answering or self.answering[-1] != name:
             self.answering.append(name)
+
+    def _knn(self, client: redis.Redis, at: str) -> Any:
+        """KNN 10 with a query vector of the dims the index has now; asked once more when the index
+        switched to other dims in between (and only then)."""
+        info = _ft_info(client)
+        dims = _dims(info) if info is not None else DIMS
+        try:
+            return _knn(client, dims)
+        except redis.ResponseError:
+            info = _ft_info(client)
+            if info is None or _dims(info) == dims:
+                raise
+            self.dims_switches.append(f"{at}: {dims} -> {_dims(info)}")
+            return _knn(client, _dims(info))
+
+
+def _knn(client: redis.Redis, dims: int) -> Any:
+    return client.execute_command(  # type: ignore[no-untyped-call]
+        "FT.SEARCH", INDEX, "*=>[KNN 10 @embedding $vec AS d]", "PARAMS", 2, "vec", _query_vector(dims),
+        "NOCONTENT", "LIMIT", 0, 10, "DIALECT", 2,
+    )  # fmt: skip
 
 
 @dataclass
@@ -424,10 +467,11 @@ async def _settled(pg: asyncpg.Connection, client: redis.Redis, *, switched: boo
 
 
 def _vectors(client: redis.Redis) -> dict[str, bytes]:
+    at = _vector_at(client)
     keys = sorted(_text(k) for k in client.scan_iter(match=f"{PREFIX}:*", count=1000))
     pipe = client.pipeline(transaction=False)
     for key in keys:
-        pipe.hget(key, "embedding")
+        pipe.hget(key, at)
     return dict(zip(keys, pipe.execute(), strict=True))
 
 
@@ -462,11 +506,12 @@ def _check_rollout_logs(rollout: Rollout) -> None:
 
 
 async def _check_rows(
-    pg: asyncpg.Connection, client: redis.Redis, rollout: Rollout, *, check_vectors: bool
+    pg: asyncpg.Connection, client: redis.Redis, rollout: Rollout, *, vectors: tuple[Made, Made] | None
 ) -> None:
     """Every row is a document filterable on the new field, with the row's values now and (with
-    `check_vectors`) the vector of the new template's text; `vecmirror verify` with the new file
-    agrees. Every row that is not is named, with what the old file's worker A did meanwhile."""
+    `vectors`: the new file's, the old file's) the vector the new file makes of it; `vecmirror
+    verify` with the new file agrees. Every row that is not is named, with what the old file's
+    worker A did meanwhile."""
     rows = await pg.fetch("SELECT id, title, body, rank FROM docs ORDER BY id")
     status = rollout.status
     assert (status["pending"], status["table_rows"], status["documents"]) == (0, len(rows), len(rows)), status
@@ -479,7 +524,7 @@ async def _check_rows(
         for r, doc in zip(rows, docs, strict=True)
         if "rank" in doc and (float(doc["rank"]) != r["rank"] or _text(doc.get("title", b"")) != r["title"])
     ]
-    vectors = _not_new_template(rows, docs) if check_vectors else []
+    wrong_vectors = _not_made_by(*vectors, rows, docs, _vector_at(client)) if vectors else []
     problems = []
     if filterable != len(rows) or without_rank:
         problems.append(
@@ -490,10 +535,10 @@ async def _check_rows(
         problems.append(
             f"{len(stale)} documents hold a rank or title that is not the row's, e.g. {stale[:5]}"
         )
-    if vectors:
+    if wrong_vectors:
         problems.append(
-            f"{len(vectors)} documents hold a vector that is not the new template's ({NEW_TEMPLATE!r}), "
-            f"e.g. {vectors[:10]}"
+            f"{len(wrong_vectors)} documents hold a vector that is not the new file's, "
+            f"e.g. {wrong_vectors[:10]}"
         )
     assert not problems, (
         "after the rollout: "
@@ -537,42 +582,54 @@ def _blame(rollout: Rollout) -> str:
     )
 
 
+@dataclass(frozen=True)
+class Made:
+    """How a file makes its vectors: the model (None: the default, all-MiniLM-L6-v2), the template."""
+
+    template: str
+    model: Path | None = None
+    dims: int = DIMS
+
+
 @cache
-def _model() -> Any:
-    """all-MiniLM-L6-v2 as sentence-transformers runs it (vecmirror's torch backend; its ONNX default
-    gives the same vectors). The model ends in a Normalize module: its vectors have length 1."""
+def _model(path: Path | None) -> Any:
+    """The model as sentence-transformers runs it (vecmirror's torch backend; its ONNX default gives
+    the same vectors). Both models end in a Normalize module: their vectors have length 1."""
     from sentence_transformers import SentenceTransformer
 
     from vecmirror.config import DEFAULT_MODEL
     from vecmirror.pipeline.embedder import resolve_model
 
-    return SentenceTransformer(resolve_model(DEFAULT_MODEL), device="cpu")
+    return SentenceTransformer(str(path) if path else resolve_model(DEFAULT_MODEL), device="cpu")
 
 
-def _encode(texts: list[str]) -> np.ndarray[Any, Any]:
-    vectors = np.asarray(_model().encode(texts, batch_size=64, convert_to_numpy=True), dtype=np.float32)
+def _encode(made: Made, rows: list[asyncpg.Record]) -> np.ndarray[Any, Any]:
+    texts = [_render(made.template, r["title"], r["body"]) for r in rows]
+    vectors = np.asarray(
+        _model(made.model).encode(texts, batch_size=64, convert_to_numpy=True), dtype=np.float32
+    )
     unit: np.ndarray[Any, Any] = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
     return unit
 
 
-def _not_new_template(rows: list[asyncpg.Record], docs: list[dict[str, bytes]]) -> list[str]:
-    """Every stored vector is the model's embedding of the NEW template's text of its row (cosine >
-    0.999); returns the rows whose vector is not, each saying what it matches instead."""
-    new = _encode([_render(NEW_TEMPLATE, r["title"], r["body"]) for r in rows])
-    old = _encode([_render(OLD_TEMPLATE, r["title"], r["body"]) for r in rows])
+def _not_made_by(
+    new: Made, old: Made, rows: list[asyncpg.Record], docs: list[dict[str, bytes]], at: str
+) -> list[str]:
+    """Every stored vector (at `at`) is the new file's model's embedding of its template's text of
+    its row (cosine > 0.999); returns the rows whose vector is not, each saying what it is instead."""
+    wanted, before = _encode(new, rows), _encode(old, rows) if old.dims == new.dims else None
     wrong = []
     for i, (row, doc) in enumerate(zip(rows, docs, strict=True)):
-        stored = np.frombuffer(doc.get("embedding", b""), dtype=np.float32)
-        if stored.shape != (DIMS,):
-            wrong.append(f"{PREFIX}:{row['id']}: no {DIMS}-d vector stored")
+        stored = np.frombuffer(doc.get(at, b""), dtype=np.float32)
+        if stored.shape != (new.dims,):
+            wrong.append(f"{PREFIX}:{row['id']}: no {new.dims}-d vector stored at {at!r}")
             continue
         stored = stored / np.linalg.norm(stored)
-        cosine_new, cosine_old = float(stored @ new[i]), float(stored @ old[i])
+        cosine_new = float(stored @ wanted[i])
         if cosine_new > 0.999:
             continue
-        made_from = (
-            "the OLD template's text" if cosine_old > 0.999 else "neither template's text of the row now"
-        )
+        cosine_old = float(stored @ before[i]) if before is not None else 0.0
+        made_from = "the OLD file's vector" if cosine_old > 0.999 else "neither file's vector of the row now"
         wrong.append(f"{PREFIX}:{row['id']}: {made_from} (cosine {cosine_new:.4f} new, {cosine_old:.4f} old)")
     return wrong
 
@@ -591,9 +648,9 @@ async def test_rolling_rollout_adding_a_numeric_field_and_changing_the_template(
     assert rollout.writer.inserted > 0 and rollout.writer.ops >= 60, rollout.writer
     _check_reader(rollout)
     _check_rollout_logs(rollout)
-    assert any(line["event"] == "embedding_changed_rows_requeued" for line in rollout.logs_b)
-
-    await _check_rows(pg, redis_client, rollout, check_vectors=True)
+    _check_vectors_moved(rollout, redis_client)
+    assert not rollout.reader.dims_switches, rollout.reader.dims_switches
+    await _check_rows(pg, redis_client, rollout, vectors=(Made(NEW_TEMPLATE), Made(OLD_TEMPLATE)))
 
 
 async def test_adding_only_a_filter_field_re_embeds_nothing(
@@ -611,11 +668,54 @@ async def test_adding_only_a_filter_field_re_embeds_nothing(
     assert rollout.writer.ops >= 60, rollout.writer
     _check_reader(rollout)
     _check_rollout_logs(rollout)
-    assert not any(line["event"] == "embedding_changed_rows_requeued" for line in rollout.logs_b)
+    assert not any(line["event"] == "old_vectors_removed" for line in rollout.logs_b)
+    assert _vector_at(redis_client) == "embedding"  # the vectors stayed where they were
 
     # Worker B read every row again for the new index, and embedded none of them.
     embedded_b = sum(line["embedded"] for line in rollout.logs_b if line["event"] == "batch_synced")
     assert rollout.computed_b == 0 and embedded_b == 0, (rollout.computed_b, embedded_b)
     assert rollout.skipped_b > 0, "worker B rewrote no document"
     assert _vectors(redis_client) == rollout.vectors_before, "a stored vector changed"
-    await _check_rows(pg, redis_client, rollout, check_vectors=False)
+    await _check_rows(pg, redis_client, rollout, vectors=None)
+
+
+async def test_rolling_rollout_of_another_model_with_other_dims(
+    pg: asyncpg.Connection,
+    database_url: str,
+    redis_client: redis.Redis,
+    redis_url: str,
+    cli_env: dict[str, str],
+    tmp_path: Path,
+    minilm_256: Path,
+) -> None:
+    """384 dims to 256, another model: the old index keeps answering from the old vectors while the
+    new ones are made beside them, then the name switches to the new generation in one command."""
+    old_made, new_made = Made(OLD_TEMPLATE), Made(OLD_TEMPLATE, minilm_256, dims=256)
+    old = _write_config(tmp_path / "old.yaml", _mirror(OLD_TEMPLATE, rank=False))
+    new = _write_config(tmp_path / "new.yaml", _mirror(OLD_TEMPLATE, rank=True, model=minilm_256, dims=256))
+    rollout = await _rollout(pg, database_url, redis_client, redis_url, cli_env, old, new, changes_text=True)
+    assert rollout.writer.inserted > 0 and rollout.writer.ops >= 60, rollout.writer
+    _check_reader(rollout)
+    _check_rollout_logs(rollout)
+    _check_vectors_moved(rollout, redis_client)
+    # Every row embedded again by the new model (the writer's rows too, some more than once).
+    assert rollout.computed_b >= ROWS, rollout.computed_b
+    await _check_rows(pg, redis_client, rollout, vectors=(new_made, old_made))
+
+
+def _check_vectors_moved(rollout: Rollout, client: redis.Redis) -> None:
+    """The new vectors were made beside the old ones, which went once the new index answered."""
+    at = _vector_at(client)
+    assert at.startswith("embedding__"), at
+    removed = [line for line in rollout.logs_b if line["event"] == "old_vectors_removed"]
+    assert removed and removed[0]["at"] == "embedding", removed
+    left = [key for key, vector in _old_vectors(client).items() if vector is not None]
+    assert not left, f"{len(left)} documents still hold the old vector, e.g. {left[:5]}"
+
+
+def _old_vectors(client: redis.Redis) -> dict[str, bytes | None]:
+    keys = sorted(_text(k) for k in client.scan_iter(match=f"{PREFIX}:*", count=1000))
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.hget(key, "embedding")
+    return dict(zip(keys, pipe.execute(), strict=True))

@@ -14,7 +14,7 @@ import pytest
 import redis
 from structlog.testing import capture_logs
 
-from helpers import DOCS_MIRROR, DOCS_TABLE, hash_doc, sync_once, vector_of
+from helpers import DOCS_MIRROR, DOCS_TABLE, hash_doc, sync_once, vector_at, vector_of
 from processes import vecmirror
 from vecmirror.commands import migrate_command, verify_command
 from vecmirror.config import DEFAULT_MODEL, Backend, ModelSpec
@@ -202,13 +202,17 @@ async def test_switching_to_int8_re_embeds_unchanged_text_and_exact_backends_kee
     assert (after["embedding"], after["_vm_hash"]) == (before["embedding"], before["_vm_hash"])
 
     # int8's vectors differ: the unchanged text is embedded again.
+    assert vector_at(redis_client, "docs_idx") == "embedding"  # nothing moved: the same vectors
     config = await switch("onnx-int8", "kittens")
     after = hash_doc(redis_client, "doc:1")
     assert after["genre"] == b"kittens" and after["_vm_hash"] != before["_vm_hash"]
     expected = onnx_int8.embed(["Kittens: Young cats play with yarn", "Rockets: Rockets reach orbit"])
-    np.testing.assert_allclose(vector_of(after), expected[0], atol=1e-5)
+    # Made beside the old ones (index/rollout.py), which went once the new index answered.
+    moved_to = vector_at(redis_client, "docs_idx")
+    assert moved_to.startswith("embedding__") and "embedding" not in after
+    np.testing.assert_allclose(vector_of(after, moved_to), expected[0], atol=1e-5)
     # The row that did not change is read again too (the backend changed: index/rollout.py's
     # embedding digest), so no document keeps onnx's vector.
-    np.testing.assert_allclose(vector_of(hash_doc(redis_client, "doc:2")), expected[1], atol=1e-5)
+    np.testing.assert_allclose(vector_of(hash_doc(redis_client, "doc:2"), moved_to), expected[1], atol=1e-5)
     [drift] = await verify_command(settings, config, None, repair=False)
     assert drift.clean, drift.lines()

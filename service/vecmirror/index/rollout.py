@@ -1,16 +1,19 @@
 """Index changes applied online: a new index generation beside the one users query, then a switch.
 
-When the mirrors file changes a mirror's index in a way its documents can follow in place (fields
-added, removed or changed, a TAG separator, flags, the vector algorithm or its parameters: anything
-but the storage, the prefix, or the vector's field, dims and type), the index is not dropped:
+When the mirrors file changes a mirror's index (fields added, removed or changed, a TAG separator,
+flags, the vector algorithm or its parameters) or its vectors (the template, model or backend that
+make them, the vector field's name, dims or type): anything but the storage and the prefix, which
+would mean other keys. The index is not dropped:
 
 1. a new index is created beside it, over the same prefix, under a physical name of its own
    (`<index.name>__<digest of its definition>`, the same for every worker with that file);
-2. every row of the mirror is read again, so each document gets the new fields (its text did not
-   change, so its vector is kept: no model call);
+2. every row of the mirror is read again, so each document gets the new fields. Its vector is
+   kept where its text did not change; other vectors are made beside the old ones, in each
+   document at `<field>__<digest>`, which the new index reads `AS <field>` (place_vectors), so the
+   old index keeps answering from the old vectors meanwhile (blue/green);
 3. once that walk and the queue are drained and Redis has indexed every document, `index.name`
    becomes an alias of the new index, in one command users never see half of, and the old index is
-   dropped without its documents.
+   dropped without its documents; then the old vectors are deleted (settle_vectors).
 
 Users keep querying `index.name` all along (an alias answers FT.SEARCH, FT.INFO and FT.AGGREGATE as
 the index does). Measured on this Redis (see the closing notes of issue 12): the switch took under a
@@ -39,6 +42,7 @@ from vecmirror.index.manage import (
     index_info,
     physical_schema,
 )
+from vecmirror.pipeline.template import EXACT_BACKENDS
 from vecmirror.sink.keys import key_pattern
 
 log = structlog.get_logger(__name__)
@@ -153,10 +157,12 @@ EMBEDDING_FIELD, VECTOR_AT_FIELD = "embedding", "vector_at"
 
 
 def embedding_digest(mirror: MirrorConfig) -> str | None:
-    """What a mirror's vectors are made from (model, backend, template); None without a model."""
+    """What a mirror's vectors are made from (model, backend, template); None without a model. The
+    backends that give torch's vectors count as none (an unset one is one of them)."""
     if mirror.embed is None:
         return None
-    made_from = [mirror.embed.model, mirror.embed.backend, mirror.embed.template]
+    backend = None if mirror.embed.backend in EXACT_BACKENDS else mirror.embed.backend
+    made_from = [mirror.embed.model, backend, mirror.embed.template]
     return hashlib.sha256(json.dumps(made_from, default=str).encode()).hexdigest()[:16]
 
 
@@ -206,7 +212,7 @@ async def place_vectors(
     vector = mirror.vector_field
     if vector is None:
         return mirror
-    recorded, recorded_at = (_text(v) for v in await client.hmget(marker, EMBEDDING_FIELD, VECTOR_AT_FIELD))
+    recorded, recorded_at = await _recorded(client, marker)
     served = served_vector(info)
     attrs: Any = vector.attrs
     dims, datatype = int(attrs.dims), str(attrs.datatype.value).upper()
@@ -219,18 +225,27 @@ async def place_vectors(
     return mirror.with_vector_at(f"{usual}__{hashlib.sha256(made_from).hexdigest()[:8]}")
 
 
-# KEYS[1]: the marker. ARGV: the embedding digest ('' for none), where the vectors are. Only a marker
-# that exists is written: one made here would stand for a sync that never happened.
-_RECORD_VECTORS = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
+# KEYS[1]: the marker. Returns the embedding digest and where the vectors are (false: not recorded).
+# A marker from before generations is a STRING, which records nothing (and is replaced on adoption).
+_READ_VECTORS = f"""
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'hash' then
+    return {{false, false}}
+end
+return redis.call('HMGET', KEYS[1], '{EMBEDDING_FIELD}', '{VECTOR_AT_FIELD}')
+"""
+
+# KEYS[1]: the marker. ARGV: the embedding digest ('' for none), where the vectors are. Only a HASH
+# marker is written: one made here would stand for a sync that never happened.
+_RECORD_VECTORS = f"""
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'hash' then
     return 0
 end
 if ARGV[1] == '' then
-    redis.call('HDEL', KEYS[1], 'embedding')
+    redis.call('HDEL', KEYS[1], '{EMBEDDING_FIELD}')
 else
-    redis.call('HSET', KEYS[1], 'embedding', ARGV[1])
+    redis.call('HSET', KEYS[1], '{EMBEDDING_FIELD}', ARGV[1])
 end
-redis.call('HSET', KEYS[1], 'vector_at', ARGV[2])
+redis.call('HSET', KEYS[1], '{VECTOR_AT_FIELD}', ARGV[2])
 return 1
 """
 
@@ -242,7 +257,7 @@ async def settle_vectors(client: redis.Redis, marker: str, mirror: MirrorConfig)
     at = mirror.vector_at
     if at is None:
         return
-    recorded, recorded_at = (_text(v) for v in await client.hmget(marker, EMBEDDING_FIELD, VECTOR_AT_FIELD))
+    recorded, recorded_at = await _recorded(client, marker)
     digest = embedding_digest(mirror)
     if (recorded, recorded_at) == (digest, at):
         return
@@ -250,7 +265,13 @@ async def settle_vectors(client: redis.Redis, marker: str, mirror: MirrorConfig)
     if left is not None and left != at:
         removed = await delete_from_documents(client, mirror, left)
         log.info("old_vectors_removed", mirror=mirror.name, at=left, documents=removed)
-    await client.eval(_RECORD_VECTORS, 1, marker, digest or "", at)
+    await client.register_script(_RECORD_VECTORS)(keys=[marker], args=[digest or "", at])
+
+
+async def _recorded(client: redis.Redis, marker: str) -> tuple[str | None, str | None]:
+    """What the marker records of the mirror's vectors: made from (a digest), and where."""
+    digest, at = await client.register_script(_READ_VECTORS)(keys=[marker])
+    return _text(digest), _text(at)
 
 
 async def delete_from_documents(client: redis.Redis, mirror: MirrorConfig, at: str) -> int:
@@ -280,6 +301,6 @@ async def _document_keys(client: redis.Redis, mirror: MirrorConfig) -> AsyncIter
 
 
 def _text(value: Any) -> str | None:
-    if value is None:
+    if value is None or value is False:  # the scripts' false: nil in RESP2, false in RESP3
         return None
     return value.decode() if isinstance(value, bytes) else str(value)

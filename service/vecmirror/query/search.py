@@ -20,6 +20,8 @@ from redisvl.query import AggregateHybridQuery, VectorQuery, VectorRangeQuery
 from vecmirror.config import Config, ModelSpec
 from vecmirror.connections import redis_from_settings
 from vecmirror.errors import QueryError
+from vecmirror.index.manage import index_info
+from vecmirror.index.rollout import served_vector
 from vecmirror.pipeline.embedder import Embedder, EmbedderFactory, default_embedder_factory
 from vecmirror.query.checks import Target, check_filter, check_return_fields, check_vector, target_of
 from vecmirror.query.filters import Filter
@@ -179,12 +181,16 @@ class MirrorSearch:
         return Hit(key, distance, target.score(distance) if score is None else score, values)
 
     async def _attach_vectors(self, target: Target, hits: list[Hit]) -> list[Hit]:
+        # Where the index answering reads them: an online re-embedding moves them (index/rollout.py).
+        served = served_vector(await index_info(self._redis, target.mirror.index.index.name))
+        usual = (target.field.path or f"$.{target.field.name}") if target.is_json else target.field.name
+        at = served.at if served is not None else usual
         async with self._redis.pipeline(transaction=False) as pipe:
             for hit in hits:
                 if target.is_json:
-                    pipe.execute_command("JSON.GET", hit.id, target.field.path or f"$.{target.field.name}")
+                    pipe.execute_command("JSON.GET", hit.id, at)
                 else:
-                    pipe.hget(hit.id, target.field.name)
+                    pipe.hget(hit.id, at)
             replies = await pipe.execute()
         return [
             Hit(

@@ -1,0 +1,190 @@
+"""New vectors made beside the old ones (index/rollout.py, place_vectors): another model, dims or
+template builds them at `<field>__<digest>`, the index users query keeps answering from the old
+ones until the new generation takes over, then the old ones go. Real servers, real models (the
+default and a 256-dims one made from it, see conftest's minilm_256)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import numpy as np
+import redis
+from redis.commands.search.query import Query
+
+from helpers import DOCS_MIRROR, hash_doc, json_doc, vector_at, vector_of
+from invariant import assert_invariant
+from vecmirror.app import open_app
+from vecmirror.commands import migrate_command
+from vecmirror.config import ModelSpec
+from vecmirror.pipeline.embedder import Embedder, load_embedder
+from vecmirror.query.search import MirrorSearch
+from vecmirror.settings import Settings
+
+ROWS = 30
+TABLE = "CREATE TABLE docs (id integer PRIMARY KEY, title text NOT NULL, content text, genre text)"
+
+
+def _mirror(*, storage: str = "hash", template: str = "{title}: {content}", model: Path | None = None) -> Any:
+    fields = [dict(f) for f in DOCS_MIRROR["index"]["fields"]]
+    if model is not None:
+        fields[-1] = {**fields[-1], "attrs": {**fields[-1]["attrs"], "dims": 256}}
+    embed = {**DOCS_MIRROR["embed"], "template": template, **({"model": str(model)} if model else {})}
+    index = {**DOCS_MIRROR["index"], "index": {**DOCS_MIRROR["index"]["index"], "storage_type": storage}}
+    return {**DOCS_MIRROR, "embed": embed, "index": {**index, "fields": fields}}
+
+
+def _factory(embedder: Embedder) -> Any:
+    """The session's default model, any other model loaded as `run` loads it."""
+
+    def load(spec: ModelSpec) -> Embedder:
+        return embedder if spec == ModelSpec() else load_embedder(spec, Settings())
+
+    return load
+
+
+async def _fill(pg: asyncpg.Connection) -> None:
+    await pg.execute(TABLE)
+    await pg.execute(
+        "INSERT INTO docs SELECT g, 'Title ' || g, 'Content number ' || g, 'g' FROM generate_series(1, $1) g",
+        ROWS,
+    )
+
+
+async def _run(settings: Settings, config: Any, factory: Any) -> Any:
+    await migrate_command(settings, config)
+    async with open_app(settings, config, factory) as app:
+        worker = app.worker()
+        await worker.run_once()
+    return worker
+
+
+def _computed(worker: Any) -> float:
+    return float(worker.metrics.embeddings.labels("docs", "computed")._value.get())
+
+
+def _knn_hits(client: redis.Redis, dims: int) -> int:
+    query = Query("*=>[KNN 10 @embedding $v AS d]").return_fields("d").dialect(2).paging(0, 10)
+    return len(client.ft("docs_idx").search(query, {"v": np.ones(dims, dtype=np.float32).tobytes()}).docs)
+
+
+async def test_json_documents_keep_the_old_vectors_until_the_new_model_takes_over(
+    pg: asyncpg.Connection,
+    redis_client: redis.Redis,
+    redis_url: str,
+    write_config: Any,
+    settings_for: Any,
+    embedder: Embedder,
+    minilm_256: Path,
+) -> None:
+    """JSON documents are written whole (JSON.SET): the old vector path is carried over, so the old
+    index answers KNN over every row while the new model's vectors (other dims) are made."""
+    await _fill(pg)
+    factory = _factory(embedder)
+    path, config = write_config([_mirror(storage="json")])
+    await _run(settings_for(path), config, factory)
+    path, config = write_config([_mirror(storage="json", model=minilm_256)])
+    settings = settings_for(path, batch_size=5, max_batch_size=5)
+    await migrate_command(settings, config)
+    async with open_app(settings, config, factory) as app:
+        [sync] = app.syncs
+        moved_to = sync.mirror.vector_at
+        assert moved_to is not None and moved_to.startswith("$.embedding__") and sync.rebuild_into
+        worker = app.worker()
+        await worker.prepare()
+        async with app.pool.acquire() as conn:
+            stats = await sync.sync_batch(conn)
+        assert stats is not None and stats.embedded == 5
+        # Mid-fill: the old index still answers from the old vectors, over every row.
+        assert redis_client.ft("docs_idx").info()["num_docs"] in (str(ROWS), ROWS)
+        assert _knn_hits(redis_client, 384) == 10
+        written = [json_doc(redis_client, f"doc:{i}") for i in range(1, ROWS + 1)]
+        both = [d for d in written if "embedding" in d and moved_to.removeprefix("$.") in d]
+        assert len(both) == 5 and all(len(d["embedding"]) == 384 for d in both)
+        await worker.run_once()
+    assert _knn_hits(redis_client, 256) == 10
+    assert vector_at(redis_client, "docs_idx") == moved_to
+    document = json_doc(redis_client, "doc:7")
+    assert "embedding" not in document and len(document[moved_to.removeprefix("$.")]) == 256
+    expected = factory(ModelSpec(str(minilm_256))).embed(["Title 7: Content number 7"])[0]
+    assert float(np.dot(document[moved_to.removeprefix("$.")], expected)) > 0.999
+    # `query` embeds with the new model and returns the vectors from where they are now.
+    async with MirrorSearch.open(settings, config, factory) as search:
+        [hit] = await search.knn("docs", text="Title 7: Content number 7", k=1, with_vectors=True)
+    assert hit.id == "doc:7" and hit.vector is not None and len(hit.vector) == 256
+    await assert_invariant(pg, redis_url, config.mirrors[0])
+
+
+async def test_unchanged_texts_are_copied_and_a_restart_mid_fill_goes_on(
+    pg: asyncpg.Connection,
+    redis_client: redis.Redis,
+    redis_url: str,
+    write_config: Any,
+    settings_for: Any,
+    embedder: Embedder,
+) -> None:
+    """A template that renders some rows as before: their vectors are copied to the new place, not
+    embedded again. A worker stopped mid-fill and started again finishes the same generation, and
+    embeds nothing it already embedded."""
+    await _fill(pg)
+    await pg.execute("UPDATE docs SET content = '' WHERE id <= 10")
+    factory = _factory(embedder)
+    path, config = write_config([_mirror(template="{title}{content}")])
+    await _run(settings_for(path), config, factory)
+    before = vector_of(hash_doc(redis_client, "doc:3"))
+    # The new template renders rows 1-10 (empty content) exactly as before: "Title N".
+    path, config = write_config([_mirror(template="{content}{title}")])
+    settings = settings_for(path, batch_size=5, max_batch_size=5)
+    await migrate_command(settings, config)
+    async with open_app(settings, config, factory) as app:
+        target = app.syncs[0].rebuild_into
+        worker = app.worker()
+        await worker.prepare()
+        first = 0
+        async with app.pool.acquire() as conn:
+            while first < 10:  # stopped mid-fill
+                stats = await app.syncs[0].sync_batch(conn)
+                assert stats is not None
+                first += stats.embedded
+    async with open_app(settings, config, factory) as app:
+        assert app.syncs[0].rebuild_into == target
+        worker = await _drain(app)
+    assert 10 <= first < ROWS - 10 and first + _computed(worker) == ROWS - 10, (first, _computed(worker))
+    moved_to = vector_at(redis_client, "docs_idx")
+    assert moved_to.startswith("embedding__")
+    copied = hash_doc(redis_client, "doc:3")
+    assert "embedding" not in copied and np.array_equal(vector_of(copied, moved_to), before)
+    await assert_invariant(pg, redis_url, config.mirrors[0])
+
+
+async def _drain(app: Any) -> Any:
+    worker = app.worker()
+    await worker.run_once()
+    return worker
+
+
+async def test_an_index_dropped_after_a_move_is_rebuilt_where_the_vectors_are(
+    pg: asyncpg.Connection,
+    redis_client: redis.Redis,
+    redis_url: str,
+    write_config: Any,
+    settings_for: Any,
+    embedder: Embedder,
+) -> None:
+    """FT.DROPINDEX by hand after new vectors took over: the index comes back reading them where
+    they are, and no row is embedded again."""
+    await _fill(pg)
+    factory = _factory(embedder)
+    path, config = write_config([_mirror()])
+    await _run(settings_for(path), config, factory)
+    path, config = write_config([_mirror(template="{content} ({title})")])
+    await _run(settings_for(path), config, factory)
+    moved_to = vector_at(redis_client, "docs_idx")
+    answering = str(redis_client.ft("docs_idx").info()["index_name"])
+    redis_client.execute_command("FT.DROPINDEX", answering)
+    worker = await _run(settings_for(path), config, factory)
+    assert _computed(worker) == 0
+    assert vector_at(redis_client, "docs_idx") == moved_to
+    assert _knn_hits(redis_client, 384) == 10
+    await assert_invariant(pg, redis_url, config.mirrors[0])
