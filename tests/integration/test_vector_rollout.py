@@ -5,19 +5,23 @@ default and a 256-dims one made from it, see conftest's minilm_256)."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import numpy as np
 import redis
+from prometheus_client import CollectorRegistry
 from redis.commands.search.query import Query
 
 from helpers import DOCS_MIRROR, hash_doc, json_doc, vector_at, vector_of
 from invariant import assert_invariant
 from vecmirror.app import open_app
-from vecmirror.commands import migrate_command
+from vecmirror.commands import migrate_command, status_command
 from vecmirror.config import ModelSpec
+from vecmirror.ops.metrics import Metrics
+from vecmirror.ops.status import format_status
 from vecmirror.pipeline.embedder import Embedder, load_embedder
 from vecmirror.query.search import MirrorSearch
 from vecmirror.settings import Settings
@@ -188,3 +192,65 @@ async def test_an_index_dropped_after_a_move_is_rebuilt_where_the_vectors_are(
     assert vector_at(redis_client, "docs_idx") == moved_to
     assert _knn_hits(redis_client, 384) == 10
     await assert_invariant(pg, redis_url, config.mirrors[0])
+
+
+async def test_status_and_metrics_show_a_rebuild_then_a_rollback_drops_it(
+    pg: asyncpg.Connection,
+    redis_client: redis.Redis,
+    redis_url: str,
+    write_config: Any,
+    settings_for: Any,
+    embedder: Embedder,
+) -> None:
+    """Mid-fill, `status` and /metrics show the new generation filling beside the index users
+    query. The file rolled back before the switch: its workers, once the newer file's lease ran out,
+    drop the abandoned generation and the vectors only it read, and embed again only the rows the
+    newer file rewrote (their hashes are its own)."""
+    await _fill(pg)
+    factory = _factory(embedder)
+    old_path, old_config = write_config([_mirror()])
+    await _run(settings_for(old_path, config_lease=0.2), old_config, factory)
+    path, config = write_config([_mirror(template="{content} ({title})")])
+    settings = settings_for(path, batch_size=5, max_batch_size=5, config_lease=0.2)
+    await migrate_command(settings, config)
+    async with open_app(settings, config, factory) as app:
+        [sync] = app.syncs
+        target, moved_to = sync.rebuild_into, sync.mirror.vector_at
+        worker = app.worker()
+        await worker.prepare()
+        async with app.pool.acquire() as conn:
+            await sync.sync_batch(conn)
+        await _until_indexed(redis_client, str(target))
+        [status] = await status_command(settings, config)
+        metrics = Metrics(CollectorRegistry())
+        metrics.index_sampled("docs", status.index)
+    rebuild = status.as_dict(0.0)["index"]["rebuild"]
+    assert rebuild == {"name": target, "percent_indexed": 100.0}, rebuild
+    assert status.queue.pending == ROWS - 5
+    assert f"rebuilding online into {target} (100% indexed): it takes over once the 25 pending" in (
+        format_status([status], 0.0)
+    )
+    assert metrics.rebuilding.labels("docs")._value.get() == 1
+    assert sum(1 for k in redis_client.scan_iter("doc:*") if redis_client.hexists(k, str(moved_to))) == 5
+
+    await asyncio.sleep(0.3)  # the newer file's lease runs out: its workers are gone
+    worker = await _run(settings_for(old_path, config_lease=0.2), old_config, factory)
+    assert _computed(worker) == 5
+    assert {_text(n) for n in redis_client.execute_command("FT._LIST")} == {"docs_idx"}
+    assert not any(redis_client.hexists(k, str(moved_to)) for k in redis_client.scan_iter("doc:*"))
+    [status] = await status_command(settings_for(old_path), old_config)
+    assert status.index.rebuild is None and status.index.answering == "docs_idx"
+    await assert_invariant(pg, redis_url, old_config.mirrors[0])
+
+
+async def _until_indexed(client: redis.Redis, index: str) -> None:
+    for _ in range(100):
+        info = client.ft(index).info()
+        if not int(info["indexing"]) and float(info["percent_indexed"]) == 1:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{index} still indexing")
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

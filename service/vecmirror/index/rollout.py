@@ -105,6 +105,9 @@ class IndexPlan:
     dropped_fields: tuple[str, ...] = ()  # fields of the queried index the config no longer has
     vectors_left_at: str | None = None  # where the queried index reads the old vectors, kept till the switch
     vectors_reusable: bool = False  # old vectors of the same dims and type: copied where the text is the same
+    # A rollout abandoned (rolled back) was dropped: the documents it rewrote hold its hashes, so
+    # every row is read again (those rows are embedded again, the others kept).
+    abandoned: bool = False
 
 
 async def prepare_index(client: redis.Redis, mirror: MirrorConfig, marker: str) -> IndexPlan:
@@ -121,12 +124,14 @@ async def prepare_index(client: redis.Redis, mirror: MirrorConfig, marker: str) 
         return IndexPlan(placed, created=True)
     differences = index_differences(physical_schema(placed, placed.index.index.name), info)
     if not differences:
+        abandoned = await drop_abandoned_generations(client, placed, info, keep=None)
         await settle_vectors(client, marker, placed)
-        return IndexPlan(placed)
+        return IndexPlan(placed, abandoned=abandoned)
     blocking = blocking_differences(differences)
     if blocking:
         raise different_index_error(mirror, blocking)
     target = generation_name(placed)
+    abandoned = await drop_abandoned_generations(client, placed, info, keep=target)
     if await index_info(client, target) is None:
         await create_index(client, physical_schema(placed, target))
         log.info("index_rebuild_started", mirror=mirror.name, index=target, differences=differences)
@@ -138,7 +143,38 @@ async def prepare_index(client: redis.Redis, mirror: MirrorConfig, marker: str) 
         dropped_fields=_dropped_fields(placed, info, keep=left_at),
         vectors_left_at=left_at,
         vectors_reusable=left_at is not None and same_shape(placed, served),
+        abandoned=abandoned,
     )
+
+
+async def drop_abandoned_generations(
+    client: redis.Redis, mirror: MirrorConfig, info: dict[str, Any], *, keep: str | None
+) -> bool:
+    """Index generations (`<index.name>__…`) that neither answer for the name nor are this config's
+    to fill: a rollout abandoned (its file rolled back or replaced before it switched). Redis would
+    index every write into them forever. Dropped without their documents; the vectors only they
+    read are deleted from the documents. Called only by the config holding the mirror's lease.
+    True when one was dropped."""
+    name, answering = mirror.index.index.name, queried_index(info)
+    served = served_vector(info)
+    in_use = {mirror.vector_at, served.at if served is not None else None}
+    dropped = False
+    for other in sorted(_text(n) or "" for n in await client.execute_command("FT._LIST")):  # type: ignore[no-untyped-call]
+        if not other.startswith(f"{name}__") or other in (answering, keep):
+            continue
+        abandoned = served_vector(await index_info(client, other))
+        try:
+            await client.execute_command("FT.DROPINDEX", other)  # type: ignore[no-untyped-call]
+        except ResponseError as exc:
+            if "unknown index" not in str(exc).lower():
+                raise
+            continue  # a peer dropped it meanwhile
+        dropped = True
+        log.warning("abandoned_index_dropped", mirror=mirror.name, index=other)
+        if abandoned is not None and abandoned.at not in in_use:
+            removed = await delete_from_documents(client, mirror, abandoned.at)
+            log.info("old_vectors_removed", mirror=mirror.name, at=abandoned.at, documents=removed)
+    return dropped
 
 
 def _dropped_fields(mirror: MirrorConfig, info: dict[str, Any], *, keep: str | None) -> tuple[str, ...]:

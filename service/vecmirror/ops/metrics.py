@@ -147,6 +147,13 @@ class Metrics:
         self.indexed_ratio = Gauge(
             "vecmirror_index_indexed_ratio", "How far the index's scan has got, 0..1", ["mirror"], registry=r
         )
+        self.rebuilding = Gauge(
+            "vecmirror_index_rebuilding",
+            "1 while a new index generation is filled beside the one users query (its progress: the "
+            "mirror's pending changes)",
+            ["mirror"],
+            registry=r,
+        )
         self.table_rows = Gauge(
             "vecmirror_table_rows",
             "Rows of the mirror's table at the last count check",
@@ -209,6 +216,7 @@ class Metrics:
         self.index_documents.labels(mirror).set(index.documents)
         self.index_failures.labels(mirror).set(index.indexing_failures)
         self.indexed_ratio.labels(mirror).set(index.indexed_ratio)
+        self.rebuilding.labels(mirror).set(int(index.rebuild is not None))
 
     def mirror_checked(self, check: CountCheck) -> None:
         self.table_rows.labels(check.mirror).set(check.rows)

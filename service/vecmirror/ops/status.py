@@ -68,8 +68,10 @@ class MirrorStatus:
             "index": {
                 "name": self.index.name,
                 "exists": self.index.exists,
+                "answering": self.index.answering,
                 "percent_indexed": round(self.index.indexed_ratio * 100, 1),
                 "indexing_failures": self.index.indexing_failures,
+                "rebuild": _rebuild(self.index.rebuild),
             },
             "last_sync": None if self.last_sync is None else _iso(self.last_sync),
             "last_sync_age_seconds": None if self.last_sync is None else round(now - self.last_sync, 3),
@@ -101,6 +103,14 @@ async def _table_rows(conn: Connection, mirror: MirrorConfig) -> tuple[int | Non
         return None, str(exc)
 
 
+def _rebuild(rebuild: IndexState | None) -> dict[str, Any] | None:
+    """The new index generation being filled beside the one users query (index/rollout.py). Its
+    progress is the queue's: a rebuild queues every row again, and switches once they are synced."""
+    if rebuild is None:
+        return None
+    return {"name": rebuild.name, "percent_indexed": round(rebuild.indexed_ratio * 100, 1)}
+
+
 def format_status(statuses: Sequence[MirrorStatus], now: float) -> str:
     """One aligned row per mirror, then each mirror's last sync and what it is paused on."""
     rows = [list(COLUMNS), *(_cells(s) for s in statuses)]
@@ -122,6 +132,13 @@ def _problems(status: MirrorStatus, now: float) -> list[str]:
         lines.append(f"{status.mirror}: paused{since}: {_one_line(queue.error)}")
     if status.table_error is not None:
         lines.append(f"{status.mirror}: cannot count the table's rows: {_one_line(status.table_error)}")
+    rebuild = status.index.rebuild
+    if rebuild is not None:
+        lines.append(
+            f"{status.mirror}: rebuilding online into {rebuild.name} ({rebuild.indexed_ratio * 100:.0f}% "
+            f"indexed): it takes over once the {status.queue.pending} pending changes are synced; "
+            f"{status.index.name} answers from {status.index.answering} until then"
+        )
     return lines
 
 

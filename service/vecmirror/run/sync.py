@@ -186,7 +186,7 @@ class MirrorSync:
         self.index_created, self.rebuild_into = plan.created, plan.rebuild_into
         self.sink.dropped_fields = plan.dropped_fields
         self.sink.vectors_left_at = plan.vectors_left_at
-        if self.rebuild_into is not None:
+        if self.rebuild_into is not None or plan.abandoned:
             # Every document gets the new index's fields (index/rollout.py); a start during a
             # rebuild reads them all again, which is slower but never leaves one behind.
             await changes.requeue_all_rows(conn, self.name)
