@@ -169,8 +169,10 @@ def _check_status(env: dict[str, str], config_path: Path) -> None:
     assert docs["index"] == {
         "name": "docs_idx",
         "exists": True,
+        "answering": "docs_idx",
         "percent_indexed": 100.0,
         "indexing_failures": 0,
+        "rebuild": None,
     }
     assert docs["last_sync"] is not None and docs["backfill"] == "done"
     table = vecmirror(env, "status", "--config", str(config_path))

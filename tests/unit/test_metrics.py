@@ -127,6 +127,10 @@ def test_samples_set_the_queue_and_index_gauges(metrics: Metrics) -> None:
     assert value(metrics, "vecmirror_index_documents", mirror="docs") == 40
     assert value(metrics, "vecmirror_index_indexing_failures", mirror="docs") == 1
     assert value(metrics, "vecmirror_index_indexed_ratio", mirror="docs") == 0.5
+    assert value(metrics, "vecmirror_index_rebuilding", mirror="docs") == 0
+    filling = IndexState("docs_idx__0123456789", True, 40)
+    metrics.index_sampled("docs", IndexState("docs_idx", True, 40, answering="docs_idx", rebuild=filling))
+    assert value(metrics, "vecmirror_index_rebuilding", mirror="docs") == 1
     metrics.queue_sampled("docs", QueueState(0, None, 0, 0, "done"))
     assert value(metrics, "vecmirror_oldest_pending_change_age_seconds", mirror="docs") == 0
     assert value(metrics, "vecmirror_backfill_running", mirror="docs") == 0

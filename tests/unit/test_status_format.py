@@ -87,7 +87,14 @@ def test_the_json_names_every_field() -> None:
         "table_rows": 1000,
         "table_error": None,
         "documents": 995,
-        "index": {"name": "docs_idx", "exists": True, "percent_indexed": 100.0, "indexing_failures": 1},
+        "index": {
+            "name": "docs_idx",
+            "exists": True,
+            "answering": None,
+            "percent_indexed": 100.0,
+            "indexing_failures": 1,
+            "rebuild": None,
+        },
         "last_sync": "2023-11-14T22:13:15Z",
         "last_sync_age_seconds": 4.25,
     }
