@@ -119,19 +119,21 @@ async def test_a_new_filter_field_is_rolled_out_online_without_a_model_call(
     await assert_invariant(pg, redis_url, config.mirrors[0])
 
 
-async def test_a_change_documents_cannot_follow_in_place_still_stops_start_up(
+async def test_a_change_documents_cannot_follow_online_still_stops_start_up(
     pg: asyncpg.Connection, redis_client: redis.Redis, write_config: Callable[..., Any], settings_for: Any
 ) -> None:
+    """Another storage under the same prefix (the same key names would hold two types), and a new
+    prefix that overlaps the old one (each index would read the other's documents)."""
     await pg.execute(DOCS_WITH_YEAR)
     await _run(settings_for, write_config, DOCS_MIRROR)
-    other_prefix = {
-        **DOCS_MIRROR,
-        "index": {**DOCS_MIRROR["index"], "index": {**DOCS_MIRROR["index"]["index"], "prefix": "d2"}},
-    }
-    path, config = write_config([other_prefix])
-    with pytest.raises(StartupError, match=r"cannot follow in place: prefix"):
-        async with open_app(settings_for(path), config):
-            pass
+    index = DOCS_MIRROR["index"]
+    as_json = {**DOCS_MIRROR, "index": {**index, "index": {**index["index"], "storage_type": "json"}}}
+    overlapping = {**DOCS_MIRROR, "index": {**index, "index": {**index["index"], "prefix": "doc:v2"}}}
+    for mirror, why in ((as_json, "change index.prefix too"), (overlapping, "overlap")):
+        path, config = write_config([mirror])
+        with pytest.raises(StartupError, match=why):
+            async with open_app(settings_for(path), config):
+                pass
     assert _indexes(redis_client) == {"docs_idx"}
 
 

@@ -18,9 +18,10 @@ from redis.commands.search.query import Query
 from helpers import DOCS_MIRROR, hash_doc, json_doc, vector_at, vector_of
 from invariant import assert_invariant
 from vecmirror.app import open_app
-from vecmirror.commands import migrate_command, status_command
+from vecmirror.commands import migrate_command, plan_command, status_command
 from vecmirror.config import ModelSpec
 from vecmirror.ops.metrics import Metrics
+from vecmirror.ops.plan import format_plan, rebuild_note
 from vecmirror.ops.status import format_status
 from vecmirror.pipeline.embedder import Embedder, load_embedder
 from vecmirror.query.search import MirrorSearch
@@ -254,3 +255,51 @@ async def _until_indexed(client: redis.Redis, index: str) -> None:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def test_a_new_prefix_and_storage_move_the_documents_online(
+    pg: asyncpg.Connection,
+    redis_client: redis.Redis,
+    redis_url: str,
+    write_config: Any,
+    settings_for: Any,
+    embedder: Embedder,
+) -> None:
+    """HASH under `doc` to JSON under `article`: the new generation is filled under the new keys
+    while the index users query answers from the old ones (a row deleted meanwhile leaves it at
+    once); after the switch the old keys are gone and Redis equals the table."""
+    await _fill(pg)
+    factory = _factory(embedder)
+    path, config = write_config([_mirror()])
+    await _run(settings_for(path), config, factory)
+    moved = _mirror(storage="json")
+    moved["index"] = {**moved["index"], "index": {**moved["index"]["index"], "prefix": "article"}}
+    path, config = write_config([moved])
+    settings = settings_for(path, batch_size=5, max_batch_size=5)
+    plan = await plan_command(settings, config)
+    assert f"    {rebuild_note('docs_idx', online=True, moves_keys=True)}" in format_plan(plan)
+    await migrate_command(settings, config)
+    await pg.execute("DELETE FROM docs WHERE id = 30")
+    async with open_app(settings, config, factory) as app:
+        [sync] = app.syncs
+        assert sync.rebuild_into is not None and sync.sink.keys_left is not None
+        worker = app.worker()
+        await worker.prepare()
+        async with app.pool.acquire() as conn:
+            stats = await sync.sync_batch(conn)
+        assert stats is not None and stats.upserted + stats.deleted == 5
+        # Mid-fill: the old index answers from the old keys, without the deleted row.
+        info = redis_client.ft("docs_idx").info()
+        assert int(info["num_docs"]) == ROWS - 1 and _text(info["index_name"]) == "docs_idx"
+        assert _knn_hits(redis_client, 384) == 10 and not redis_client.exists("doc:30")
+        assert len(list(redis_client.scan_iter("article:*"))) in (4, 5)
+        await worker.run_once()
+    assert not list(redis_client.scan_iter("doc:*"))
+    assert len(list(redis_client.scan_iter("article:*"))) == ROWS - 1
+    info = redis_client.ft("docs_idx").info()
+    assert _text(info["index_name"]).startswith("docs_idx__") and int(info["num_docs"]) == ROWS - 1
+    assert _knn_hits(redis_client, 384) == 10
+    assert len(json_doc(redis_client, "article:7")["embedding"]) == 384
+    [status] = await status_command(settings, config)
+    assert (status.index.rebuild, status.queue.pending, status.index.documents) == (None, 0, ROWS - 1)
+    await assert_invariant(pg, redis_url, config.mirrors[0])

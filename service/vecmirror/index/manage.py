@@ -142,6 +142,11 @@ def index_differences(schema: IndexSchema, info: dict[str, Any]) -> list[str]:
     return differences
 
 
+def index_definition(info: dict[str, Any]) -> dict[str, Any]:
+    """FT.INFO's index_definition (key_type, prefixes, ...), with str keys."""
+    return _mapping(_mapping(info)["index_definition"])
+
+
 def index_attributes(info: dict[str, Any]) -> list[_Attributes]:
     """Each field of an index as FT.INFO shows it."""
     return [_attributes(raw) for raw in _mapping(info)["attributes"]]

@@ -42,8 +42,9 @@ from vecmirror.index.manage import (
     index_info,
     physical_schema,
 )
+from vecmirror.index.rekey import recorded_layout, rekey_problem, served_layout, settle_keys
 from vecmirror.pipeline.template import EXACT_BACKENDS
-from vecmirror.sink.keys import key_pattern
+from vecmirror.sink.keys import KeyLayout, key_pattern
 
 log = structlog.get_logger(__name__)
 
@@ -108,26 +109,33 @@ class IndexPlan:
     # A rollout abandoned (rolled back) was dropped: the documents it rewrote hold its hashes, so
     # every row is read again (those rows are embedded again, the others kept).
     abandoned: bool = False
+    keys_left: KeyLayout | None = None  # a prefix or storage change: the old keys (index/rekey.py)
 
 
-async def prepare_index(client: redis.Redis, mirror: MirrorConfig, marker: str) -> IndexPlan:
+async def prepare_index(
+    client: redis.Redis, mirror: MirrorConfig, marker: str, generation: str | None = None
+) -> IndexPlan:
     """Creates the mirror's index when nothing answers for its name, or, when the index users
-    query differs from the config in a way documents can follow (anything but their keys: new
-    vectors are made beside the old ones), the new index generation beside it, to switch to once
-    filled. Another storage or prefix stops start-up."""
+    query differs from the config, the new index generation beside it, to switch to once filled:
+    new vectors are made beside the old ones (place_vectors), documents under another prefix or
+    storage are new keys (index/rekey.py). A change that cannot run online stops start-up, naming
+    why. `generation`: the mirror's, once loaded (the old keys of a move are its documents)."""
     info = await index_info(client, mirror.index.index.name)
-    placed = await place_vectors(client, marker, mirror, info)
+    keys_left, problem = await key_move(client, marker, mirror, info)
+    if problem is not None:
+        raise different_index_error(mirror, [problem])
+    placed = mirror if keys_left is not None else await place_vectors(client, marker, mirror, info)
     if info is None:
         await create_index(client, physical_schema(placed, placed.index.index.name))
         log.info("index_created", mirror=mirror.name, index=mirror.index.index.name)
-        await settle_vectors(client, marker, placed)
+        await settle(client, marker, placed, generation)
         return IndexPlan(placed, created=True)
     differences = index_differences(physical_schema(placed, placed.index.index.name), info)
     if not differences:
         abandoned = await drop_abandoned_generations(client, placed, info, keep=None)
-        await settle_vectors(client, marker, placed)
+        await settle(client, marker, placed, generation)
         return IndexPlan(placed, abandoned=abandoned)
-    blocking = blocking_differences(differences)
+    blocking = [] if keys_left is not None else blocking_differences(differences)
     if blocking:
         raise different_index_error(mirror, blocking)
     target = generation_name(placed)
@@ -144,7 +152,32 @@ async def prepare_index(client: redis.Redis, mirror: MirrorConfig, marker: str) 
         vectors_left_at=left_at,
         vectors_reusable=left_at is not None and same_shape(placed, served),
         abandoned=abandoned,
+        keys_left=keys_left,
     )
+
+
+async def key_move(
+    client: redis.Redis, marker: str, mirror: MirrorConfig, info: dict[str, Any] | None
+) -> tuple[KeyLayout | None, str | None]:
+    """The keys the index users query reads when the config's documents are other keys (another
+    prefix or storage, index/rekey.py), and why that move cannot run online (None: it can)."""
+    if info is None:
+        return None, None
+    layout = KeyLayout.of(mirror)
+    recorded = await recorded_layout(client, marker)
+    served = served_layout(info, recorded.separator if recorded is not None else layout.separator)
+    if layout.same_keys(served):
+        return None, None
+    return served, rekey_problem(layout, served)
+
+
+async def settle(client: redis.Redis, marker: str, mirror: MirrorConfig, generation: str | None) -> None:
+    """Once the index users query is the config's: the documents left under old keys go
+    (index/rekey.py), then the old vectors (settle_vectors); the marker records both."""
+    keys = await settle_keys(client, marker, mirror, generation)
+    if keys != "pending":
+        # Documents that moved were written whole under new keys: they hold no old vector.
+        await settle_vectors(client, marker, mirror, walk=keys == "same")
 
 
 async def drop_abandoned_generations(
@@ -286,7 +319,9 @@ return 1
 """
 
 
-async def settle_vectors(client: redis.Redis, marker: str, mirror: MirrorConfig) -> None:
+async def settle_vectors(
+    client: redis.Redis, marker: str, mirror: MirrorConfig, *, walk: bool = True
+) -> None:
     """Once the index users query reads vectors where this config writes them (created, or just
     switched to): the old vectors, recorded with the marker, are deleted from every document, then
     the marker records the new ones. A crash in between walks again on the next start."""
@@ -298,7 +333,7 @@ async def settle_vectors(client: redis.Redis, marker: str, mirror: MirrorConfig)
     if (recorded, recorded_at) == (digest, at):
         return
     left = recorded_at if recorded_at is not None else mirror.usual_vector_at
-    if left is not None and left != at:
+    if walk and left is not None and left != at:
         removed = await delete_from_documents(client, mirror, left)
         log.info("old_vectors_removed", mirror=mirror.name, at=left, documents=removed)
     await client.register_script(_RECORD_VECTORS)(keys=[marker], args=[digest or "", at])

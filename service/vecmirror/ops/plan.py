@@ -23,7 +23,13 @@ from redis.exceptions import ResponseError
 from vecmirror.config import Config, MirrorConfig
 from vecmirror.errors import RowError, VecmirrorError
 from vecmirror.index.manage import index_differences, index_info, physical_schema
-from vecmirror.index.rollout import blocking_differences, place_vectors, same_shape, served_vector
+from vecmirror.index.rollout import (
+    blocking_differences,
+    key_move,
+    place_vectors,
+    same_shape,
+    served_vector,
+)
 from vecmirror.pipeline.documents import DocumentBuilder, RowKey
 from vecmirror.sink.drop import Layout, MirrorData, left_behind, locate
 from vecmirror.sink.versioned import marker_key
@@ -39,8 +45,16 @@ PAGE = 1000
 GENERATIONS = 5  # the migration that records each mirror's table OID (0005_generations)
 
 
-def rebuild_note(index: str, *, online: bool = False) -> str:
+def rebuild_note(
+    index: str, *, online: bool = False, moves_keys: bool = False, why: str | None = None
+) -> str:
     """What `run` does with an index whose definition differs (index/rollout.py)."""
+    if online and moves_keys:
+        return (
+            f"run rebuilds it online under the new keys: a new index beside {index} is filled (every "
+            f"row written to its new key and embedded), then {index} switches to it and the old keys "
+            "are deleted"
+        )
     if online:
         return (
             f"run rebuilds it online: a new index beside {index} is filled (every row read again; "
@@ -48,7 +62,7 @@ def rebuild_note(index: str, *, online: bool = False) -> str:
             f"{index} switches to it"
         )
     return (
-        f"run will refuse to start (another storage or prefix): drop the index "
+        f"run will refuse to start ({why or 'another storage or prefix'}): drop the index "
         f"(FT.DROPINDEX {index}) or change the config back"
     )
 
@@ -81,6 +95,8 @@ class MirrorPlan:
     documents: int = 0
     differences: list[str] = field(default_factory=list)
     rebuild_online: bool = False  # the differences are ones documents can follow in place
+    moves_keys: bool = False  # another prefix or storage: documents move to new keys (index/rekey.py)
+    rebuild_problem: str | None = None  # why the rebuild cannot run online
     embedding: Reembed | None = None
     problem: str | None = None  # what stops migrate or run for this mirror
 
@@ -111,6 +127,7 @@ class MirrorPlan:
                 "differences": self.differences,
                 "rebuild": bool(self.differences),
                 "rebuild_online": bool(self.differences) and self.rebuild_online,
+                "moves_keys": self.moves_keys,
             }
             out["embedding"] = None if self.embedding is None else self.embedding.as_dict()
         out["problem"] = self.problem
@@ -204,12 +221,16 @@ async def _kept(
     if info is not None:
         plan.index_exists = True
         plan.documents = int(float(info.get("num_docs", 0)))
-        mirror = await place_vectors(client, marker_key(mirror.name), mirror, info)
-        served = served_vector(info)
-        if served is not None and served.at != mirror.vector_at and same_shape(mirror, served):
-            reuse_from = served.at
+        keys_left, plan.rebuild_problem = await key_move(client, marker_key(mirror.name), mirror, info)
+        if keys_left is None:
+            mirror = await place_vectors(client, marker_key(mirror.name), mirror, info)
+            served = served_vector(info)
+            if served is not None and served.at != mirror.vector_at and same_shape(mirror, served):
+                reuse_from = served.at
         plan.differences = index_differences(physical_schema(mirror, plan.index), info)
-        plan.rebuild_online = not blocking_differences(plan.differences)
+        plan.moves_keys = keys_left is not None
+        blocking = blocking_differences(plan.differences) if keys_left is None else []
+        plan.rebuild_online = not blocking and plan.rebuild_problem is None
     try:
         table = await inspect_table(conn, mirror)
     except VecmirrorError as exc:
@@ -336,7 +357,10 @@ def _kept_lines(plan: MirrorPlan) -> list[str]:
     if plan.differences:
         lines.append(f"{head}: index {plan.index} differs from the config and must be rebuilt:")
         lines += [f"    - {d}" for d in plan.differences]
-        lines.append(f"    {rebuild_note(str(plan.index), online=plan.rebuild_online)}")
+        note = rebuild_note(
+            str(plan.index), online=plan.rebuild_online, moves_keys=plan.moves_keys, why=plan.rebuild_problem
+        )
+        lines.append(f"    {note}")
     if plan.embedding is not None and plan.embedding.reembed:
         e = plan.embedding
         lines.append(

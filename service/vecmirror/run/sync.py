@@ -18,7 +18,7 @@ from redis.exceptions import ResponseError
 
 from vecmirror.config import MirrorConfig
 from vecmirror.errors import MirrorError, RowError, StartupError
-from vecmirror.index.rollout import prepare_index, settle_vectors
+from vecmirror.index.rollout import prepare_index, settle
 from vecmirror.pipeline.batch_embed import BatchEmbedder, Keepalive
 from vecmirror.pipeline.documents import Document, DocumentBuilder, RowKey
 from vecmirror.pipeline.embedder import Embedder
@@ -180,23 +180,27 @@ class MirrorSync:
 
     async def prepare_index(self, conn: Connection) -> None:
         """Creates the index, or the new generation to fill and switch to (index/rollout.py)."""
-        plan = await prepare_index(self.sink.client, self.mirror, marker_key(self.name))
+        plan = await prepare_index(
+            self.sink.client, self.mirror, marker_key(self.name), self.sink.versioned.generation
+        )
         self.place(plan.mirror, reuse_from=plan.vectors_left_at if plan.vectors_reusable else None)
         # An index created here that a marker says existed was dropped: the worker refills it.
         self.index_created, self.rebuild_into = plan.created, plan.rebuild_into
         self.sink.dropped_fields = plan.dropped_fields
         self.sink.vectors_left_at = plan.vectors_left_at
+        self.sink.keys_left = plan.keys_left
         if self.rebuild_into is not None or plan.abandoned:
             # Every document gets the new index's fields (index/rollout.py); a start during a
             # rebuild reads them all again, which is slower but never leaves one behind.
             await changes.requeue_all_rows(conn, self.name)
         self.index_prepared = True
 
-    async def settle_vectors(self, conn: Connection) -> None:  # noqa: ARG002 (a worker step's signature)
-        """Once Redis knows the mirror (its marker) and no rebuild is under way, the marker records
-        what its vectors are made from and where (index/rollout.py)."""
+    async def settle(self, conn: Connection) -> None:  # noqa: ARG002 (a worker step's signature)
+        """Once Redis knows the mirror (its marker) and no rebuild is under way: what a finished
+        rollout left (old keys, old vectors) goes, and the marker records what its documents are
+        (index/rollout.py)."""
         if self.index_prepared and self.rebuild_into is None:
-            await settle_vectors(self.sink.client, marker_key(self.name), self.mirror)
+            await settle(self.sink.client, marker_key(self.name), self.mirror, self.sink.versioned.generation)
 
     def place(self, mirror: MirrorConfig, *, reuse_from: str | None = None) -> None:
         """The mirror, its vectors placed (index/rollout.py): every stage writes and hashes them so.

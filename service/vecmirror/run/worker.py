@@ -24,7 +24,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exp
 
 from vecmirror.errors import MirrorError, RedisForgotError, VecmirrorError
 from vecmirror.index.manage import index_info
-from vecmirror.index.rollout import settle_vectors, switch
+from vecmirror.index.rollout import settle, switch
 from vecmirror.ops.metrics import Metrics
 from vecmirror.ops.verify import CountCheck, Verifier, count_check
 from vecmirror.run.faults import as_mirror_error, classify
@@ -102,7 +102,7 @@ class Worker:
         for sync in self._syncs:
             await self._for_mirror(sync, sync.take_config)
             await self._for_mirror(sync, sync.resync_if_forgotten)
-            await self._for_mirror(sync, sync.settle_vectors)
+            await self._for_mirror(sync, sync.settle)
         await self.backfill_new_mirrors()
         await self.finish_rebuilds()
 
@@ -128,8 +128,8 @@ class Worker:
             return
         await switch(sync.sink.client, sync.sink.index_name, target)
         sync.rebuild_into = None
-        sync.sink.dropped_fields, sync.sink.vectors_left_at = (), None
-        await settle_vectors(sync.sink.client, marker_key(sync.name), sync.mirror)
+        sync.sink.dropped_fields, sync.sink.vectors_left_at, sync.sink.keys_left = (), None, None
+        await settle(sync.sink.client, marker_key(sync.name), sync.mirror, sync.sink.versioned.generation)
 
     async def backfill_new_mirrors(self) -> None:
         """Rows that existed before `migrate` are queued on the first run."""

@@ -18,7 +18,7 @@ from vecmirror.config import META_HASH_FIELD, META_KEY_FIELD, MirrorConfig
 from vecmirror.errors import RedisForgotError
 from vecmirror.pipeline.documents import Document, RowKey
 from vecmirror.sink.encode import HashEncoder, JsonEncoder, vector_from_bytes
-from vecmirror.sink.keys import document_key, key_pattern
+from vecmirror.sink.keys import KeyLayout, delete_old_keys, document_key, key_id, key_pattern
 from vecmirror.sink.versioned import META_GENERATION_FIELD, GenerationChangedError, VersionedWrites, Write
 
 log = structlog.get_logger(__name__)
@@ -71,6 +71,9 @@ class RedisSink:
         # Where the index users query reads the old vectors while new ones are made beside them (a
         # JSON document written whole keeps that path: index/rollout.py).
         self.vectors_left_at: str | None = None
+        # The keys the index users query reads while documents move to new ones (index/rekey.py):
+        # a row deleted meanwhile loses its old key too.
+        self.keys_left: KeyLayout | None = None
 
     def place(self, mirror: MirrorConfig) -> None:
         """Writes vectors where `mirror` says (index/rollout.py, place_vectors)."""
@@ -157,7 +160,10 @@ class RedisSink:
 
         # Chunks go out without waiting for the previous reply: Redis re-indexes one while the next
         # is encoded. A batch holds each key once, so their order does not matter.
-        return [key for refused in await asyncio.gather(*map(apply, chunks)) for key in refused]
+        refused = [key for refused in await asyncio.gather(*map(apply, chunks)) for key in refused]
+        if self.keys_left is not None:
+            await delete_old_keys(self._redis, self.keys_left, [key_id(row_key) for row_key, _ in deletes])
+        return refused
 
     def _upsert(self, document: Document, generation: str, *, partial: bool) -> Write:
         key = self.key(document.key)

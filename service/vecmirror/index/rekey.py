@@ -1,0 +1,167 @@
+"""A prefix or storage change applied online: the new generation's documents are new keys.
+
+An index reads the keys under its prefixes, and a key holds one Redis type: another prefix, or
+another storage type, means other keys. (Another storage type under the same prefix would need the
+same key names to hold two types: it needs a new prefix too, and the config says so.) The new index
+generation is created over the config's prefix and filled like any rebuild (index/rollout.py), each
+row written to its new key. Meanwhile the index users query keeps answering from the old keys: a row
+deleted meanwhile leaves it at once (its old key goes with it), a row changed meanwhile shows its
+previous values there until the switch, a row inserted meanwhile shows only after it. Once
+switched, every document of the mirror under the old prefix is deleted (settle_keys). The marker
+records where the documents are (`keys_at`), so a crash in between deletes them on the next start.
+
+Key names change under users' feet only because they asked for it (a new prefix): vecmirror never
+invents key names of its own.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+import redis.asyncio as redis
+import structlog
+
+from vecmirror.config import META_KEY_FIELD, MirrorConfig
+from vecmirror.index.manage import index_definition
+from vecmirror.sink.keys import KeyLayout
+from vecmirror.sink.versioned import META_GENERATION_FIELD
+
+log = structlog.get_logger(__name__)
+KEYS_AT_FIELD = "keys_at"  # of the marker HASH: the layout of the documents' keys, as JSON
+PAGE = 1000
+
+
+def served_layout(info: dict[str, Any], separator: str) -> KeyLayout:
+    """The layout of the index users query (FT.INFO names no separator: the recorded one)."""
+    definition = index_definition(info)
+    prefixes = tuple(str(_text(p)) for p in definition.get("prefixes") or [])
+    return KeyLayout(prefixes, separator, str(_text(definition.get("key_type"))).upper())
+
+
+def rekey_problem(config: KeyLayout, served: KeyLayout) -> str | None:
+    """Why the documents cannot move from the served layout to the config's online (None: they
+    can, or they stay)."""
+    if config.same_keys(served):
+        return None
+    if config.starts() == served.starts():
+        return (
+            f"storage_type: the config's {config.storage} under the same prefix as the index's "
+            f"{served.storage}: a key holds one type, so change index.prefix too and the documents "
+            "move to new keys online"
+        )
+    if config.storage != served.storage:
+        return None  # an index reads only keys of its own type: prefixes may overlap
+    for new in config.starts():
+        for old in served.starts():
+            if new.startswith(old) or old.startswith(new):
+                return (
+                    f"prefix: the new keys {new}… and the old {old}… overlap, so each index would read "
+                    "the other's documents during the move: choose a prefix that neither begins "
+                    "nor starts with the old one"
+                )
+    return None
+
+
+async def recorded_layout(client: redis.Redis, marker: str) -> KeyLayout | None:
+    raw = await _field(client, marker)
+    return None if raw is None else KeyLayout.parse(raw)
+
+
+Settled = Literal["same", "moved", "pending"]
+
+
+async def settle_keys(
+    client: redis.Redis, marker: str, mirror: MirrorConfig, generation: str | None
+) -> Settled:
+    """Once the index users query reads the config's keys: the documents under the layout the
+    marker recorded, when another, are deleted (those of this mirror's generation only), then the
+    config's layout is recorded: `moved`. `pending`: the generation is not loaded yet, the next
+    wake-up deletes them."""
+    layout = KeyLayout.of(mirror)
+    recorded = await recorded_layout(client, marker)
+    if recorded is not None and recorded.same_keys(layout):
+        return "same"
+    if recorded is None:
+        await _record(client, marker, layout)
+        return "same"
+    if generation is None:
+        return "pending"
+    removed = await delete_documents(client, recorded, generation)
+    log.info("old_keys_removed", mirror=mirror.name, prefixes=list(recorded.prefixes), documents=removed)
+    await _record(client, marker, layout)
+    return "moved"
+
+
+async def delete_documents(client: redis.Redis, layout: KeyLayout, generation: str) -> int:
+    """Deletes the documents of `generation` under `layout`: keys of its storage type holding
+    vecmirror's key field and that generation. Anything else there is left alone."""
+    removed = 0
+    for start in layout.starts():
+        cursor = 0
+        while True:
+            cursor, keys = await client.scan(cursor, match=_glob(start) + "*", count=PAGE)
+            owned = await _owned(client, [_text(k) for k in keys], layout.storage, generation)
+            if owned:
+                removed += int(await client.unlink(*owned))
+            if cursor == 0:
+                break
+    return removed
+
+
+async def _owned(client: redis.Redis, keys: list[str], storage: str, generation: str) -> list[str]:
+    async with client.pipeline(transaction=False) as pipe:
+        for key in keys:
+            if storage == "JSON":
+                pipe.execute_command("JSON.GET", key, f"$.{META_KEY_FIELD}", f"$.{META_GENERATION_FIELD}")
+            else:
+                pipe.hmget(key, META_KEY_FIELD, META_GENERATION_FIELD)
+        replies = await pipe.execute(raise_on_error=False)  # another type answers WRONGTYPE
+    return [key for key, reply in zip(keys, replies, strict=True) if _of(reply, storage) == generation]
+
+
+def _of(reply: Any, storage: str) -> str | None:
+    """The generation of a document vecmirror wrote (None: not one, or not of this storage)."""
+    if reply is None or isinstance(reply, Exception):
+        return None
+    if storage == "JSON":
+        values = json.loads(_text(reply))
+        if not values.get(f"$.{META_KEY_FIELD}") or not values.get(f"$.{META_GENERATION_FIELD}"):
+            return None
+        return str(values[f"$.{META_GENERATION_FIELD}"][0])
+    key_field, generation = reply
+    return None if key_field is None or generation is None else _text(generation)
+
+
+_FIELD_SCRIPT = f"""
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'hash' then
+    return false
+end
+return redis.call('HGET', KEYS[1], '{KEYS_AT_FIELD}')
+"""
+
+_RECORD_SCRIPT = f"""
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'hash' then
+    return 0
+end
+return redis.call('HSET', KEYS[1], '{KEYS_AT_FIELD}', ARGV[1])
+"""
+
+
+async def _field(client: redis.Redis, marker: str) -> str | None:
+    """The recorded layout (a marker from before generations, a STRING, records none)."""
+    raw = await client.register_script(_FIELD_SCRIPT)(keys=[marker])
+    return None if raw is None or raw is False else _text(raw)
+
+
+async def _record(client: redis.Redis, marker: str, layout: KeyLayout) -> None:
+    """Only a HASH marker is written: one made here would stand for a sync that never happened."""
+    await client.register_script(_RECORD_SCRIPT)(keys=[marker], args=[layout.dump()])
+
+
+def _glob(text: str) -> str:
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
