@@ -2,8 +2,8 @@
 
 When the mirrors file changes a mirror's index (fields added, removed or changed, a TAG separator,
 flags, the vector algorithm or its parameters) or its vectors (the template, model or backend that
-make them, the vector field's name, dims or type): anything but the storage and the prefix, which
-would mean other keys. The index is not dropped:
+make them, the vector field's name, dims or type), the index is not dropped (another prefix or
+storage means other keys: index/rekey.py, the same steps over new keys):
 
 1. a new index is created beside it, over the same prefix, under a physical name of its own
    (`<index.name>__<digest of its definition>`, the same for every worker with that file);
