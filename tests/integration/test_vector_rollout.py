@@ -303,3 +303,36 @@ async def test_a_new_prefix_and_storage_move_the_documents_online(
     [status] = await status_command(settings, config)
     assert (status.index.rebuild, status.queue.pending, status.index.documents) == (None, 0, ROWS - 1)
     await assert_invariant(pg, redis_url, config.mirrors[0])
+
+
+async def test_a_move_rolled_back_before_its_switch_leaves_no_new_key(
+    pg: asyncpg.Connection,
+    redis_client: redis.Redis,
+    redis_url: str,
+    write_config: Any,
+    settings_for: Any,
+    embedder: Embedder,
+) -> None:
+    """A new prefix half filled, then the old file back: its workers drop the abandoned generation
+    and the documents it wrote under the new keys, and the old keys stay the mirror's."""
+    await _fill(pg)
+    factory = _factory(embedder)
+    old_path, old_config = write_config([_mirror()])
+    await _run(settings_for(old_path, config_lease=0.2), old_config, factory)
+    moved = _mirror()
+    moved["index"] = {**moved["index"], "index": {**moved["index"]["index"], "prefix": "article"}}
+    path, config = write_config([moved])
+    settings = settings_for(path, batch_size=5, max_batch_size=5, config_lease=0.2)
+    await migrate_command(settings, config)
+    async with open_app(settings, config, factory) as app:
+        worker = app.worker()
+        await worker.prepare()
+        async with app.pool.acquire() as conn:
+            await app.syncs[0].sync_batch(conn)
+    assert len(list(redis_client.scan_iter("article:*"))) == 5
+    await asyncio.sleep(0.3)  # the newer file's lease runs out
+    await _run(settings_for(old_path, config_lease=0.2), old_config, factory)
+    assert not list(redis_client.scan_iter("article:*"))
+    assert {_text(n) for n in redis_client.execute_command("FT._LIST")} == {"docs_idx"}
+    assert len(list(redis_client.scan_iter("doc:*"))) == ROWS
+    await assert_invariant(pg, redis_url, old_config.mirrors[0])

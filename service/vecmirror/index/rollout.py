@@ -42,7 +42,13 @@ from vecmirror.index.manage import (
     index_info,
     physical_schema,
 )
-from vecmirror.index.rekey import recorded_layout, rekey_problem, served_layout, settle_keys
+from vecmirror.index.rekey import (
+    delete_documents,
+    recorded_layout,
+    rekey_problem,
+    served_layout,
+    settle_keys,
+)
 from vecmirror.pipeline.template import EXACT_BACKENDS
 from vecmirror.sink.keys import KeyLayout, key_pattern
 
@@ -132,14 +138,14 @@ async def prepare_index(
         return IndexPlan(placed, created=True)
     differences = index_differences(physical_schema(placed, placed.index.index.name), info)
     if not differences:
-        abandoned = await drop_abandoned_generations(client, placed, info, keep=None)
+        abandoned = await drop_abandoned_generations(client, placed, info, keep=None, generation=generation)
         await settle(client, marker, placed, generation)
         return IndexPlan(placed, abandoned=abandoned)
     blocking = [] if keys_left is not None else blocking_differences(differences)
     if blocking:
         raise different_index_error(mirror, blocking)
     target = generation_name(placed)
-    abandoned = await drop_abandoned_generations(client, placed, info, keep=target)
+    abandoned = await drop_abandoned_generations(client, placed, info, keep=target, generation=generation)
     if await index_info(client, target) is None:
         await create_index(client, physical_schema(placed, target))
         log.info("index_rebuild_started", mirror=mirror.name, index=target, differences=differences)
@@ -181,13 +187,19 @@ async def settle(client: redis.Redis, marker: str, mirror: MirrorConfig, generat
 
 
 async def drop_abandoned_generations(
-    client: redis.Redis, mirror: MirrorConfig, info: dict[str, Any], *, keep: str | None
+    client: redis.Redis,
+    mirror: MirrorConfig,
+    info: dict[str, Any],
+    *,
+    keep: str | None,
+    generation: str | None,
 ) -> bool:
     """Index generations (`<index.name>__…`) that neither answer for the name nor are this config's
     to fill: a rollout abandoned (its file rolled back or replaced before it switched). Redis would
     index every write into them forever. Dropped without their documents; the vectors only they
-    read are deleted from the documents. Called only by the config holding the mirror's lease.
-    True when one was dropped."""
+    read are deleted from the documents, and the documents of `generation` under keys only they
+    read (a move to a new prefix, index/rekey.py). Called only by the config holding the mirror's
+    lease. True when one was dropped."""
     name, answering = mirror.index.index.name, queried_index(info)
     served = served_vector(info)
     in_use = {mirror.vector_at, served.at if served is not None else None}
@@ -195,7 +207,11 @@ async def drop_abandoned_generations(
     for other in sorted(_text(n) or "" for n in await client.execute_command("FT._LIST")):  # type: ignore[no-untyped-call]
         if not other.startswith(f"{name}__") or other in (answering, keep):
             continue
-        abandoned = served_vector(await index_info(client, other))
+        other_info = await index_info(client, other)
+        if other_info is None:
+            continue  # a peer dropped it meanwhile
+        abandoned = served_vector(other_info)
+        await _drop_abandoned_keys(client, mirror, info, other_info, generation)
         try:
             await client.execute_command("FT.DROPINDEX", other)  # type: ignore[no-untyped-call]
         except ResponseError as exc:
@@ -208,6 +224,25 @@ async def drop_abandoned_generations(
             removed = await delete_from_documents(client, mirror, abandoned.at)
             log.info("old_vectors_removed", mirror=mirror.name, at=abandoned.at, documents=removed)
     return dropped
+
+
+async def _drop_abandoned_keys(
+    client: redis.Redis,
+    mirror: MirrorConfig,
+    info: dict[str, Any],
+    abandoned: dict[str, Any],
+    generation: str | None,
+) -> None:
+    """The documents an abandoned move wrote under its new keys (neither the served nor the
+    config's), of the mirror's generation."""
+    separator = mirror.index.index.key_separator
+    layout = served_layout(abandoned, separator)
+    if generation is None or any(
+        layout.same_keys(other) for other in (KeyLayout.of(mirror), served_layout(info, separator))
+    ):
+        return
+    removed = await delete_documents(client, layout, generation)
+    log.info("old_keys_removed", mirror=mirror.name, prefixes=list(layout.prefixes), documents=removed)
 
 
 def _dropped_fields(mirror: MirrorConfig, info: dict[str, Any], *, keep: str | None) -> tuple[str, ...]:

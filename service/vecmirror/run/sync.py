@@ -17,7 +17,7 @@ import structlog
 from redis.exceptions import ResponseError
 
 from vecmirror.config import MirrorConfig
-from vecmirror.errors import MirrorError, RowError, StartupError
+from vecmirror.errors import MirrorError, NotMigratedError, RowError, StartupError
 from vecmirror.index.rollout import prepare_index, settle
 from vecmirror.pipeline.batch_embed import BatchEmbedder, Keepalive
 from vecmirror.pipeline.documents import Document, DocumentBuilder, RowKey
@@ -27,7 +27,7 @@ from vecmirror.run.resync import MirrorResync
 from vecmirror.sink.observe import record_last_sync
 from vecmirror.sink.versioned import marker_key
 from vecmirror.sink.writer import RedisSink
-from vecmirror.source import Connection, changes, discard
+from vecmirror.source import Connection, changes, discard, generations
 from vecmirror.source.changes import ClaimedBatch, RetryPolicy, RowFailure
 from vecmirror.source.migrate import capture_problem
 from vecmirror.source.rows import LoadedRows, load_rows
@@ -180,9 +180,11 @@ class MirrorSync:
 
     async def prepare_index(self, conn: Connection) -> None:
         """Creates the index, or the new generation to fill and switch to (index/rollout.py)."""
-        plan = await prepare_index(
-            self.sink.client, self.mirror, marker_key(self.name), self.sink.versioned.generation
-        )
+        generation = self.sink.versioned.generation
+        if generation is None:  # before the first sync: Postgres' (a mirror not installed has none)
+            with contextlib.suppress(NotMigratedError):
+                generation = (await generations.load(conn, self.name)).generation
+        plan = await prepare_index(self.sink.client, self.mirror, marker_key(self.name), generation)
         self.place(plan.mirror, reuse_from=plan.vectors_left_at if plan.vectors_reusable else None)
         # An index created here that a marker says existed was dropped: the worker refills it.
         self.index_created, self.rebuild_into = plan.created, plan.rebuild_into
