@@ -6,11 +6,13 @@ default and a 256-dims one made from it, see conftest's minilm_256)."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import numpy as np
+import pytest
 import redis
 from prometheus_client import CollectorRegistry
 from redis.commands.search.query import Query
@@ -38,6 +40,33 @@ def _mirror(*, storage: str = "hash", template: str = "{title}: {content}", mode
     embed = {**DOCS_MIRROR["embed"], "template": template, **({"model": str(model)} if model else {})}
     index = {**DOCS_MIRROR["index"], "index": {**DOCS_MIRROR["index"]["index"], "storage_type": storage}}
     return {**DOCS_MIRROR, "embed": embed, "index": {**index, "fields": fields}}
+
+
+@dataclass(frozen=True)
+class World:
+    """What every test here uses: both servers, the config and settings makers, the models."""
+
+    pg: asyncpg.Connection
+    redis: redis.Redis
+    redis_url: str
+    write_config: Any
+    settings_for: Any
+    factory: Any
+
+    def parts(self) -> tuple[asyncpg.Connection, redis.Redis, str, Any, Any, Any]:
+        return self.pg, self.redis, self.redis_url, self.write_config, self.settings_for, self.factory
+
+
+@pytest.fixture
+def world(
+    pg: asyncpg.Connection,
+    redis_client: redis.Redis,
+    redis_url: str,
+    write_config: Any,
+    settings_for: Any,
+    embedder: Embedder,
+) -> World:
+    return World(pg, redis_client, redis_url, write_config, settings_for, _factory(embedder))
 
 
 def _factory(embedder: Embedder) -> Any:
@@ -75,18 +104,12 @@ def _knn_hits(client: redis.Redis, dims: int) -> int:
 
 
 async def test_json_documents_keep_the_old_vectors_until_the_new_model_takes_over(
-    pg: asyncpg.Connection,
-    redis_client: redis.Redis,
-    redis_url: str,
-    write_config: Any,
-    settings_for: Any,
-    embedder: Embedder,
-    minilm_256: Path,
+    world: World, minilm_256: Path
 ) -> None:
     """JSON documents are written whole (JSON.SET): the old vector path is carried over, so the old
     index answers KNN over every row while the new model's vectors (other dims) are made."""
+    pg, redis_client, redis_url, write_config, settings_for, factory = world.parts()
     await _fill(pg)
-    factory = _factory(embedder)
     path, config = write_config([_mirror(storage="json")])
     await _run(settings_for(path), config, factory)
     path, config = write_config([_mirror(storage="json", model=minilm_256)])
@@ -121,20 +144,13 @@ async def test_json_documents_keep_the_old_vectors_until_the_new_model_takes_ove
     await assert_invariant(pg, redis_url, config.mirrors[0])
 
 
-async def test_unchanged_texts_are_copied_and_a_restart_mid_fill_goes_on(
-    pg: asyncpg.Connection,
-    redis_client: redis.Redis,
-    redis_url: str,
-    write_config: Any,
-    settings_for: Any,
-    embedder: Embedder,
-) -> None:
+async def test_unchanged_texts_are_copied_and_a_restart_mid_fill_goes_on(world: World) -> None:
     """A template that renders some rows as before: their vectors are copied to the new place, not
     embedded again. A worker stopped mid-fill and started again finishes the same generation, and
     embeds nothing it already embedded."""
+    pg, redis_client, redis_url, write_config, settings_for, factory = world.parts()
     await _fill(pg)
     await pg.execute("UPDATE docs SET content = '' WHERE id <= 10")
-    factory = _factory(embedder)
     path, config = write_config([_mirror(template="{title}{content}")])
     await _run(settings_for(path), config, factory)
     before = vector_of(hash_doc(redis_client, "doc:3"))
@@ -169,18 +185,11 @@ async def _drain(app: Any) -> Any:
     return worker
 
 
-async def test_an_index_dropped_after_a_move_is_rebuilt_where_the_vectors_are(
-    pg: asyncpg.Connection,
-    redis_client: redis.Redis,
-    redis_url: str,
-    write_config: Any,
-    settings_for: Any,
-    embedder: Embedder,
-) -> None:
+async def test_an_index_dropped_after_a_move_is_rebuilt_where_the_vectors_are(world: World) -> None:
     """FT.DROPINDEX by hand after new vectors took over: the index comes back reading them where
     they are, and no row is embedded again."""
+    pg, redis_client, redis_url, write_config, settings_for, factory = world.parts()
     await _fill(pg)
-    factory = _factory(embedder)
     path, config = write_config([_mirror()])
     await _run(settings_for(path), config, factory)
     path, config = write_config([_mirror(template="{content} ({title})")])
@@ -195,20 +204,13 @@ async def test_an_index_dropped_after_a_move_is_rebuilt_where_the_vectors_are(
     await assert_invariant(pg, redis_url, config.mirrors[0])
 
 
-async def test_status_and_metrics_show_a_rebuild_then_a_rollback_drops_it(
-    pg: asyncpg.Connection,
-    redis_client: redis.Redis,
-    redis_url: str,
-    write_config: Any,
-    settings_for: Any,
-    embedder: Embedder,
-) -> None:
+async def test_status_and_metrics_show_a_rebuild_then_a_rollback_drops_it(world: World) -> None:
     """Mid-fill, `status` and /metrics show the new generation filling beside the index users
     query. The file rolled back before the switch: its workers, once the newer file's lease ran out,
     drop the abandoned generation and the vectors only it read, and embed again only the rows the
     newer file rewrote (their hashes are its own)."""
+    pg, redis_client, redis_url, write_config, settings_for, factory = world.parts()
     await _fill(pg)
-    factory = _factory(embedder)
     old_path, old_config = write_config([_mirror()])
     await _run(settings_for(old_path, config_lease=0.2), old_config, factory)
     path, config = write_config([_mirror(template="{content} ({title})")])
@@ -257,19 +259,12 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-async def test_a_new_prefix_and_storage_move_the_documents_online(
-    pg: asyncpg.Connection,
-    redis_client: redis.Redis,
-    redis_url: str,
-    write_config: Any,
-    settings_for: Any,
-    embedder: Embedder,
-) -> None:
+async def test_a_new_prefix_and_storage_move_the_documents_online(world: World) -> None:
     """HASH under `doc` to JSON under `article`: the new generation is filled under the new keys
     while the index users query answers from the old ones (a row deleted meanwhile leaves it at
     once); after the switch the old keys are gone and Redis equals the table."""
+    pg, redis_client, redis_url, write_config, settings_for, factory = world.parts()
     await _fill(pg)
-    factory = _factory(embedder)
     path, config = write_config([_mirror()])
     await _run(settings_for(path), config, factory)
     moved = _mirror(storage="json")
@@ -305,18 +300,11 @@ async def test_a_new_prefix_and_storage_move_the_documents_online(
     await assert_invariant(pg, redis_url, config.mirrors[0])
 
 
-async def test_a_move_rolled_back_before_its_switch_leaves_no_new_key(
-    pg: asyncpg.Connection,
-    redis_client: redis.Redis,
-    redis_url: str,
-    write_config: Any,
-    settings_for: Any,
-    embedder: Embedder,
-) -> None:
+async def test_a_move_rolled_back_before_its_switch_leaves_no_new_key(world: World) -> None:
     """A new prefix half filled, then the old file back: its workers drop the abandoned generation
     and the documents it wrote under the new keys, and the old keys stay the mirror's."""
+    pg, redis_client, redis_url, write_config, settings_for, factory = world.parts()
     await _fill(pg)
-    factory = _factory(embedder)
     old_path, old_config = write_config([_mirror()])
     await _run(settings_for(old_path, config_lease=0.2), old_config, factory)
     moved = _mirror()
