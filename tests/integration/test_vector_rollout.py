@@ -17,10 +17,10 @@ import redis
 from prometheus_client import CollectorRegistry
 from redis.commands.search.query import Query
 
-from helpers import DOCS_MIRROR, hash_doc, json_doc, vector_at, vector_of
+from helpers import DOCS_MIRROR, PRODUCTS_MIRROR, PRODUCTS_TABLE, hash_doc, json_doc, vector_at, vector_of
 from invariant import assert_invariant
 from vecmirror.app import open_app
-from vecmirror.commands import migrate_command, plan_command, status_command
+from vecmirror.commands import migrate_command, plan_command, status_command, verify_command
 from vecmirror.config import ModelSpec
 from vecmirror.ops.metrics import Metrics
 from vecmirror.ops.plan import format_plan, rebuild_note
@@ -206,13 +206,41 @@ async def test_an_index_dropped_after_a_move_is_rebuilt_where_the_vectors_are(wo
 
 async def test_status_and_metrics_show_a_rebuild_then_a_rollback_drops_it(world: World) -> None:
     """Mid-fill, `status` and /metrics show the new generation filling beside the index users
-    query. The file rolled back before the switch: its workers, once the newer file's lease ran out,
-    drop the abandoned generation and the vectors only it read, and embed again only the rows the
-    newer file rewrote (their hashes are its own)."""
+    query, and `verify` reports (a HASH document holding two vectors once crashed it). The file
+    rolled back before the switch: its worker, still running all along, takes the mirror back once
+    the newer file's lease ran out, drops the abandoned generation and the vectors only it read, and
+    embeds again only the rows the newer file rewrote (their hashes are its own)."""
     pg, redis_client, redis_url, write_config, settings_for, factory = world.parts()
     await _fill(pg)
     old_path, old_config = write_config([_mirror()])
-    await _run(settings_for(old_path, config_lease=0.2), old_config, factory)
+    old_settings = settings_for(old_path, config_lease=0.2)
+    await _run(old_settings, old_config, factory)
+    async with open_app(old_settings, old_config, factory) as old_app:
+        old_worker = old_app.worker()
+        await old_worker.prepare()
+        target, moved_to, status, metrics, drift = await _half_rolled_out(world)
+        await asyncio.sleep(0.3)  # the newer file's lease runs out: its workers are gone
+        await old_worker.run_once()
+    assert _computed(old_worker) == 5
+    rebuild = status.as_dict(0.0)["index"]["rebuild"]
+    assert rebuild == {"name": target, "percent_indexed": 100.0}, rebuild
+    assert status.queue.pending == ROWS - 5
+    assert f"rebuilding online into {target} (100% indexed): it takes over once the 25 pending" in (
+        format_status([status], 0.0)
+    )
+    assert metrics.rebuilding.labels("docs")._value.get() == 1
+    # Mid-rollout the new file's hashes are not yet the served vectors': a report, not a crash.
+    assert (drift.rows, drift.documents) == (ROWS, ROWS), drift.lines()
+    assert {_text(n) for n in redis_client.execute_command("FT._LIST")} == {"docs_idx"}
+    assert not any(redis_client.hexists(k, str(moved_to)) for k in redis_client.scan_iter("doc:*"))
+    [status] = await status_command(settings_for(old_path), old_config)
+    assert status.index.rebuild is None and status.index.answering == "docs_idx"
+    await assert_invariant(pg, redis_url, old_config.mirrors[0])
+
+
+async def _half_rolled_out(world: World) -> tuple[Any, ...]:
+    """A template change, its first batch of 5 synced; what status, /metrics and verify say then."""
+    _, redis_client, _, write_config, settings_for, factory = world.parts()
     path, config = write_config([_mirror(template="{content} ({title})")])
     settings = settings_for(path, batch_size=5, max_batch_size=5, config_lease=0.2)
     await migrate_command(settings, config)
@@ -227,23 +255,9 @@ async def test_status_and_metrics_show_a_rebuild_then_a_rollback_drops_it(world:
         [status] = await status_command(settings, config)
         metrics = Metrics(CollectorRegistry())
         metrics.index_sampled("docs", status.index)
-    rebuild = status.as_dict(0.0)["index"]["rebuild"]
-    assert rebuild == {"name": target, "percent_indexed": 100.0}, rebuild
-    assert status.queue.pending == ROWS - 5
-    assert f"rebuilding online into {target} (100% indexed): it takes over once the 25 pending" in (
-        format_status([status], 0.0)
-    )
-    assert metrics.rebuilding.labels("docs")._value.get() == 1
+    [drift] = await verify_command(settings_for(write_config([_mirror()])[0]), config, None, repair=False)
     assert sum(1 for k in redis_client.scan_iter("doc:*") if redis_client.hexists(k, str(moved_to))) == 5
-
-    await asyncio.sleep(0.3)  # the newer file's lease runs out: its workers are gone
-    worker = await _run(settings_for(old_path, config_lease=0.2), old_config, factory)
-    assert _computed(worker) == 5
-    assert {_text(n) for n in redis_client.execute_command("FT._LIST")} == {"docs_idx"}
-    assert not any(redis_client.hexists(k, str(moved_to)) for k in redis_client.scan_iter("doc:*"))
-    [status] = await status_command(settings_for(old_path), old_config)
-    assert status.index.rebuild is None and status.index.answering == "docs_idx"
-    await assert_invariant(pg, redis_url, old_config.mirrors[0])
+    return target, moved_to, status, metrics, drift
 
 
 async def _until_indexed(client: redis.Redis, index: str) -> None:
@@ -324,3 +338,65 @@ async def test_a_move_rolled_back_before_its_switch_leaves_no_new_key(world: Wor
     assert {_text(n) for n in redis_client.execute_command("FT._LIST")} == {"docs_idx"}
     assert len(list(redis_client.scan_iter("doc:*"))) == ROWS
     await assert_invariant(pg, redis_url, old_config.mirrors[0])
+
+
+async def test_a_generation_lost_mid_fill_is_built_again(world: World) -> None:
+    """FT.DROPINDEX of the generation being filled (by hand, or Redis emptied): the rollout starts
+    it again instead of pausing the mirror until someone restarts the worker."""
+    pg, redis_client, redis_url, write_config, settings_for, factory = world.parts()
+    await _fill(pg)
+    path, config = write_config([_mirror()])
+    await _run(settings_for(path), config, factory)
+    path, config = write_config([_mirror(template="{content} ({title})")])
+    settings = settings_for(path, batch_size=5, max_batch_size=5)
+    await migrate_command(settings, config)
+    async with open_app(settings, config, factory) as app:
+        [sync] = app.syncs
+        target = sync.rebuild_into
+        worker = app.worker()
+        await worker.prepare()
+        async with app.pool.acquire() as conn:
+            await sync.sync_batch(conn)
+        redis_client.execute_command("FT.DROPINDEX", target)
+        await worker.run_once()
+    assert _text(redis_client.ft("docs_idx").info()["index_name"]) == target
+    assert vector_at(redis_client, "docs_idx").startswith("embedding__")
+    [status] = await status_command(settings, config)
+    assert (status.state, status.queue.pending) == ("ok", 0)
+    await assert_invariant(pg, redis_url, config.mirrors[0])
+
+
+async def test_a_renamed_vector_field_copies_the_vectors_and_another_column_moves_them(world: World) -> None:
+    """Renaming the vector field (same model, text and dims) copies each vector to the new place
+    instead of embedding it again. A mirror of a vector column that reads another column of the
+    same dims moves its vectors too (it used to keep the old column's, with verify saying in sync)."""
+    pg, redis_client, redis_url, write_config, settings_for, factory = world.parts()
+    await _fill(pg)
+    path, config = write_config([_mirror()])
+    await _run(settings_for(path), config, factory)
+    renamed = _mirror()
+    renamed["index"]["fields"][-1] = {**renamed["index"]["fields"][-1], "name": "emb"}
+    renamed["embed"] = {**renamed["embed"], "field": "emb"}
+    path, config = write_config([renamed])
+    worker = await _run(settings_for(path), config, factory)
+    assert _computed(worker) == 0
+    moved_to = vector_at(redis_client, "docs_idx")
+    assert moved_to.startswith("emb__") and "embedding" not in hash_doc(redis_client, "doc:3")
+    await assert_invariant(pg, redis_url, config.mirrors[0])
+
+    await pg.execute(PRODUCTS_TABLE)
+    await pg.execute("ALTER TABLE products ADD COLUMN vec2 real[]")
+    await pg.execute(
+        "INSERT INTO products SELECT 's' || g, 'n', 1, ARRAY[g, 1, 0, 0], ARRAY[0, 0, 1, g] "
+        "FROM generate_series(1, 12) g"
+    )
+    path, config = write_config([renamed, PRODUCTS_MIRROR])
+    await _run(settings_for(path), config, factory)
+    other_column = {**PRODUCTS_MIRROR, "vector_column": "vec2"}
+    path, config = write_config([renamed, other_column])
+    await _run(settings_for(path), config, factory)
+    at = vector_at(redis_client, "products_idx")
+    assert at.startswith("vec__")
+    stored = vector_of(hash_doc(redis_client, "product:s3"), at)
+    assert stored.tolist() == [0.0, 0.0, 1.0, 3.0]
+    await assert_invariant(pg, redis_url, config.mirrors[1])

@@ -33,6 +33,8 @@ OWN_KEY_PREFIX = "vecmirror:"
 RESERVED_PREFIX = "_vm_"
 # Mirror names become parts of trigger names, which Postgres caps at 63 bytes.
 MIRROR_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+# Where an online re-embedding writes vectors beside the old ones: the field's own place + this.
+MOVED_VECTOR = re.compile(r"__[0-9a-f]{8}$")
 # JSON paths we can turn into a nested document: $.a.b, optionally ending in [*] for arrays.
 SIMPLE_JSON_PATH = re.compile(r"^\$(\.[A-Za-z_][A-Za-z0-9_]*)+(\[\*\])?$")
 # The keys accepted in `index:`, in each of its `fields:` and (from RedisVL) in `index.index:`.
@@ -167,6 +169,12 @@ class MirrorConfig(BaseModel):
     @property
     def vector_moved(self) -> bool:
         return self._moved_vector_to is not None
+
+    @staticmethod
+    def is_moved_vector_location(at: str) -> bool:
+        """A place an online re-embedding chose (`<field>__<8 hex digits>`, index/rollout.py), not a
+        field's own name or path: its vectors' content hashes name it."""
+        return MOVED_VECTOR.search(at) is not None
 
     def with_vector_at(self, at: str) -> MirrorConfig:
         """This mirror writing its vectors at `at` (see index/rollout.py, place_vectors)."""

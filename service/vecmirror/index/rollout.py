@@ -111,7 +111,9 @@ class IndexPlan:
     rebuild_into: str | None = None  # a new generation to fill, then switch to
     dropped_fields: tuple[str, ...] = ()  # fields of the queried index the config no longer has
     vectors_left_at: str | None = None  # where the queried index reads the old vectors, kept till the switch
-    vectors_reusable: bool = False  # old vectors of the same dims and type: copied where the text is the same
+    # The type of the old vectors when they can be copied where the text is the same (None: they
+    # cannot: other dims, or a type less precise than the new one).
+    vectors_reusable: str | None = None
     # A rollout abandoned (rolled back) was dropped: the documents it rewrote hold its hashes, so
     # every row is read again (those rows are embedded again, the others kept).
     abandoned: bool = False
@@ -156,7 +158,7 @@ async def prepare_index(
         rebuild_into=target,
         dropped_fields=_dropped_fields(placed, info, keep=left_at),
         vectors_left_at=left_at,
-        vectors_reusable=left_at is not None and same_shape(placed, served),
+        vectors_reusable=copyable(placed, served) if left_at is not None else None,
         abandoned=abandoned,
         keys_left=keys_left,
     )
@@ -261,12 +263,16 @@ EMBEDDING_FIELD, VECTOR_AT_FIELD = "embedding", "vector_at"
 
 
 def embedding_digest(mirror: MirrorConfig) -> str | None:
-    """What a mirror's vectors are made from (model, backend, template); None without a model. The
-    backends that give torch's vectors count as none (an unset one is one of them)."""
-    if mirror.embed is None:
+    """What a mirror's vectors are made from: the model, backend and template, or the column they
+    come from; None without either. The backends that give torch's vectors count as none (an unset
+    one is one of them)."""
+    if mirror.embed is not None:
+        backend = None if mirror.embed.backend in EXACT_BACKENDS else mirror.embed.backend
+        made_from: list[str | None] = [mirror.embed.model, backend, mirror.embed.template]
+    elif mirror.vector_column is not None:
+        made_from = ["column", mirror.vector_column]
+    else:
         return None
-    backend = None if mirror.embed.backend in EXACT_BACKENDS else mirror.embed.backend
-    made_from = [mirror.embed.model, backend, mirror.embed.template]
     return hashlib.sha256(json.dumps(made_from, default=str).encode()).hexdigest()[:16]
 
 
@@ -293,6 +299,19 @@ def served_vector(info: dict[str, Any] | None) -> ServedVector | None:
                 datatype=str(properties.get("data_type", "")).upper(),
             )
     return None
+
+
+def copyable(mirror: MirrorConfig, served: ServedVector | None) -> str | None:
+    """The served vectors' type when they can stand for the config's where the model embedded the
+    same text: the same dims, and a type at least as precise (a renamed field, FLOAT32 to FLOAT16)."""
+    vector = mirror.vector_field
+    if vector is None or served is None or mirror.embed is None:
+        return None
+    attrs: Any = vector.attrs
+    wanted = str(attrs.datatype.value).upper()
+    if served.dims != int(attrs.dims) or served.datatype not in (wanted, "FLOAT32", "FLOAT64"):
+        return None
+    return served.datatype.lower()
 
 
 def same_shape(mirror: MirrorConfig, served: ServedVector | None) -> bool:

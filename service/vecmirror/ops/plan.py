@@ -25,9 +25,9 @@ from vecmirror.errors import RowError, VecmirrorError
 from vecmirror.index.manage import index_differences, index_info, physical_schema
 from vecmirror.index.rollout import (
     blocking_differences,
+    copyable,
     key_move,
     place_vectors,
-    same_shape,
     served_vector,
 )
 from vecmirror.pipeline.documents import DocumentBuilder, RowKey
@@ -225,7 +225,7 @@ async def _kept(
         if keys_left is None:
             mirror = await place_vectors(client, marker_key(mirror.name), mirror, info)
             served = served_vector(info)
-            if served is not None and served.at != mirror.vector_at and same_shape(mirror, served):
+            if served is not None and served.at != mirror.vector_at and copyable(mirror, served):
                 reuse_from = served.at
         plan.differences = index_differences(physical_schema(mirror, plan.index), info)
         plan.moves_keys = keys_left is not None

@@ -119,6 +119,14 @@ def as_document(reply: Any, is_json: bool, vector_name: str | None) -> dict[str,
     document: dict[str, Any] = {}
     for name, value in reply.items():
         key = name.decode() if isinstance(name, bytes) else name
-        # The vector stays raw bytes: they might even happen to decode as text.
-        document[key] = value if key == vector_name or not isinstance(value, bytes) else value.decode()
+        # The vector stays raw bytes: they might even happen to decode as text. So does any other
+        # binary field (the old vectors beside the new ones during a rollout, index/rollout.py).
+        document[key] = value if key == vector_name or not isinstance(value, bytes) else _decoded(value)
     return document
+
+
+def _decoded(value: bytes) -> str | bytes:
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        return value

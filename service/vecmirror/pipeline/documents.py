@@ -72,7 +72,7 @@ class DocumentBuilder:
                 ContentHasher(embed.model, embed.backend, moved_to=moved_to),
             )
             if reuse_from is not None:
-                moved_from = None if reuse_from == mirror.usual_vector_at else reuse_from
+                moved_from = reuse_from if mirror.is_moved_vector_location(reuse_from) else None
                 self._reusable = ContentHasher(embed.model, embed.backend, moved_to=moved_from)
 
     def build(self, key: RowKey, row: dict[str, Any]) -> Document:

@@ -127,6 +127,8 @@ class MirrorSync:
         self._reading = asyncio.Lock()
         self._resyncs = MirrorResync(mirror, sink)
         self._reuse_from: str | None = None
+        self._reuse_type: str | None = None
+        self._prepared_at_epoch: int | None = None  # the lease's epoch when the index was prepared
 
     @property
     def name(self) -> str:
@@ -172,6 +174,10 @@ class MirrorSync:
         """On every wake-up: the lease first, and nothing of this config's index is done before it
         holds it (an old worker restarted during a rolling update must not build its old index)."""
         await self.claim_config()
+        if self.sink.versioned.lease_epoch != self._prepared_at_epoch:
+            # Another config held the mirror since (a rollback, or a rollout superseded this worker
+            # and went): what it left is this config's to settle or undo.
+            self.index_prepared = False
         if not self.index_prepared:
             try:
                 await self.prepare_index(conn)
@@ -185,7 +191,7 @@ class MirrorSync:
             with contextlib.suppress(NotMigratedError):
                 generation = (await generations.load(conn, self.name)).generation
         plan = await prepare_index(self.sink.client, self.mirror, marker_key(self.name), generation)
-        self.place(plan.mirror, reuse_from=plan.vectors_left_at if plan.vectors_reusable else None)
+        self.place(plan.mirror, reuse=(plan.vectors_left_at, plan.vectors_reusable))
         # An index created here that a marker says existed was dropped: the worker refills it.
         self.index_created, self.rebuild_into = plan.created, plan.rebuild_into
         self.sink.dropped_fields = plan.dropped_fields
@@ -196,6 +202,7 @@ class MirrorSync:
             # rebuild reads them all again, which is slower but never leaves one behind.
             await changes.requeue_all_rows(conn, self.name)
         self.index_prepared = True
+        self._prepared_at_epoch = self.sink.versioned.lease_epoch
 
     async def settle(self, conn: Connection) -> None:  # noqa: ARG002 (a worker step's signature)
         """Once Redis knows the mirror (its marker) and no rebuild is under way: what a finished
@@ -204,10 +211,11 @@ class MirrorSync:
         if self.index_prepared and self.rebuild_into is None:
             await settle(self.sink.client, marker_key(self.name), self.mirror, self.sink.versioned.generation)
 
-    def place(self, mirror: MirrorConfig, *, reuse_from: str | None = None) -> None:
+    def place(self, mirror: MirrorConfig, *, reuse: tuple[str | None, str | None] = (None, None)) -> None:
         """The mirror, its vectors placed (index/rollout.py): every stage writes and hashes them so.
-        `reuse_from`: where old vectors are copied from for texts that did not change."""
+        `reuse`: where old vectors are copied from for texts that did not change, and their type."""
         self.mirror = mirror
+        reuse_from, self._reuse_type = reuse if reuse[1] is not None else (None, None)
         self._reuse_from = reuse_from
         self._builder = DocumentBuilder(
             mirror, max_text_length=self.options.max_text_length, reuse_from=reuse_from
@@ -376,7 +384,8 @@ class MirrorSync:
         if self._reuse_from is None or not documents:
             return set()
         copied = set()
-        old = await self.sink.stored_vectors([d.key for d in documents], self._reuse_from)
+        assert self._reuse_type is not None
+        old = await self.sink.stored_vectors([d.key for d in documents], self._reuse_from, self._reuse_type)
         for document, vector in zip(documents, old, strict=True):
             if vector is not None:
                 document.vector = vector

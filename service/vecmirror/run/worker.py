@@ -109,27 +109,35 @@ class Worker:
     async def finish_rebuilds(self) -> bool:
         """Switches each mirror whose new index generation is filled (index/rollout.py); True
         while one is still filling."""
+        restarted = False
         for sync in self._syncs:
             if sync.rebuild_into is not None:
-                await self._for_mirror(sync, functools.partial(self._finish_rebuild, sync))
+                restarted |= bool(await self._for_mirror(sync, functools.partial(self._finish_rebuild, sync)))
+        if restarted:
+            await self.backfill_new_mirrors()  # the walk over every row, for the generation built again
         return any(sync.rebuild_into is not None for sync in self._unpaused())
 
-    async def _finish_rebuild(self, sync: MirrorSync, conn: Connection) -> None:
+    async def _finish_rebuild(self, sync: MirrorSync, conn: Connection) -> bool:
         """Filled: the walk over every row is done, nothing of the mirror is queued, and Redis has
-        indexed every document (FT.CREATE scans the keys in the background)."""
+        indexed every document (FT.CREATE scans the keys in the background). True when the new
+        generation was lost and is built again."""
         target = sync.rebuild_into
         assert target is not None
         if await backfill_pending(conn, sync.name) or await changes.pending(conn, sync.name):
-            return
+            return False
         info = await index_info(sync.sink.client, target)
-        if info is None:
-            raise MirrorError(sync.name, f"the new index {target!r} being filled is gone: restart the worker")
+        if info is None:  # dropped by hand, or Redis was emptied: the rollout starts again
+            log.warning("index_rebuild_restarted", mirror=sync.name, index=target)
+            sync.index_prepared = False
+            await sync.take_config(conn)
+            return True
         if int(info.get("indexing", 0)) or float(info.get("percent_indexed", 1)) < 1:
-            return
+            return False
         await switch(sync.sink.client, sync.sink.index_name, target)
         sync.rebuild_into = None
         sync.sink.dropped_fields, sync.sink.vectors_left_at, sync.sink.keys_left = (), None, None
         await settle(sync.sink.client, marker_key(sync.name), sync.mirror, sync.sink.versioned.generation)
+        return False
 
     async def backfill_new_mirrors(self) -> None:
         """Rows that existed before `migrate` are queued on the first run."""

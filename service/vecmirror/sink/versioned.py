@@ -55,6 +55,9 @@ META_GENERATION_FIELD = "_vm_gen"
 # the highest version written in this generation (a Postgres behind it went back in time).
 MARKER_MIRROR, MARKER_GENERATION, MARKER_LEGACY, MARKER_HIGH = "mirror", "generation", "legacy", "high"
 LEASE_CURRENT = "current"
+# Counts the changes of the config holding the mirror: a worker whose config took the mirror back
+# (a rollback) sees it moved since it prepared its index, and prepares it again.
+LEASE_EPOCH = "epoch"
 
 # The config lease: its holder, a STRING key whose TTL is the lease (`vecmirror:config_lease:<m>`),
 # and the configs seen, a HASH (`vecmirror:config:<mirror>`: `current`, and `seen:<digest>`). Keys
@@ -74,6 +77,9 @@ local function claim_config(holder_key, seen_key, config, lease)
     if holder and holder ~= config and redis.call('HEXISTS', seen_key, 'seen:' .. config) == 1 then
         return holder
     end
+    if redis.call('HGET', seen_key, '{LEASE_CURRENT}') ~= config then
+        redis.call('HINCRBY', seen_key, '{LEASE_EPOCH}', 1)
+    end
     redis.call('SET', holder_key, config, 'PX', lease)
     redis.call('HSET', seen_key, '{LEASE_CURRENT}', config)
     redis.call('HSETNX', seen_key, 'seen:' .. config, '1')
@@ -83,17 +89,18 @@ end
 
 # KEYS: the lease's holder and seen keys. ARGV: the config digest, the lease (ms). Returns the
 # holder's digest when refused, else '' and the config that held the mirror before ('' when it
-# was this one).
+# was this one); then the holder changes counted so far.
 CLAIM_SCRIPT = f"""{_CLAIM_CONFIG}
 local before = redis.call('HGET', KEYS[2], '{LEASE_CURRENT}')
 local holder = claim_config(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2]))
+local epoch = redis.call('HGET', KEYS[2], '{LEASE_EPOCH}') or '0'
 if holder then
-    return {{holder, ''}}
+    return {{holder, '', epoch}}
 end
 if before and before ~= ARGV[1] then
-    return {{'', before}}
+    return {{'', before, epoch}}
 end
-return {{'', ''}}
+return {{'', '', epoch}}
 """
 
 # KEYS: the marker, the config lease's two keys, then each document's key and its tombstone's key.
@@ -351,6 +358,7 @@ class VersionedWrites:
         self.config_lease = config_lease
         # The generation this writer writes in: loaded from Postgres (see MirrorSync), None until then.
         self.generation: str | None = None
+        self.lease_epoch: int | None = None  # see claim_config
 
     async def mark(self, generation: str | None = None, *, adopt_legacy: bool = False) -> str:
         """Written once the mirror's index exists and a full resync is queued: from now on writes
@@ -362,10 +370,12 @@ class VersionedWrites:
 
     async def claim_config(self) -> str | None:
         """Renews this writer's config lease, or takes it over (see CLAIM_CONFIG); raises
-        SupersededError when a newer config holds it. Returns the config it took over from."""
-        holder, before = await self._claim(keys=self._lease, args=[self.config, self._lease_ms])
+        SupersededError when a newer config holds it. Returns the config it took over from;
+        `lease_epoch` then counts the holder's changes so far."""
+        holder, before, epoch = await self._claim(keys=self._lease, args=[self.config, self._lease_ms])
         if holder:
             raise SupersededError(self._mirror, _text(holder), self.config, self.config_lease)
+        self.lease_epoch = int(_text(epoch) or 0)
         return _text(before) or None
 
     @property

@@ -106,13 +106,12 @@ class RedisSink:
         replies = await self._own_field([self.key(k) for k in keys], META_HASH_FIELD)
         return [self._decode_meta(reply) for reply in replies]
 
-    async def stored_vectors(self, keys: Sequence[RowKey], at: str) -> list[npt.NDArray[Any] | None]:
-        """The vector each document holds at `at` (a HASH field, a top-level JSON path), None where
-        it holds none."""
+    async def stored_vectors(
+        self, keys: Sequence[RowKey], at: str, datatype: str
+    ) -> list[npt.NDArray[Any] | None]:
+        """The vector each document holds at `at` (a HASH field, a top-level JSON path), stored as
+        `datatype`; None where it holds none."""
         replies = await self._own_field([self.key(k) for k in keys], at.removeprefix("$."))
-        vector = self._mirror.vector_field
-        assert vector is not None
-        datatype = str(vector.attrs.datatype.value).lower()
         return [self._decode_vector(reply, datatype) for reply in replies]
 
     def _decode_vector(self, reply: Any, datatype: str) -> npt.NDArray[Any] | None:
