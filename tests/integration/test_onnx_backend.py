@@ -216,3 +216,24 @@ async def test_switching_to_int8_re_embeds_unchanged_text_and_exact_backends_kee
     np.testing.assert_allclose(vector_of(hash_doc(redis_client, "doc:2"), moved_to), expected[1], atol=1e-5)
     [drift] = await verify_command(settings, config, None, repair=False)
     assert drift.clean, drift.lines()
+
+
+def test_a_model_of_unbounded_text_length_asks_for_the_torch_backend(tmp_path: Path) -> None:
+    """A static-embedding model (any text length: its maximum is infinite) crashed the export with
+    a raw OverflowError on the default CPU backend; start-up now names the model and the fix."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import StaticEmbedding
+    from tokenizers import Tokenizer
+
+    from vecmirror.errors import StartupError
+    from vecmirror.pipeline.embedder import resolve_model
+
+    tokenizer = Tokenizer.from_file(str(Path(resolve_model(DEFAULT_MODEL)) / "tokenizer.json"))
+    static = tmp_path / "static-16"
+    SentenceTransformer(modules=[StaticEmbedding(tokenizer, embedding_dim=16)], device="cpu").save(
+        str(static)
+    )
+    settings = Settings(model_cache=tmp_path / "cache")
+    with pytest.raises(StartupError, match=r"no finite maximum sequence length.*embed\.backend: torch"):
+        load_embedder(ModelSpec(str(static), "onnx"), settings)
+    assert load_embedder(ModelSpec(str(static), "torch"), settings).dimension == 16

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -61,8 +62,12 @@ def export(source: str, directory: Path) -> None:
     except OSError as exc:  # not "cannot write the export": the model itself could not be read
         raise model_load_error(source, exc) from exc
     max_seq_length, dimension = transformer.max_seq_length, transformer.get_embedding_dimension()
-    if max_seq_length is None or dimension is None:
-        raise StartupError(f"model {source!r} reports no maximum sequence length or output dimension")
+    # A static-embedding model reads texts of any length: its maximum is infinite.
+    if max_seq_length is None or dimension is None or not math.isfinite(max_seq_length):
+        raise StartupError(
+            f"model {source!r} reports no finite maximum sequence length or no output dimension: "
+            "use embed.backend: torch for it"
+        )
     exported = ExportedModel(
         directory=directory,
         max_seq_length=int(max_seq_length),
