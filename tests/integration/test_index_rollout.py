@@ -18,9 +18,10 @@ from redis.commands.search.query import Query
 from helpers import DOCS_MIRROR, PRODUCTS_MIRROR, PRODUCTS_TABLE, hash_doc, vector_at, vector_of
 from invariant import assert_invariant
 from vecmirror.app import open_app
-from vecmirror.commands import QueryRequest, migrate_and_remove, migrate_command, query_command
+from vecmirror.commands import QueryRequest, migrate_and_remove, migrate_command, plan_command, query_command
 from vecmirror.errors import StartupError
 from vecmirror.index.rollout import generation_name
+from vecmirror.ops.plan import format_plan
 
 ROWS = 60
 DOCS_WITH_YEAR = (
@@ -125,16 +126,31 @@ async def test_a_change_documents_cannot_follow_online_still_stops_start_up(
     """Another storage under the same prefix (the same key names would hold two types), and a new
     prefix that overlaps the old one (each index would read the other's documents)."""
     await pg.execute(DOCS_WITH_YEAR)
+    await pg.execute("INSERT INTO docs SELECT g, 'T', 'Text', 'g', 2001 FROM generate_series(1, 5) g")
     await _run(settings_for, write_config, DOCS_MIRROR)
     index = DOCS_MIRROR["index"]
     as_json = {**DOCS_MIRROR, "index": {**index, "index": {**index["index"], "storage_type": "json"}}}
     overlapping = {**DOCS_MIRROR, "index": {**index, "index": {**index["index"], "prefix": "doc:v2"}}}
-    for mirror, why in ((as_json, "change index.prefix too"), (overlapping, "overlap")):
+    # `docs` extends `doc`: FT.CREATE's PREFIX doc reads docs:1 too. A new separator alone under the
+    # same prefix once deleted every document, with `plan` saying nothing would change.
+    extending = {**DOCS_MIRROR, "index": {**index, "index": {**index["index"], "prefix": "docs"}}}
+    dashed = {**DOCS_MIRROR, "index": {**index, "index": {**index["index"], "key_separator": "-"}}}
+    refusals = (
+        (as_json, "change index.prefix too"),
+        (overlapping, "overlap"),
+        (extending, "overlap"),
+        (dashed, "key_separator: another separator"),
+    )
+    for mirror, why in refusals:
         path, config = write_config([mirror])
+        plan = await plan_command(settings_for(path), config)
+        assert plan.mirrors[0].problem is not None and why in plan.mirrors[0].problem, format_plan(plan)
         with pytest.raises(StartupError, match=why):
             async with open_app(settings_for(path), config):
                 pass
     assert _indexes(redis_client) == {"docs_idx"}
+    assert int(redis_client.ft("docs_idx").info()["num_docs"]) == 5
+    assert len(list(redis_client.scan_iter("doc:*"))) == 5
 
 
 async def test_a_new_template_re_embeds_every_row_once(

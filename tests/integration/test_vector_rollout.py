@@ -20,7 +20,13 @@ from redis.commands.search.query import Query
 from helpers import DOCS_MIRROR, PRODUCTS_MIRROR, PRODUCTS_TABLE, hash_doc, json_doc, vector_at, vector_of
 from invariant import assert_invariant
 from vecmirror.app import open_app
-from vecmirror.commands import migrate_command, plan_command, status_command, verify_command
+from vecmirror.commands import (
+    migrate_and_remove,
+    migrate_command,
+    plan_command,
+    status_command,
+    verify_command,
+)
 from vecmirror.config import ModelSpec
 from vecmirror.ops.metrics import Metrics
 from vecmirror.ops.plan import format_plan, rebuild_note
@@ -400,3 +406,36 @@ async def test_a_renamed_vector_field_copies_the_vectors_and_another_column_move
     stored = vector_of(hash_doc(redis_client, "product:s3"), at)
     assert stored.tolist() == [0.0, 0.0, 1.0, 3.0]
     await assert_invariant(pg, redis_url, config.mirrors[1])
+
+
+async def test_a_mirror_removed_mid_move_leaves_no_key_and_a_move_spares_other_documents(
+    world: World,
+) -> None:
+    """`migrate --drop-data` of a mirror caught mid-move deletes its documents under both layouts
+    (it once left the old keys for good). A row deleted mid-move deletes its old key only when that
+    key is the mirror's own document (another mirror may use the old prefix by then)."""
+    pg, redis_client, _, write_config, settings_for, factory = world.parts()
+    await _fill(pg)
+    path, config = write_config([_mirror()])
+    await _run(settings_for(path), config, factory)
+    moved = _mirror()
+    moved["index"] = {**moved["index"], "index": {**moved["index"]["index"], "prefix": "article"}}
+    path, config = write_config([moved])
+    settings = settings_for(path, batch_size=5, max_batch_size=5)
+    await migrate_command(settings, config)
+    redis_client.delete("doc:29")
+    redis_client.hset("doc:29", mapping={"title": "another mirror's", "_vm_key": '["29"]', "_vm_gen": "x"})
+    await pg.execute("DELETE FROM docs WHERE id = 29")
+    async with open_app(settings, config, factory) as app:
+        await app.worker().prepare()
+        async with app.pool.acquire() as conn:
+            while (stats := await app.syncs[0].sync_batch(conn)) is not None and not stats.deleted:
+                pass
+    assert redis_client.hget("doc:29", "title") == b"another mirror's"
+    assert list(redis_client.scan_iter("article:*")) and list(redis_client.scan_iter("doc:*"))
+    redis_client.delete("doc:29")
+    await pg.execute(PRODUCTS_TABLE)
+    path, others = write_config([PRODUCTS_MIRROR])  # the file without docs
+    await migrate_and_remove(settings_for(path), others, drop_data=True)
+    assert not list(redis_client.scan_iter("article:*")) and not list(redis_client.scan_iter("doc:*"))
+    assert not [n for n in redis_client.execute_command("FT._LIST") if n.startswith(b"docs_idx")]

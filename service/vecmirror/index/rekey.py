@@ -16,19 +16,16 @@ invents key names of its own.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Literal
 
 import redis.asyncio as redis
 import structlog
 
-from vecmirror.config import META_KEY_FIELD, MirrorConfig
+from vecmirror.config import MirrorConfig
 from vecmirror.index.manage import index_definition
-from vecmirror.sink.keys import KeyLayout
-from vecmirror.sink.versioned import META_GENERATION_FIELD
+from vecmirror.sink.keys import KEYS_AT_FIELD, KeyLayout, owned_documents, recorded_layout
 
 log = structlog.get_logger(__name__)
-KEYS_AT_FIELD = "keys_at"  # of the marker HASH: the layout of the documents' keys, as JSON
 PAGE = 1000
 
 
@@ -52,20 +49,22 @@ def rekey_problem(config: KeyLayout, served: KeyLayout) -> str | None:
         )
     if config.storage != served.storage:
         return None  # an index reads only keys of its own type: prefixes may overlap
-    for new in config.starts():
-        for old in served.starts():
+    # An index reads every key that starts with one of its prefixes as written, separator or not
+    # (prefix `doc` reads `docs:1` and `doc-1`).
+    for new in config.prefixes:
+        for old in served.prefixes:
+            if new == old:
+                return (
+                    f"key_separator: another separator under the same prefix {old!r}: the old index "
+                    "would read the new keys; change index.prefix too and the documents move online"
+                )
             if new.startswith(old) or old.startswith(new):
                 return (
-                    f"prefix: the new keys {new}… and the old {old}… overlap, so each index would read "
-                    "the other's documents during the move: choose a prefix that neither begins "
-                    "nor starts with the old one"
+                    f"prefix: the new prefix {new!r} and the old {old!r} overlap (an index reads every "
+                    "key starting with its prefix), so each index would read the other's documents "
+                    "during the move: choose a prefix that neither begins nor starts with the old one"
                 )
     return None
-
-
-async def recorded_layout(client: redis.Redis, marker: str) -> KeyLayout | None:
-    raw = await _field(client, marker)
-    return None if raw is None else KeyLayout.parse(raw)
 
 
 Settled = Literal["same", "moved", "pending"]
@@ -101,7 +100,7 @@ async def delete_documents(client: redis.Redis, layout: KeyLayout, generation: s
         cursor = 0
         while True:
             cursor, keys = await client.scan(cursor, match=_glob(start) + "*", count=PAGE)
-            owned = await _owned(client, [_text(k) for k in keys], layout.storage, generation)
+            owned = await owned_documents(client, [_text(k) for k in keys], layout.storage, generation)
             if owned:
                 removed += int(await client.unlink(*owned))
             if cursor == 0:
@@ -109,49 +108,12 @@ async def delete_documents(client: redis.Redis, layout: KeyLayout, generation: s
     return removed
 
 
-async def _owned(client: redis.Redis, keys: list[str], storage: str, generation: str) -> list[str]:
-    async with client.pipeline(transaction=False) as pipe:
-        for key in keys:
-            if storage == "JSON":
-                pipe.execute_command("JSON.GET", key, f"$.{META_KEY_FIELD}", f"$.{META_GENERATION_FIELD}")
-            else:
-                pipe.hmget(key, META_KEY_FIELD, META_GENERATION_FIELD)
-        replies = await pipe.execute(raise_on_error=False)  # another type answers WRONGTYPE
-    return [key for key, reply in zip(keys, replies, strict=True) if _of(reply, storage) == generation]
-
-
-def _of(reply: Any, storage: str) -> str | None:
-    """The generation of a document vecmirror wrote (None: not one, or not of this storage)."""
-    if reply is None or isinstance(reply, Exception):
-        return None
-    if storage == "JSON":
-        values = json.loads(_text(reply))
-        if not values.get(f"$.{META_KEY_FIELD}") or not values.get(f"$.{META_GENERATION_FIELD}"):
-            return None
-        return str(values[f"$.{META_GENERATION_FIELD}"][0])
-    key_field, generation = reply
-    return None if key_field is None or generation is None else _text(generation)
-
-
-_FIELD_SCRIPT = f"""
-if redis.call('TYPE', KEYS[1])['ok'] ~= 'hash' then
-    return false
-end
-return redis.call('HGET', KEYS[1], '{KEYS_AT_FIELD}')
-"""
-
 _RECORD_SCRIPT = f"""
 if redis.call('TYPE', KEYS[1])['ok'] ~= 'hash' then
     return 0
 end
 return redis.call('HSET', KEYS[1], '{KEYS_AT_FIELD}', ARGV[1])
 """
-
-
-async def _field(client: redis.Redis, marker: str) -> str | None:
-    """The recorded layout (a marker from before generations, a STRING, records none)."""
-    raw = await client.register_script(_FIELD_SCRIPT)(keys=[marker])
-    return None if raw is None or raw is False else _text(raw)
 
 
 async def _record(client: redis.Redis, marker: str, layout: KeyLayout) -> None:

@@ -42,15 +42,9 @@ from vecmirror.index.manage import (
     index_info,
     physical_schema,
 )
-from vecmirror.index.rekey import (
-    delete_documents,
-    recorded_layout,
-    rekey_problem,
-    served_layout,
-    settle_keys,
-)
+from vecmirror.index.rekey import delete_documents, rekey_problem, served_layout, settle_keys
 from vecmirror.pipeline.template import EXACT_BACKENDS
-from vecmirror.sink.keys import KeyLayout, key_pattern
+from vecmirror.sink.keys import KeyLayout, key_pattern, recorded_layout
 
 log = structlog.get_logger(__name__)
 

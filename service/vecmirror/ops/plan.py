@@ -231,6 +231,8 @@ async def _kept(
         plan.moves_keys = keys_left is not None
         blocking = blocking_differences(plan.differences) if keys_left is None else []
         plan.rebuild_online = not blocking and plan.rebuild_problem is None
+        if plan.rebuild_problem is not None:  # what `run` refuses, even where FT.INFO shows no difference
+            plan.problem = f"index {plan.index}: {plan.rebuild_problem}"
     try:
         table = await inspect_table(conn, mirror)
     except VecmirrorError as exc:

@@ -46,7 +46,7 @@ from redisvl.index.storage import BaseStorage
 
 from vecmirror.config import META_KEY_FIELD, OWN_KEY_PREFIX, MirrorConfig
 from vecmirror.index.rollout import answering_index
-from vecmirror.sink.keys import document_key, key_pattern
+from vecmirror.sink.keys import document_key, key_pattern, recorded_layout
 from vecmirror.sink.versioned import lease_keys
 
 SCAN_COUNT = 1000
@@ -343,7 +343,11 @@ async def _drop_recorded(
         await _drop_recorded_indexes(client, layout, queried, report)
     report.index = layout.index if report.indexes else None
     keep = _keep_patterns(configured)
-    for start in layout.key_prefixes():
+    # A mirror removed in the middle of a move to new keys (index/rekey.py) still has documents
+    # under the layout its marker records.
+    moved_from = await recorded_layout(client, marker_key(mirror))
+    starts = (*layout.key_prefixes(), *(moved_from.starts() if moved_from is not None else ()))
+    for start in dict.fromkeys(starts):
         report.documents += await _drop_documents(client, start, keep, report)
         report.other_keys += await _drop_tombstones(client, start, keep)
     report.other_keys += await _unlink(client, own_keys(mirror))

@@ -161,7 +161,8 @@ class RedisSink:
         # is encoded. A batch holds each key once, so their order does not matter.
         refused = [key for refused in await asyncio.gather(*map(apply, chunks)) for key in refused]
         if self.keys_left is not None:
-            await delete_old_keys(self._redis, self.keys_left, [key_id(row_key) for row_key, _ in deletes])
+            old = [key_id(row_key) for row_key, _ in deletes]
+            await delete_old_keys(self._redis, self.keys_left, old, generation)
         return refused
 
     def _upsert(self, document: Document, generation: str, *, partial: bool) -> Write:
