@@ -23,13 +23,8 @@ from redis.exceptions import ResponseError
 from vecmirror.config import Config, MirrorConfig
 from vecmirror.errors import RowError, VecmirrorError
 from vecmirror.index.manage import index_differences, index_info, physical_schema
-from vecmirror.index.rollout import (
-    blocking_differences,
-    copyable,
-    key_move,
-    place_vectors,
-    served_vector,
-)
+from vecmirror.index.rollout import blocking_differences, key_move
+from vecmirror.index.vectors import copyable, place_vectors, served_vector
 from vecmirror.pipeline.documents import DocumentBuilder, RowKey
 from vecmirror.sink.drop import Layout, MirrorData, left_behind, locate
 from vecmirror.sink.versioned import marker_key

@@ -25,7 +25,7 @@ import structlog
 from vecmirror.config import META_KEY_FIELD, META_VERSION_FIELD, MirrorConfig
 from vecmirror.errors import RowError
 from vecmirror.index.manage import index_info
-from vecmirror.index.rollout import served_vector
+from vecmirror.index.vectors import served_vector
 from vecmirror.ops.verify_expected import AHEAD, Expected, as_document, is_int
 from vecmirror.pipeline.documents import DocumentBuilder, RowKey
 from vecmirror.sink.keys import key_pattern

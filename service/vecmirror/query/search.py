@@ -21,7 +21,7 @@ from vecmirror.config import Config, ModelSpec
 from vecmirror.connections import redis_from_settings
 from vecmirror.errors import QueryError
 from vecmirror.index.manage import index_info
-from vecmirror.index.rollout import served_vector
+from vecmirror.index.vectors import served_vector
 from vecmirror.pipeline.embedder import Embedder, EmbedderFactory, default_embedder_factory
 from vecmirror.query.checks import Target, check_filter, check_return_fields, check_vector, target_of
 from vecmirror.query.filters import Filter
