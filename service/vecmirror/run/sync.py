@@ -18,7 +18,7 @@ from redis.exceptions import ResponseError
 
 from vecmirror.config import MirrorConfig
 from vecmirror.errors import MirrorError, NotMigratedError, RowError, StartupError
-from vecmirror.index.rollout import prepare_index, settle
+from vecmirror.index.rollout import IndexPlan, prepare_index, settle
 from vecmirror.pipeline.batch_embed import BatchEmbedder, Keepalive
 from vecmirror.pipeline.documents import Document, DocumentBuilder, RowKey
 from vecmirror.pipeline.embedder import Embedder
@@ -126,8 +126,7 @@ class MirrorSync:
         self._failures_seen: int | None = None
         self._reading = asyncio.Lock()
         self._resyncs = MirrorResync(mirror, sink)
-        self._reuse_from: str | None = None
-        self._reuse_type: str | None = None
+        self._reuse: tuple[str, str] | None = None  # see follow
         self._prepared_at_epoch: int | None = None  # the lease's epoch when the index was prepared
 
     @property
@@ -191,12 +190,7 @@ class MirrorSync:
             with contextlib.suppress(NotMigratedError):
                 generation = (await generations.load(conn, self.name)).generation
         plan = await prepare_index(self.sink.client, self.mirror, marker_key(self.name), generation)
-        self.place(plan.mirror, reuse=(plan.vectors_left_at, plan.vectors_reusable))
-        # An index created here that a marker says existed was dropped: the worker refills it.
-        self.index_created, self.rebuild_into = plan.created, plan.rebuild_into
-        self.sink.dropped_fields = plan.dropped_fields
-        self.sink.vectors_left_at = plan.vectors_left_at
-        self.sink.keys_left = plan.keys_left
+        self.follow(plan)
         if self.rebuild_into is not None or plan.abandoned:
             # Every document gets the new index's fields (index/rollout.py); a start during a
             # rebuild reads them all again, which is slower but never leaves one behind.
@@ -211,17 +205,22 @@ class MirrorSync:
         if self.index_prepared and self.rebuild_into is None:
             await settle(self.sink.client, marker_key(self.name), self.mirror, self.sink.versioned.generation)
 
-    def place(self, mirror: MirrorConfig, *, reuse: tuple[str | None, str | None] = (None, None)) -> None:
-        """The mirror, its vectors placed (index/rollout.py): every stage writes and hashes them so.
-        `reuse`: where old vectors are copied from for texts that did not change, and their type."""
-        self.mirror = mirror
-        reuse_from, self._reuse_type = reuse if reuse[1] is not None else (None, None)
-        self._reuse_from = reuse_from
+    def follow(self, plan: IndexPlan) -> None:
+        """What the index plan says every stage does until the next plan (index/rollout.py): the
+        mirror with its vectors placed, the generation to fill and what the writes keep or drop
+        meanwhile. After the switch the worker follows the plain plan of the mirror as placed."""
+        self.mirror = plan.mirror
+        # An index created here that a marker says existed was dropped: the worker refills it.
+        self.index_created, self.rebuild_into = plan.created, plan.rebuild_into
+        # Where old vectors are copied from for texts that did not change, and their type.
+        copied_from, datatype = plan.vectors_left_at, plan.vectors_reusable
+        self._reuse = (copied_from, datatype) if copied_from is not None and datatype is not None else None
+        copied_from = self._reuse[0] if self._reuse is not None else None
         self._builder = DocumentBuilder(
-            mirror, max_text_length=self.options.max_text_length, reuse_from=reuse_from
+            plan.mirror, max_text_length=self.options.max_text_length, reuse_from=copied_from
         )
-        self.sink.place(mirror)
-        self._resyncs.mirror = mirror
+        self.sink.follow(plan.mirror, plan.dropped_fields, plan.vectors_left_at, plan.keys_left)
+        self._resyncs.mirror = plan.mirror
 
     async def sync_batch(self, conn: Connection) -> BatchStats | None:
         """Processes one batch; None when the mirror's queue had nothing claimable."""
@@ -381,11 +380,10 @@ class MirrorSync:
     async def _copy_old_vectors(self, documents: list[Document]) -> set[RowKey]:
         """While new vectors are made beside the old ones: a text the same model already embedded
         gets its old vector copied (a template change that leaves it as it was costs no model call)."""
-        if self._reuse_from is None or not documents:
+        if self._reuse is None or not documents:
             return set()
         copied = set()
-        assert self._reuse_type is not None
-        old = await self.sink.stored_vectors([d.key for d in documents], self._reuse_from, self._reuse_type)
+        old = await self.sink.stored_vectors([d.key for d in documents], *self._reuse)
         for document, vector in zip(documents, old, strict=True):
             if vector is not None:
                 document.vector = vector

@@ -24,7 +24,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exp
 
 from vecmirror.errors import MirrorError, RedisForgotError, VecmirrorError
 from vecmirror.index.manage import index_info
-from vecmirror.index.rollout import settle, switch
+from vecmirror.index.rollout import IndexPlan, settle, switch
 from vecmirror.ops.metrics import Metrics
 from vecmirror.ops.verify import CountCheck, Verifier, count_check
 from vecmirror.run.faults import as_mirror_error, classify
@@ -134,8 +134,7 @@ class Worker:
         if int(info.get("indexing", 0)) or float(info.get("percent_indexed", 1)) < 1:
             return False
         await switch(sync.sink.client, sync.sink.index_name, target)
-        sync.rebuild_into = None
-        sync.sink.dropped_fields, sync.sink.vectors_left_at, sync.sink.keys_left = (), None, None
+        sync.follow(IndexPlan(sync.mirror))
         await settle(sync.sink.client, marker_key(sync.name), sync.mirror, sync.sink.versioned.generation)
         return False
 

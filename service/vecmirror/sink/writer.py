@@ -75,10 +75,18 @@ class RedisSink:
         # a row deleted meanwhile loses its old key too.
         self.keys_left: KeyLayout | None = None
 
-    def place(self, mirror: MirrorConfig) -> None:
-        """Writes vectors where `mirror` says (index/rollout.py, place_vectors)."""
+    def follow(
+        self,
+        mirror: MirrorConfig,
+        dropped_fields: tuple[str, ...] = (),
+        vectors_left_at: str | None = None,
+        keys_left: KeyLayout | None = None,
+    ) -> None:
+        """Writes as an index plan says (index/rollout.py): vectors where `mirror` places them, and
+        during a rollout, what the documents drop and keep, and the old keys of a move."""
         self._mirror = mirror
         self._hash, self._json = HashEncoder(mirror), JsonEncoder(mirror)
+        self.dropped_fields, self.vectors_left_at, self.keys_left = dropped_fields, vectors_left_at, keys_left
 
     @property
     def client(self) -> redis.Redis:
