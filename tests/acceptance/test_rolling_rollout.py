@@ -28,6 +28,7 @@ from typing import Any
 
 import asyncpg
 import numpy as np
+import pytest
 import redis
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
@@ -373,18 +374,37 @@ class Rollout:
     b_started_at: datetime  # UTC, as the workers' log timestamps
 
 
-async def _rollout(
+@dataclass(frozen=True)
+class Servers:
+    """What each rollout runs against: Postgres and Redis, and the CLI's environment for both."""
+
+    pg: asyncpg.Connection
+    database_url: str
+    redis: redis.Redis
+    redis_url: str
+    cli_env: dict[str, str]
+
+
+@pytest.fixture
+def servers(
     pg: asyncpg.Connection,
     database_url: str,
     redis_client: redis.Redis,
     redis_url: str,
     cli_env: dict[str, str],
-    old: Path,
-    new: Path,
-    *,
-    changes_text: bool,
-) -> Rollout:
+) -> Servers:
+    return Servers(pg, database_url, redis_client, redis_url, cli_env)
+
+
+async def _rollout(servers: Servers, old: Path, new: Path, *, changes_text: bool) -> Rollout:
     """A service running the old file, then the rollout of the new one under reads and writes."""
+    pg, database_url, redis_client, redis_url, cli_env = (
+        servers.pg,
+        servers.database_url,
+        servers.redis,
+        servers.redis_url,
+        servers.cli_env,
+    )
     await pg.execute(TABLE)
     rows = [(row, _title(row, 0), _body(row, 0), row % 50) for row in range(1, ROWS + 1)]
     await pg.copy_records_to_table("docs", records=rows)
@@ -635,72 +655,54 @@ def _not_made_by(
 
 
 async def test_rolling_rollout_adding_a_numeric_field_and_changing_the_template(
-    pg: asyncpg.Connection,
-    database_url: str,
-    redis_client: redis.Redis,
-    redis_url: str,
-    cli_env: dict[str, str],
-    tmp_path: Path,
+    servers: Servers, tmp_path: Path
 ) -> None:
     old = _write_config(tmp_path / "old.yaml", _mirror(OLD_TEMPLATE, rank=False))
     new = _write_config(tmp_path / "new.yaml", _mirror(NEW_TEMPLATE, rank=True))
-    rollout = await _rollout(pg, database_url, redis_client, redis_url, cli_env, old, new, changes_text=True)
+    rollout = await _rollout(servers, old, new, changes_text=True)
     assert rollout.writer.inserted > 0 and rollout.writer.ops >= 60, rollout.writer
     _check_reader(rollout)
     _check_rollout_logs(rollout)
-    _check_vectors_moved(rollout, redis_client)
+    _check_vectors_moved(rollout, servers.redis)
     assert not rollout.reader.dims_switches, rollout.reader.dims_switches
-    await _check_rows(pg, redis_client, rollout, vectors=(Made(NEW_TEMPLATE), Made(OLD_TEMPLATE)))
+    await _check_rows(servers.pg, servers.redis, rollout, vectors=(Made(NEW_TEMPLATE), Made(OLD_TEMPLATE)))
 
 
-async def test_adding_only_a_filter_field_re_embeds_nothing(
-    pg: asyncpg.Connection,
-    database_url: str,
-    redis_client: redis.Redis,
-    redis_url: str,
-    cli_env: dict[str, str],
-    tmp_path: Path,
-) -> None:
+async def test_adding_only_a_filter_field_re_embeds_nothing(servers: Servers, tmp_path: Path) -> None:
     old = _write_config(tmp_path / "old.yaml", _mirror(OLD_TEMPLATE, rank=False))
     new = _write_config(tmp_path / "new.yaml", _mirror(OLD_TEMPLATE, rank=True))
     # The writer changes body (no field, not in the template) and rank only: no text to embed.
-    rollout = await _rollout(pg, database_url, redis_client, redis_url, cli_env, old, new, changes_text=False)
+    rollout = await _rollout(servers, old, new, changes_text=False)
     assert rollout.writer.ops >= 60, rollout.writer
     _check_reader(rollout)
     _check_rollout_logs(rollout)
     assert not any(line["event"] == "old_vectors_removed" for line in rollout.logs_b)
-    assert _vector_at(redis_client) == "embedding"  # the vectors stayed where they were
+    assert _vector_at(servers.redis) == "embedding"  # the vectors stayed where they were
 
     # Worker B read every row again for the new index, and embedded none of them.
     embedded_b = sum(line["embedded"] for line in rollout.logs_b if line["event"] == "batch_synced")
     assert rollout.computed_b == 0 and embedded_b == 0, (rollout.computed_b, embedded_b)
     assert rollout.skipped_b > 0, "worker B rewrote no document"
-    assert _vectors(redis_client) == rollout.vectors_before, "a stored vector changed"
-    await _check_rows(pg, redis_client, rollout, vectors=None)
+    assert _vectors(servers.redis) == rollout.vectors_before, "a stored vector changed"
+    await _check_rows(servers.pg, servers.redis, rollout, vectors=None)
 
 
 async def test_rolling_rollout_of_another_model_with_other_dims(
-    pg: asyncpg.Connection,
-    database_url: str,
-    redis_client: redis.Redis,
-    redis_url: str,
-    cli_env: dict[str, str],
-    tmp_path: Path,
-    minilm_256: Path,
+    servers: Servers, tmp_path: Path, minilm_256: Path
 ) -> None:
     """384 dims to 256, another model: the old index keeps answering from the old vectors while the
     new ones are made beside them, then the name switches to the new generation in one command."""
     old_made, new_made = Made(OLD_TEMPLATE), Made(OLD_TEMPLATE, minilm_256, dims=256)
     old = _write_config(tmp_path / "old.yaml", _mirror(OLD_TEMPLATE, rank=False))
     new = _write_config(tmp_path / "new.yaml", _mirror(OLD_TEMPLATE, rank=True, model=minilm_256, dims=256))
-    rollout = await _rollout(pg, database_url, redis_client, redis_url, cli_env, old, new, changes_text=True)
+    rollout = await _rollout(servers, old, new, changes_text=True)
     assert rollout.writer.inserted > 0 and rollout.writer.ops >= 60, rollout.writer
     _check_reader(rollout)
     _check_rollout_logs(rollout)
-    _check_vectors_moved(rollout, redis_client)
+    _check_vectors_moved(rollout, servers.redis)
     # Every row embedded again by the new model (the writer's rows too, some more than once).
     assert rollout.computed_b >= ROWS, rollout.computed_b
-    await _check_rows(pg, redis_client, rollout, vectors=(new_made, old_made))
+    await _check_rows(servers.pg, servers.redis, rollout, vectors=(new_made, old_made))
 
 
 def _check_vectors_moved(rollout: Rollout, client: redis.Redis) -> None:
