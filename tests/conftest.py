@@ -1,5 +1,6 @@
 """Shared fixtures: real servers (the embedded stack unless VECMIRROR_TEST_*_URL point elsewhere), a
-fresh database and an empty Redis per test, and the real model loaded once per session."""
+fresh database and an empty Redis per test, Redis OSS clusters (one node, three masters) started only
+for the tests that ask for them, and the real model loaded once per session."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import itertools
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -19,7 +20,7 @@ from helpers import stack_directory
 from vecmirror.config import DEFAULT_MODEL, Config, ModelSpec, parse_config
 from vecmirror.pipeline.embedder import Embedder, load_embedder
 from vecmirror.settings import Settings
-from vecmirror.stack import StackUrls, stack_down, stack_up
+from vecmirror.stack import StackUrls, cluster_down, cluster_up, stack_down, stack_up
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 _database_numbers = itertools.count()
@@ -81,6 +82,98 @@ def redis_url(servers: StackUrls) -> Iterator[str]:
     client.flushall()
     client.close()
     yield servers.redis_url
+
+
+class Cluster(NamedTuple):
+    url: str  # the URL vecmirror is given: one node's, a cluster client finds the others
+    node_urls: list[str]  # each master's own URL, in slot order: a plain client there sees its keys only
+
+
+def _cluster(nodes: int) -> Iterator[Cluster]:
+    external = os.environ.get(f"VECMIRROR_TEST_REDIS_CLUSTER{nodes}_URL")
+    if external:
+        yield Cluster(external, master_urls(external))
+        return
+    with stack_directory() as directory:
+        try:
+            url = cluster_up(directory, nodes)
+            yield Cluster(url, master_urls(url))
+        finally:
+            cluster_down(directory)
+
+
+def master_urls(url: str) -> list[str]:
+    """The URL of each master of the cluster that `url` reaches, in slot order (CLUSTER SLOTS)."""
+    client = redis.Redis.from_url(url)
+    try:
+        ranges = client.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
+    finally:
+        client.close()
+    masters = dict.fromkeys((_text(host), int(port)) for _, _, (host, port, *_), *_ in sorted(ranges))
+    parts = urlsplit(url)
+    credentials = parts.netloc.rpartition("@")[0]
+    prefix = f"{credentials}@" if credentials else ""
+    return [urlunsplit(parts._replace(netloc=f"{prefix}{host}:{port}")) for host, port in masters]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _emptied(cluster: Cluster) -> str:
+    # Each master on its own: a cluster client sends FLUSHALL to one node. FLUSHALL drops a node's
+    # indexes too (without the coordinator each node holds its own copy of every index definition).
+    for node_url in cluster.node_urls:
+        client = redis.Redis.from_url(node_url)
+        try:
+            client.flushall()
+        finally:
+            client.close()
+    return cluster.url
+
+
+@pytest.fixture(scope="session")
+def cluster1() -> Iterator[Cluster]:
+    """A one-node Redis OSS cluster owning every slot: like a proxy endpoint (Redis Cloud, Redis
+    Software, Azure Managed Redis), it refuses a script or MULTI whose keys span slots, and it searches
+    everything (VECMIRROR_TEST_REDIS_CLUSTER1_URL points elsewhere)."""
+    yield from _cluster(1)
+
+
+@pytest.fixture(scope="session")
+def cluster3() -> Iterator[Cluster]:
+    """Three masters, slots split evenly (VECMIRROR_TEST_REDIS_CLUSTER3_URL points elsewhere). This
+    build's search module has no coordinator: a search sees only the keys of the node it runs on."""
+    yield from _cluster(3)
+
+
+@pytest.fixture
+def cluster1_url(cluster1: Cluster) -> str:
+    """The one-node cluster, emptied (keys and indexes) for this test."""
+    return _emptied(cluster1)
+
+
+@pytest.fixture
+def cluster3_url(cluster3: Cluster) -> str:
+    """The three-master cluster, every node emptied (keys and indexes) for this test."""
+    return _emptied(cluster3)
+
+
+@pytest.fixture
+def cluster3_nodes(cluster3: Cluster, cluster3_url: str) -> list[str]:  # noqa: ARG001 (empties them)
+    """The three masters' own URLs, in slot order, emptied like cluster3_url."""
+    return cluster3.node_urls
+
+
+@pytest.fixture
+def own_cluster3(stack_dir: Path) -> Iterator[tuple[Path, Cluster]]:
+    """Three masters of the test's own, for a test that stops and starts nodes (stack.stop_cluster_node,
+    stack.start_cluster_node with the directory); stopped afterwards."""
+    try:
+        url = cluster_up(stack_dir, 3)
+        yield stack_dir, Cluster(url, master_urls(url))
+    finally:
+        cluster_down(stack_dir)
 
 
 @pytest.fixture

@@ -43,6 +43,10 @@ class DrainedProcess(subprocess.Popen[str]):
             reader.join()
         return "".join(self._out), "".join(self._err)
 
+    def stderr_so_far(self) -> str:
+        """What the process has written to stderr until now, while it runs."""
+        return "".join(list(self._err))
+
 
 def _drain(stream: Any, into: list[str]) -> None:
     with stream:
