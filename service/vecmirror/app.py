@@ -16,7 +16,7 @@ import structlog
 
 from vecmirror.boundary import require_query_engine, translated
 from vecmirror.config import Config, MirrorConfig, ModelSpec
-from vecmirror.connections import redis_from_settings
+from vecmirror.connections import connect_redis
 from vecmirror.errors import NotMigratedError, StartupError
 from vecmirror.index.manage import check_eviction_policy
 from vecmirror.ops.metrics import Metrics
@@ -62,7 +62,9 @@ class App:
 
 @asynccontextmanager
 async def redis_client(settings: Settings) -> AsyncIterator[redis.Redis]:
-    client = redis_from_settings(settings)
+    """The Redis of the settings: a cluster client where it runs in cluster mode (connections.py)."""
+    with translated(settings):  # an unreachable server: one named error
+        client = await connect_redis(settings)
     try:
         yield client
     finally:

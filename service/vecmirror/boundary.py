@@ -10,6 +10,7 @@ as one (see cli.py's last-resort net).
 from __future__ import annotations
 
 import errno
+import re
 import socket
 import ssl
 from collections.abc import Iterator
@@ -21,9 +22,11 @@ import asyncpg
 import redis.asyncio as redis
 from redis import exceptions as redis_errors
 
-from vecmirror.errors import NotMigratedError, VecmirrorError
+from vecmirror.errors import NotMigratedError, ShardedRedisError, VecmirrorError
 from vecmirror.logging import redact
+from vecmirror.run.faults import cross_slot_problem, is_cross_slot
 from vecmirror.settings import Settings
+from vecmirror.sink.cluster import index_names, is_cluster
 from vecmirror.source.session import connect
 
 DATABASE_VARIABLE = "VECMIRROR_DATABASE_URL"
@@ -78,6 +81,9 @@ def redis_location(client_or_url: redis.Redis | str) -> str:
         if parts.scheme == "unix":
             return parts.path
         return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
+    if is_cluster(client_or_url):
+        node = client_or_url.get_default_node()  # type: ignore[attr-defined]
+        return f"{node.host}:{node.port} (a cluster)"
     options = client_or_url.connection_pool.connection_kwargs
     return str(options.get("path") or f"{options.get('host', 'localhost')}:{options.get('port', 6379)}")
 
@@ -137,11 +143,46 @@ def redis_error(exc: BaseException, where: str) -> VecmirrorError | None:
         return RedisUnavailableError(
             f"Redis at {where} denied a command ({_first_line(exc)}): grant it to the user"
         )
+    cluster_error = _cluster_error(exc, where)
+    if cluster_error is not None:
+        return cluster_error
+    node = _node_of(exc, where)
     if isinstance(exc, redis_errors.TimeoutError):
-        return RedisUnavailableError(f"Redis at {where} did not answer in time: check it, or {fix}")
+        return RedisUnavailableError(f"Redis at {node} did not answer in time: check it, or {fix}")
     if isinstance(exc, redis_errors.ConnectionError):
         return RedisUnavailableError(
-            f"Redis unreachable at {where} ({_network_reason(exc)}): start it or {fix}"
+            f"Redis unreachable at {node} ({_network_reason(exc)}): start it or {fix}"
+        )
+    return None
+
+
+_CONNECTING_TO = re.compile(r"connecting to (\S+?)\.? ")
+
+
+def _node_of(exc: BaseException, where: str) -> str:
+    """The server a connection error names, where it is not the URL's: a cluster node down while
+    the one in the URL answers (redis-py says which: "Error 111 connecting to host:port.")."""
+    named = _CONNECTING_TO.search(str(exc))
+    if named is None or named.group(1) in where:
+        return where
+    return f"{named.group(1)} (a node of the Redis at {where})"
+
+
+def _cluster_error(exc: BaseException, where: str) -> VecmirrorError | None:
+    """A sharded Redis' own troubles: keys over several slots, a node that redirects a plain
+    client, a cluster down or out of reach."""
+    if is_cross_slot(exc):
+        return ShardedRedisError(cross_slot_problem(exc))
+    if isinstance(exc, redis_errors.MovedError):
+        return RedisUnavailableError(
+            f"Redis at {where} is a cluster node and sent vecmirror to another ({_first_line(exc)}): "
+            f"add ?cluster=true to {REDIS_VARIABLE} (or grant INFO, which tells vecmirror by itself)"
+        )
+    if isinstance(exc, redis_errors.ClusterDownError):
+        return RedisUnavailableError(f"the Redis cluster at {where} is down ({_first_line(exc)})")
+    if isinstance(exc, redis_errors.RedisClusterException):
+        return RedisUnavailableError(
+            f"Redis cluster at {where}: {_first_line(exc)}; start it or fix {REDIS_VARIABLE}"
         )
     return None
 
@@ -149,7 +190,7 @@ def redis_error(exc: BaseException, where: str) -> VecmirrorError | None:
 def translate(exc: BaseException, settings: Settings) -> VecmirrorError | None:
     """Which server a driver error came from is told by its type: redis-py wraps every socket error
     in its own, asyncpg raises them bare."""
-    if isinstance(exc, redis_errors.RedisError):
+    if isinstance(exc, redis_errors.RedisError | redis_errors.RedisClusterException):
         return redis_error(exc, redis_location(_secret(settings.redis_url)))
     if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError) or _is_network_error(exc):
         return postgres_error(exc, postgres_location(_secret(settings.database_url)))
@@ -190,16 +231,16 @@ async def require_query_engine(client: redis.Redis, *, json_storage: bool = Fals
     stores JSON); returns the names of its indexes. Meant as the first command sent, so that any
     Redis problem is named here."""
     try:
-        names = await client.execute_command("FT._LIST")  # type: ignore[no-untyped-call]
+        names = await index_names(client)  # on a cluster, every primary's
         if json_storage:
             # JSON.GET: within the least-privilege ACL of the README (Security)
             await client.execute_command("JSON.GET", "vecmirror:probe")  # type: ignore[no-untyped-call]
-    except redis_errors.RedisError as exc:
+    except (redis_errors.RedisError, redis_errors.RedisClusterException) as exc:
         error = redis_error(exc, redis_location(client))
         if error is None:
             raise
         raise error from exc
-    return {n.decode() if isinstance(n, bytes) else str(n) for n in names}
+    return names
 
 
 # ---- helpers

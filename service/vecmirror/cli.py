@@ -405,19 +405,27 @@ def stack() -> None:
 
 @stack.command("up")
 @click.option("--dir", "directory", type=click.Path(path_type=Path), default=None, help="State directory.")
+@click.option(
+    "--cluster",
+    "nodes",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Redis as an OSS cluster of N masters (slots split evenly) instead of one server.",
+)
 @handles_errors
-def stack_up_command(directory: Path | None) -> None:
+def stack_up_command(directory: Path | None, nodes: int | None) -> None:
     """Start both servers (idempotent) and print their URLs as two shell assignments."""
     from vecmirror.stack import DEFAULT_STACK_DIR, env_lines, stack_up
 
-    click.echo(env_lines(stack_up(directory or DEFAULT_STACK_DIR)))
+    click.echo(env_lines(stack_up(directory or DEFAULT_STACK_DIR, cluster=nodes)))
 
 
 @stack.command("down")
 @click.option("--dir", "directory", type=click.Path(path_type=Path), default=None, help="State directory.")
 @handles_errors
 def stack_down_command(directory: Path | None) -> None:
-    """Stop both servers."""
+    """Stop both servers (every cluster node too)."""
     from vecmirror.stack import DEFAULT_STACK_DIR, stack_down
 
     stack_down(directory or DEFAULT_STACK_DIR)

@@ -34,6 +34,11 @@ class StackError(VecmirrorError):
     """The embedded Postgres/Redis stack could not be started or stopped."""
 
 
+class ShardedRedisError(VecmirrorError):
+    """A sharded Redis cannot do what was asked as it is set up: a command over several hash slots
+    refused (CROSSSLOT), or a search each shard would answer for its own keys only."""
+
+
 class QueryError(VecmirrorError):
     """A query was rejected before Redis was called."""
 

@@ -78,6 +78,22 @@ def caused(error: BaseException, cause: BaseException) -> BaseException:
             "Redis unreachable at cache:6380 (connection refused): start it or fix VECMIRROR_REDIS_URL",
         ),
         (
+            caused(
+                redis_errors.ConnectionError("Error 111 connecting to cache:6380. Connection refused."),
+                ConnectionRefusedError(111, "refused"),
+            ),
+            RedisUnavailableError,
+            "Redis unreachable at cache:6380 (connection refused)",
+        ),
+        (  # a cluster node down while the one in the URL answers: the one down is named
+            caused(
+                redis_errors.ConnectionError("Error 111 connecting to 10.0.0.7:7002. Connection refused."),
+                ConnectionRefusedError(111, "refused"),
+            ),
+            RedisUnavailableError,
+            "Redis unreachable at 10.0.0.7:7002 (a node of the Redis at cache:6380) (connection refused)",
+        ),
+        (
             redis_errors.AuthenticationError("invalid username-password pair or user is disabled."),
             RedisUnavailableError,
             "Redis at cache:6380 refused the password (invalid username-password pair or user is disabled)",

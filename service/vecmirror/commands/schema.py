@@ -10,7 +10,6 @@ import click
 import structlog
 from redis.exceptions import RedisError
 
-from vecmirror.app import redis_client
 from vecmirror.boundary import (
     connect_postgres,
     translate,
@@ -18,6 +17,7 @@ from vecmirror.boundary import (
 )
 from vecmirror.commands.servers import require_redis
 from vecmirror.config import Config
+from vecmirror.connections import open_redis
 from vecmirror.errors import VecmirrorError
 from vecmirror.ops.plan import Plan, build_plan, format_plan, recorded_redis_layouts
 from vecmirror.settings import Settings
@@ -92,7 +92,7 @@ async def migrate_and_remove(
                 Removal(name, located.get(name), unseen=unseen) for name in [*report.removed, *earlier]
             ]
             if drop_data and removals:
-                async with redis_client(settings) as client:
+                async with open_redis(settings) as client:
                     for removal in removals:
                         if removal.data is not None:
                             removal.dropped = await drop(client, removal.data, config.mirrors)
@@ -126,7 +126,7 @@ async def _locate_removed(
     if not removed and not drop_data:
         return {}, None
     try:
-        async with redis_client(settings) as client:
+        async with open_redis(settings) as client:
             await require_redis(client, config)
             if drop_data:  # also the mirrors removed earlier whose data was kept
                 known = {m.name for m in config.mirrors} | registered
@@ -158,7 +158,7 @@ async def plan_command(settings: Settings, config: Config, *, drop_data: bool = 
     with translated(settings):
         conn = await connect_postgres(settings)
         try:
-            async with redis_client(settings) as client:
+            async with open_redis(settings) as client:
                 await require_redis(client, config)
                 return await build_plan(conn, client, config, drop_data=drop_data)
         finally:

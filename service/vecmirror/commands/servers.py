@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 import redis.asyncio as redis
 import structlog
 
-from vecmirror.app import check_migrated, redis_client
+from vecmirror.app import check_migrated
 from vecmirror.boundary import (
     UnknownMirrorError,
     connect_postgres,
@@ -16,6 +16,7 @@ from vecmirror.boundary import (
     translated,
 )
 from vecmirror.config import Config, MirrorConfig
+from vecmirror.connections import open_redis
 from vecmirror.settings import Settings
 from vecmirror.source import Connection
 
@@ -32,7 +33,7 @@ async def check_servers(settings: Settings, config: Config, *, postgres: bool = 
             await check_migrated(conn, config)
         finally:
             await conn.close()
-    async with redis_client(settings) as client:
+    async with open_redis(settings) as client:
         return await require_redis(client, config)
 
 
@@ -44,7 +45,7 @@ async def both_servers(settings: Settings, config: Config) -> AsyncIterator[tupl
         conn = await connect_postgres(settings)
         try:
             await check_migrated(conn, config)
-            async with redis_client(settings) as client:
+            async with open_redis(settings) as client:
                 await require_redis(client, config)
                 yield conn, client
         finally:

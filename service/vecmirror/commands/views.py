@@ -11,7 +11,7 @@ import click
 import redis.asyncio as redis
 import structlog
 
-from vecmirror.app import check_migrated, redis_client
+from vecmirror.app import check_migrated
 from vecmirror.boundary import (
     IndexMissingError,
     connect_postgres,
@@ -20,6 +20,7 @@ from vecmirror.boundary import (
 )
 from vecmirror.commands.servers import both_servers, check_servers, mirrors_named
 from vecmirror.config import Config, MirrorConfig
+from vecmirror.connections import open_redis
 from vecmirror.errors import QueryError
 from vecmirror.index.rollout import answering_index
 from vecmirror.ops.status import MirrorStatus, format_status, mirror_status
@@ -69,7 +70,7 @@ async def query_command(
 async def _answers(settings: Settings, name: str) -> bool:
     """Whether an index answers for the name: itself, or after an online rebuild the generation its
     alias points to (FT._LIST lists no alias)."""
-    async with redis_client(settings) as client:
+    async with open_redis(settings) as client:
         return await answering_index(client, name) is not None
 
 

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as redis
 import structlog
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError, ResponseError
 from redisvl.exceptions import RedisSearchError
 from redisvl.index import AsyncSearchIndex
@@ -25,6 +26,7 @@ from redisvl.schema.fields import BaseField
 
 from vecmirror.config import MirrorConfig, field_type
 from vecmirror.errors import StartupError
+from vecmirror.sink.cluster import is_cluster
 
 log = structlog.get_logger(__name__)
 
@@ -94,6 +96,14 @@ def different_index_error(mirror: MirrorConfig, differences: list[str]) -> Start
 
 
 async def create_index(client: redis.Redis, schema: IndexSchema) -> None:
+    if is_cluster(client):
+        # RedisVL sends FT.CREATE to the cluster client's default node. Where each shard indexes
+        # alone, FT.* take the index name for their key and only the owner of its slot accepts it;
+        # with the coordinator any node does, so the owner is right everywhere.
+        cluster = cast(RedisCluster, client)
+        owner = cluster.get_node_from_key(schema.index.name)
+        if owner is not None:
+            cluster.set_default_node(owner)
     try:
         await AsyncSearchIndex(schema, redis_client=client).create(overwrite=False)
     except RedisSearchError as exc:

@@ -23,6 +23,7 @@ import structlog
 
 from vecmirror.config import MirrorConfig
 from vecmirror.index.manage import index_definition
+from vecmirror.sink.cluster import scan_pages, unlink_keys
 from vecmirror.sink.keys import KEYS_AT_FIELD, KeyLayout, owned_documents, recorded_layout
 
 log = structlog.get_logger(__name__)
@@ -97,14 +98,9 @@ async def delete_documents(client: redis.Redis, layout: KeyLayout, generation: s
     vecmirror's key field and that generation. Anything else there is left alone."""
     removed = 0
     for start in layout.starts():
-        cursor = 0
-        while True:
-            cursor, keys = await client.scan(cursor, match=_glob(start) + "*", count=PAGE)
-            owned = await owned_documents(client, [_text(k) for k in keys], layout.storage, generation)
-            if owned:
-                removed += int(await client.unlink(*owned))
-            if cursor == 0:
-                break
+        async for keys in scan_pages(client, _glob(start) + "*", PAGE):  # every primary's
+            owned = await owned_documents(client, keys, layout.storage, generation)
+            removed += await unlink_keys(client, owned)  # one slot per UNLINK
     return removed
 
 

@@ -48,6 +48,7 @@ from vecmirror.index.vectors import (
     served_vector,
     settle_vectors,
 )
+from vecmirror.sink.cluster import index_names
 from vecmirror.sink.keys import KeyLayout, recorded_layout
 
 log = structlog.get_logger(__name__)
@@ -204,8 +205,7 @@ async def drop_abandoned_generations(
     served = served_vector(info)
     in_use = {mirror.vector_at, served.at if served is not None else None}
     dropped = False
-    names = await client.execute_command("FT._LIST")  # type: ignore[no-untyped-call]
-    for other in sorted(n.decode() if isinstance(n, bytes) else str(n) for n in names):
+    for other in sorted(await index_names(client)):  # on a cluster, every primary's
         if not other.startswith(f"{name}__") or other in (answering, keep):
             continue
         other_info = await index_info(client, other)

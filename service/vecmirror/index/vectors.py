@@ -23,6 +23,7 @@ import structlog
 from vecmirror.config import MirrorConfig
 from vecmirror.index.manage import index_attributes
 from vecmirror.pipeline.template import EXACT_BACKENDS
+from vecmirror.sink.cluster import scan_pages
 from vecmirror.sink.keys import key_pattern
 
 log = structlog.get_logger(__name__)
@@ -186,13 +187,8 @@ async def delete_from_documents(client: redis.Redis, mirror: MirrorConfig, at: s
 
 
 async def _document_keys(client: redis.Redis, mirror: MirrorConfig) -> AsyncIterator[list[Any]]:
-    cursor = 0
-    while True:
-        cursor, keys = await client.scan(cursor, match=key_pattern(mirror), count=1000)
-        if keys:
-            yield keys
-        if cursor == 0:
-            return
+    async for keys in scan_pages(client, key_pattern(mirror), 1000):  # every primary's
+        yield keys
 
 
 def _text(value: Any) -> str | None:

@@ -27,6 +27,7 @@ from vecmirror.index.rollout import blocking_differences, key_move
 from vecmirror.index.vectors import copyable, place_vectors, served_vector
 from vecmirror.pipeline.documents import DocumentBuilder, RowKey
 from vecmirror.sink.drop import Layout, MirrorData, left_behind, locate
+from vecmirror.sink.observe import document_count
 from vecmirror.sink.versioned import marker_key
 from vecmirror.sink.writer import RedisSink
 from vecmirror.source import Connection
@@ -215,7 +216,7 @@ async def _kept(
     info = await index_info(client, plan.index)
     if info is not None:
         plan.index_exists = True
-        plan.documents = int(float(info.get("num_docs", 0)))
+        plan.documents = await document_count(client, info)
         keys_left, plan.rebuild_problem = await key_move(client, marker_key(mirror.name), mirror, info)
         if keys_left is None:
             mirror = await place_vectors(client, marker_key(mirror.name), mirror, info)

@@ -28,6 +28,7 @@ from vecmirror.index.manage import index_info
 from vecmirror.index.vectors import served_vector
 from vecmirror.ops.verify_expected import AHEAD, Expected, as_document, is_int
 from vecmirror.pipeline.documents import DocumentBuilder, RowKey
+from vecmirror.sink.cluster import get_many, scan_pages
 from vecmirror.sink.keys import key_pattern
 from vecmirror.sink.versioned import META_GENERATION_FIELD, parse_tombstone, tombstone_key
 from vecmirror.sink.writer import RedisSink
@@ -214,7 +215,7 @@ class Verifier:
         legacy = self._generations[1]
         redis_keys = [self._sink.key(k) for k in keys]
         documents = await self._stored(redis_keys)
-        stones = await self._redis.mget([tombstone_key(k) for k in redis_keys])
+        stones = await get_many(self._redis, [tombstone_key(k) for k in redis_keys])  # several slots
         held: dict[RowKey, Held] = {}
         for key, document, stone in zip(keys, documents, stones, strict=True):
             if document is not None and is_int(document.get(META_VERSION_FIELD)):
@@ -227,13 +228,8 @@ class Verifier:
         return held
 
     async def _scan_prefix(self) -> AsyncIterator[list[str]]:
-        cursor = 0
-        while True:
-            cursor, keys = await self._redis.scan(cursor, match=key_pattern(self._mirror), count=PAGE)
-            if keys:
-                yield [_text(k) for k in keys]
-            if cursor == 0:
-                return
+        async for keys in scan_pages(self._redis, key_pattern(self._mirror), PAGE):
+            yield keys
 
     async def _classify(self, keys: list[str], seen: set[RowKey], drift: Drift) -> None:
         """Each key is a document (extra if its row is gone) or foreign; one TYPE and one read of

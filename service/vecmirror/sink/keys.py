@@ -85,7 +85,16 @@ async def delete_old_keys(
     keys = [layout.key(ident) for ident in key_ids]
     owned = await owned_documents(client, keys, layout.storage, generation) if keys else []
     if owned:
-        await client.unlink(*owned)
+        await unlink_each(client, owned)
+
+
+async def unlink_each(client: redis.Redis, keys: Sequence[str]) -> None:
+    """UNLINK of keys of any slots: a command per key, in one pipeline (a sharded Redis refuses one
+    command over keys of several slots)."""
+    async with client.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.execute_command("UNLINK", key)
+        await pipe.execute()
 
 
 async def owned_documents(client: redis.Redis, keys: list[str], storage: str, generation: str) -> list[str]:

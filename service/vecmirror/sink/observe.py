@@ -4,12 +4,15 @@ worker last wrote a batch of it (kept under vecmirror's own keys, so every worke
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as redis
 from redis.exceptions import ResponseError
 
 from vecmirror.config import OWN_KEY_PREFIX
+from vecmirror.sink.cluster import index_names, shards_index_alone
 
 
 @dataclass(frozen=True)
@@ -36,19 +39,42 @@ async def index_state(client: redis.Redis, index_name: str, *, with_rebuild: boo
     answering = _text(info.get("index_name", index_name))
     rebuild = None
     if with_rebuild:
-        names = sorted(_text(n) for n in await client.execute_command("FT._LIST"))  # type: ignore[no-untyped-call]
+        names = sorted(await index_names(client))  # on a cluster, every primary's
         beside = [n for n in names if n.startswith(f"{index_name}__") and n != answering]
         if beside:
             rebuild = await index_state(client, beside[-1], with_rebuild=False)
     return IndexState(
         index_name,
         exists=True,
-        documents=int(info["num_docs"]),
+        documents=await document_count(client, info),
         indexing_failures=int(info["hash_indexing_failures"]),
         indexed_ratio=float(info["percent_indexed"]),
         answering=answering,
         rebuild=rebuild,
     )
+
+
+async def document_count(client: redis.Redis, info: dict[str, Any]) -> int:
+    """The index's documents, from its FT.INFO. Where each shard of a cluster indexes alone, the
+    index is on one of them and counts that one's documents: the keys under its prefixes, of its
+    type, are counted on every primary instead (a SCAN of each)."""
+    if not await shards_index_alone(client):
+        return int(info["num_docs"])
+    definition = _pairs(info.get("index_definition") or [])
+    kind = "ReJSON-RL" if _text(definition.get("key_type", "HASH")).upper() == "JSON" else "hash"
+    prefixes = [_text(p) for p in definition.get("prefixes") or [""]]
+    keys: set[str] = set()  # prefixes may overlap: a key counts once
+    for prefix in prefixes:
+        pattern = re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + "*"
+        async for key in client.scan_iter(match=pattern, count=1000, _type=kind):
+            keys.add(_text(key))
+    return len(keys)
+
+
+def _pairs(raw: Any) -> dict[str, Any]:
+    if isinstance(raw, dict):
+        return {_text(k): v for k, v in raw.items()}
+    return {_text(raw[i]): raw[i + 1] for i in range(0, len(raw) - 1, 2)}
 
 
 def _text(value: object) -> str:
