@@ -12,7 +12,10 @@ import structlog
 
 from vecmirror.config import MirrorConfig
 from vecmirror.index.manage import ensure_index, index_info
-from vecmirror.sink.versioned import Marker
+from vecmirror.sink.observe import document_count
+from vecmirror.sink.slots import SLOTS
+from vecmirror.sink.upgrade import upgrade_to_slots
+from vecmirror.sink.versioned import Marker, is_cluster_client
 from vecmirror.sink.writer import RedisSink
 from vecmirror.source import Connection, changes, generations
 
@@ -33,7 +36,9 @@ class MirrorResync:
         never synced before is simply initialised: its first backfill queues every row."""
         marker, generation = await self._settle_generation(conn)
         indexed = await index_info(self._sink.client, self._sink.index_name) is not None
-        if marker is not None and marker.generation == generation and indexed and not index_created:
+        forgotten = await self._slots_forgotten() if marker is not None else []
+        known = marker is not None and marker.generation == generation and not forgotten
+        if known and indexed and not index_created:
             self._sink.versioned.generation = generation
             return False
         if marker is None and await self._first_sync_into_empty_index(conn):
@@ -44,6 +49,11 @@ class MirrorResync:
             reason = "no marker key in Redis"
         elif marker.generation != generation:
             reason = f"the mirror's generation changed from {marker.generation} to {generation}"
+        elif forgotten:
+            reason = (
+                f"hash slots {_slots_text(forgotten)} lost the mirror's guard: "
+                "a shard restarted empty, or was flushed"
+            )
         else:
             reason = "the index is gone"
         await self._resync(conn, generation, reason)
@@ -54,6 +64,7 @@ class MirrorResync:
         started again behind its back: the table's OID changed (dropped and created again without
         `migrate`, or restored), or Redis holds versions Postgres never handed out (it went back in
         time). A marker from before generations adopts Postgres' (the upgrade: no resync)."""
+        await upgrade_to_slots(self._sink.versioned, self.name)
         marker = await self._sink.versioned.read_marker()
         state = await generations.load(conn, self.name)
         generation, reason = state.generation, None
@@ -74,6 +85,11 @@ class MirrorResync:
             marker = Marker(generation, generation)
         return marker, generation
 
+    async def _slots_forgotten(self) -> list[int]:
+        """The sampled slots whose guard is gone: a shard of a sharded Redis restarted empty while
+        the marker, on another shard, survived."""
+        return await self._sink.versioned.slots_forgotten(sample_slots(self._sink.client))
+
     async def _first_sync_into_empty_index(self, conn: Connection) -> bool:
         """A first sync has nothing to re-check when its index holds no document yet: the first
         backfill queues every row. An index already holding documents (of an earlier mirror by
@@ -82,7 +98,7 @@ class MirrorResync:
             return False
         await ensure_index(self._sink.client, self.mirror)
         info = await index_info(self._sink.client, self.mirror.index.index.name)
-        return info is not None and int(info.get("num_docs", 0)) == 0
+        return info is not None and await document_count(self._sink.client, info) == 0
 
     async def after_refusal(self, conn: Connection, reason: str) -> None:
         """After a write was refused for want of a marker, an index, or of this writer's generation.
@@ -105,3 +121,25 @@ class MirrorResync:
             await changes.queue_resync(conn, self.name)
         await self._sink.versioned.mark(generation)
         log.warning("mirror_resync_queued", mirror=self.name, reason=reason, generation=generation)
+
+
+SLOT_SAMPLE_STEP = 64  # slots checked on every wake-up: every 64th, and the first of each shard
+
+
+def sample_slots(client: object) -> list[int]:
+    """Slots whose guards tell a shard that forgot: every SLOT_SAMPLE_STEP-th (a proxy endpoint
+    hides its shards, which own ranges of thousands of slots), and on a cluster the first slot each
+    primary owns."""
+    sample = set(range(0, SLOTS, SLOT_SAMPLE_STEP))
+    if is_cluster_client(client):
+        owners = client.nodes_manager.slots_cache  # type: ignore[attr-defined]
+        firsts: dict[str, int] = {}
+        for slot in sorted(owners):
+            firsts.setdefault(owners[slot][0].name, slot)
+        sample |= set(firsts.values())
+    return sorted(sample)
+
+
+def _slots_text(slots: list[int]) -> str:
+    shown = ", ".join(map(str, slots[:5]))
+    return f"{shown} and {len(slots) - 5} more" if len(slots) > 5 else shown

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 import structlog
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential, wait_random
 
 from vecmirror.errors import MirrorError, RedisForgotError, VecmirrorError
@@ -44,6 +44,7 @@ TRANSIENT_ERRORS = (
     asyncpg.InterfaceError,
     asyncpg.InternalClientError,
     RedisError,
+    RedisClusterException,  # not a RedisError: a cluster client's own refusals (classify says whose)
 )
 BatchCallback = Callable[[BatchStats], None]
 _T = TypeVar("_T")

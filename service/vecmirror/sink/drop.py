@@ -46,8 +46,11 @@ from redisvl.index.storage import BaseStorage
 
 from vecmirror.config import META_KEY_FIELD, OWN_KEY_PREFIX, MirrorConfig
 from vecmirror.index.rollout import answering_index
+from vecmirror.sink.cluster import index_names, scan_pages, unlink_keys
 from vecmirror.sink.keys import document_key, key_pattern, recorded_layout
-from vecmirror.sink.versioned import lease_keys
+from vecmirror.sink.observe import document_count
+from vecmirror.sink.slots import own_key_slot
+from vecmirror.sink.versioned import TOMBSTONE, lease_keys, legacy_lease_keys, own_slot_keys
 
 SCAN_COUNT = 1000
 SAMPLES = 100  # documents read from an index to find one no configured mirror owns
@@ -65,12 +68,28 @@ def last_sync_key(mirror: str) -> str:
 
 def own_keys(mirror: str) -> list[str]:
     """The keys vecmirror keeps of a mirror under its own prefix, named by the mirror: its marker,
-    last sync and config lease (of a rolling update)."""
-    return [marker_key(mirror), last_sync_key(mirror), *lease_keys(mirror)]
+    last sync, config lease (of a rolling update; hash-tagged and as named before slots), and every
+    slot's guard and lease."""
+    return [
+        marker_key(mirror),
+        last_sync_key(mirror),
+        *lease_keys(mirror),
+        *legacy_lease_keys(mirror),
+        *own_slot_keys(mirror),
+    ]
 
 
-def tombstone_pattern(prefix: str) -> str:
-    return f"{OWN_KEY_PREFIX}tombstone:{_glob_escape(prefix)}*"
+def tombstone_patterns(prefix: str) -> list[str]:
+    """The tombstones of documents under the prefix: `vecmirror:tombstone:{tag}<key>` (in the
+    document's slot) and, from before slots, `vecmirror:tombstone:<key>`."""
+    head = f"{OWN_KEY_PREFIX}{TOMBSTONE}:"
+    return [f"{head}{{*}}{_glob_escape(prefix)}*", f"{head}{_glob_escape(prefix)}*"]
+
+
+def tombstoned_key(tombstone: str) -> str:
+    """The document key a tombstone (of either naming) stands for."""
+    slotted = own_key_slot(TOMBSTONE, tombstone)
+    return slotted[1] if slotted is not None else tombstone.removeprefix(f"{OWN_KEY_PREFIX}{TOMBSTONE}:")
 
 
 @dataclass(frozen=True)
@@ -245,7 +264,7 @@ async def locate(
     def claimed(name: str) -> bool:  # a recorded mirror's index, or a rebuild generation of it
         return name in queried or any(name == r.index or r.generation(name) for r in recorded.values())
 
-    names = [_text(n) for n in await client.execute_command("FT._LIST")]  # type: ignore[no-untyped-call]
+    names = await index_names(client)  # on a cluster, every primary's
     keep = _keep_patterns(configured)
     orphans = [await _orphan(client, n, keep) for n in sorted(names) if not claimed(n)]
     claimed_targets = {d.index.name for d in found.values() if d.index is not None}
@@ -366,7 +385,7 @@ async def _drop_recorded_indexes(
             break
         await client.execute_command("FT.DROPINDEX", answering)  # type: ignore[no-untyped-call]
         report.indexes.append(answering)
-    names = [_text(n) for n in await client.execute_command("FT._LIST")]  # type: ignore[no-untyped-call]
+    names = await index_names(client)  # on a cluster, every primary's
     for name in sorted(n for n in names if layout.generation(n)):
         if name in queried or name in report.indexes:
             continue
@@ -417,9 +436,13 @@ async def _documents(
 
 async def _drop_tombstones(client: redis.Redis, prefix: str, keep: Sequence[re.Pattern[str]]) -> int:
     deleted = 0
-    async for keys in _scan(client, tombstone_pattern(prefix)):
-        gone = [k for k in keys if not _kept(k.removeprefix(f"{OWN_KEY_PREFIX}tombstone:"), keep)]
-        deleted += await _unlink(client, gone)
+    # The slotted pattern's `{*}` may reach past a tag: only a tombstone of a key under the
+    # prefix is the removed mirror's.
+    for pattern in tombstone_patterns(prefix):
+        async for keys in _scan(client, pattern):
+            stood_for = [(k, tombstoned_key(k)) for k in keys]
+            gone = [k for k, key in stood_for if key.startswith(prefix) and not _kept(key, keep)]
+            deleted += await _unlink(client, gone)
     return deleted
 
 
@@ -448,7 +471,7 @@ async def _orphan(client: redis.Redis, name: str, keep: Sequence[re.Pattern[str]
     definition = _mapping(info.get("index_definition") or [])
     prefixes = tuple(_text(p) for p in definition.get("prefixes") or [])
     storage = _text(definition.get("key_type") or "HASH").upper()
-    documents = int(float(_text(info.get("num_docs") or 0)))
+    documents = await document_count(client, info)
     sample = await _sample(client, name, keep)
     if sample is None:
         return OrphanIndex(name, prefixes, documents, storage, False, None)
@@ -490,18 +513,13 @@ async def _marker_generations(client: redis.Redis) -> dict[str, str]:
 
 
 async def _scan(client: redis.Redis, pattern: str) -> AsyncIterator[list[str]]:
-    cursor = 0
-    while True:
-        cursor, keys = await client.scan(cursor, match=pattern, count=SCAN_COUNT)
-        if keys:
-            yield [_text(k) for k in keys]
-        if cursor == 0:
-            return
+    async for keys in scan_pages(client, pattern, SCAN_COUNT):  # every primary's on a cluster
+        yield keys
 
 
 async def _unlink(client: redis.Redis, keys: Iterable[str]) -> int:
-    keys = list(keys)
-    return int(await client.unlink(*keys)) if keys else 0
+    """One UNLINK per hash slot: a sharded Redis refuses one over several (CROSSSLOT)."""
+    return await unlink_keys(client, keys)
 
 
 def _kept(key: str, keep: Sequence[re.Pattern[str]]) -> bool:

@@ -3,7 +3,6 @@ were indexed."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -17,13 +16,20 @@ from redis.exceptions import ResponseError
 from vecmirror.config import META_HASH_FIELD, META_KEY_FIELD, MirrorConfig
 from vecmirror.errors import RedisForgotError
 from vecmirror.pipeline.documents import Document, RowKey
+from vecmirror.sink.cluster import keys_the_index_sees
 from vecmirror.sink.encode import HashEncoder, JsonEncoder, vector_from_bytes
 from vecmirror.sink.keys import KeyLayout, delete_old_keys, document_key, key_id, key_pattern
-from vecmirror.sink.versioned import META_GENERATION_FIELD, GenerationChangedError, VersionedWrites, Write
+from vecmirror.sink.observe import document_count
+from vecmirror.sink.versioned import (
+    META_GENERATION_FIELD,
+    GenerationChangedError,
+    VersionedWrites,
+    Write,
+    plan_calls,
+    run_script_calls,
+)
 
 log = structlog.get_logger(__name__)
-WRITE_CHUNK = 100
-CHUNKS_IN_FLIGHT = 4  # script calls of one batch sent before the first reply (one connection each)
 READ_CHUNK = 1000
 
 # KEYS: documents. ARGV[1]: one of vecmirror's own fields. Returns the field of each document (JSON:
@@ -132,12 +138,23 @@ class RedisSink:
 
     async def _own_field(self, keys: Sequence[str], field: str) -> list[Any]:
         """One of vecmirror's own fields of each document as Redis returns it (JSON: JSON.GET's
-        array), None where there is no document (False over RESP3): one script call per READ_CHUNK
-        keys, because a command per key costs more Python in redis-py than Redis spends answering."""
-        replies: list[Any] = []
-        for start in range(0, len(keys), READ_CHUNK):
-            replies += await self._read_script(keys=keys[start : start + READ_CHUNK], args=[field])
-        return replies
+        array), None where there is no document (False over RESP3): script calls of READ_CHUNK keys
+        at most (a slot's keys only, where the server asks for that), in one pipeline, because a
+        command per key costs more Python in redis-py than Redis spends answering."""
+        while True:
+            calls = plan_calls(keys, one_slot=self.versioned.one_slot, size=READ_CHUNK)
+            positions = [[p for _, part in call for p in part] for call in calls]
+            arguments = [([keys[p] for p in ps], [field]) for ps in positions]
+            replies = await run_script_calls(self._redis, self._read_script, arguments)
+            refused = next((r for r in replies if isinstance(r, Exception)), None)
+            if refused is None:
+                break
+            self.versioned.learn_one_slot(refused)  # type: ignore[arg-type]
+        values: list[Any] = [None] * len(keys)
+        for ps, reply in zip(positions, replies, strict=True):
+            for p, value in zip(ps, reply, strict=True):
+                values[p] = value
+        return values
 
     async def write(
         self,
@@ -146,9 +163,9 @@ class RedisSink:
         *,
         keep_vector: set[RowKey],
     ) -> list[RowKey]:
-        """Versioned writes, one atomic script call per WRITE_CHUNK documents (upserts and
-        deletes): the index never sees half a document, and Redis is never blocked by a whole
-        batch (2,000 HNSW inserts in one transaction took over 5 s here, stalling every query
+        """Versioned writes (sink/versioned.py), atomic script calls of CALL_SIZE documents at most,
+        grouped by hash slot: the index never sees half a document, and Redis is never blocked by a
+        whole batch (2,000 HNSW inserts in one transaction took over 5 s here, stalling every query
         meanwhile). `keep_vector` documents carry no vector because their text is unchanged; their
         stored vector stays. Deletes are (row key, version). Returns the keys Redis refused because
         it holds a newer version (a worker that was frozen past its claim)."""
@@ -157,17 +174,8 @@ class RedisSink:
             raise GenerationChangedError(self._mirror.name, None)
         writes = [(d.key, self._upsert(d, generation, partial=d.key in keep_vector)) for d in upserts]
         writes += [(row_key, self.versioned.delete(self.key(row_key), v)) for row_key, v in deletes]
-        chunks = [writes[start : start + WRITE_CHUNK] for start in range(0, len(writes), WRITE_CHUNK)]
-        in_flight = asyncio.Semaphore(CHUNKS_IN_FLIGHT)
-
-        async def apply(chunk: list[tuple[RowKey, Write]]) -> list[RowKey]:
-            async with in_flight:
-                applied = await self.versioned.apply([write for _, write in chunk], generation)
-            return [row_key for (row_key, _), ok in zip(chunk, applied, strict=True) if not ok]
-
-        # Chunks go out without waiting for the previous reply: Redis re-indexes one while the next
-        # is encoded. A batch holds each key once, so their order does not matter.
-        refused = [key for refused in await asyncio.gather(*map(apply, chunks)) for key in refused]
+        applied = await self.versioned.apply([write for _, write in writes], generation)
+        refused = [row_key for (row_key, _), ok in zip(writes, applied, strict=True) if not ok]
         if self.keys_left is not None:
             old = [key_id(row_key) for row_key, _ in deletes]
             await delete_old_keys(self._redis, self.keys_left, old, generation)
@@ -197,7 +205,7 @@ class RedisSink:
         return int(info["hash_indexing_failures"]), (str(last) if last and last != "N/A" else None)
 
     async def document_count(self) -> int:
-        return int((await self._index_info())["num_docs"])
+        return await document_count(self._redis, await self._index_info())
 
     async def _index_info(self) -> dict[str, Any]:
         try:
@@ -210,9 +218,11 @@ class RedisSink:
 
     async def not_indexed(self, keys: Sequence[RowKey]) -> list[RowKey]:
         """Which of these written documents the index refused (INKEYS limits the search to them)."""
-        if not keys:
+        # Where each shard indexes alone, the index sees its own shard's documents only (sink/cluster.py).
+        seen = set(await keys_the_index_sees(self._redis, self.index_name, [self.key(k) for k in keys]))
+        by_key = {self.key(k): k for k in keys if self.key(k) in seen}
+        if not by_key:
             return []
-        by_key = {self.key(k): k for k in keys}
         reply = await self._redis.execute_command(  # type: ignore[no-untyped-call]
             "FT.SEARCH",
             self.index_name,
@@ -229,14 +239,16 @@ class RedisSink:
         return [row_key for key, row_key in by_key.items() if key not in found]
 
     async def scan_row_keys(self, page: int = 1000) -> AsyncIterator[list[RowKey]]:
-        """Row keys of every document under the mirror's prefix, a page at a time."""
-        cursor = 0
-        while True:
-            cursor, keys = await self._redis.scan(cursor, match=key_pattern(self._mirror), count=page)
-            if keys:
-                yield await self._row_keys_of([_text(k) for k in keys])
-            if cursor == 0:
-                return
+        """Row keys of every document under the mirror's prefix, a page at a time (on a cluster
+        scan_iter walks every primary in turn)."""
+        keys: list[str] = []
+        async for key in self._redis.scan_iter(match=key_pattern(self._mirror), count=page):
+            keys.append(_text(key))
+            if len(keys) == page:
+                yield await self._row_keys_of(keys)
+                keys = []
+        if keys:
+            yield await self._row_keys_of(keys)
 
     async def _row_keys_of(self, keys: list[str]) -> list[RowKey]:
         replies = await self._own_field(keys, META_KEY_FIELD)
