@@ -48,3 +48,12 @@ def test_a_slow_batch_halves_the_size_down_to_the_smallest() -> None:
 def test_sizes_must_be_ordered() -> None:
     with pytest.raises(ValueError, match="1 <= 512 <= 256"):
         BatchSizer(smallest=512, largest=256, target_seconds=1.0)
+
+
+def test_a_failed_batch_is_retried_from_the_smallest_size() -> None:
+    batches = sizer()
+    batches.size = 1024
+    batches.failed()
+    assert batches.size == 256
+    batches.record(claimed=256, seconds=0.1)
+    assert batches.size == 512  # and grows again once batches get through

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 class BatchSizer:
     """Starts at `smallest`; doubles after a claim that came back full (the backlog is at least
     that deep) and finished within half of `target_seconds`; halves after a batch that took longer
-    than `target_seconds`. Never outside [smallest, largest]."""
+    than `target_seconds`; starts again from `smallest` after a batch that failed. Never outside
+    [smallest, largest]."""
 
     smallest: int
     largest: int
@@ -34,3 +35,9 @@ class BatchSizer:
             self.size = max(self.smallest, self.size // 2)
         elif claimed >= self.size and seconds < self.target_seconds / 2:
             self.size = min(self.largest, self.size * 2)
+
+    def failed(self) -> None:
+        """After a batch that failed: the retry starts from `smallest` again. Over a flaky link (a
+        proxy dropping connections, a failover) a large batch may never fit between two faults, and
+        its retries would fail the same way for good; a small one gets through, and grows again."""
+        self.size = self.smallest

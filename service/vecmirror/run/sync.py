@@ -239,6 +239,15 @@ class MirrorSync:
     async def _claim_and_sync(
         self, conn: Connection, *, after_truncate: bool
     ) -> BatchStats | Literal["truncate first"] | None:
+        try:
+            return await self._claim_and_sync_sized(conn, after_truncate=after_truncate)
+        except Exception:
+            self.batch_sizer.failed()
+            raise
+
+    async def _claim_and_sync_sized(
+        self, conn: Connection, *, after_truncate: bool
+    ) -> BatchStats | Literal["truncate first"] | None:
         async with claim_transaction(conn):
             started = time.monotonic()
             # One batch of the mirror reads at a time: batches in flight then take turns, each
