@@ -1,15 +1,16 @@
 """KNN, filtered KNN, range and fused text+vector search over what vecmirror mirrors.
 
 Queries use exactly what the writer used: the mirror's model, vector field, datatype and metric.
-Every argument is checked before Redis is called; each error says what to fix.
+Every argument is checked before Redis is called; each error says what to fix. On a cluster the
+search returns ids and distances only, and the fields are read by key (by_key.py says why).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio as redis
 from redis.exceptions import RedisError, ResponseError
@@ -18,17 +19,20 @@ from redisvl.index import AsyncSearchIndex
 from redisvl.query import AggregateHybridQuery, VectorQuery, VectorRangeQuery
 
 from vecmirror.config import Config, ModelSpec
-from vecmirror.connections import redis_from_settings
+from vecmirror.connections import cluster_enabled, connect_redis
 from vecmirror.errors import QueryError
 from vecmirror.index.manage import index_info
 from vecmirror.index.vectors import served_vector
 from vecmirror.pipeline.embedder import Embedder, EmbedderFactory, default_embedder_factory
+from vecmirror.query.by_key import TEXT_SCORER, fused_rows, scored_knn, with_fields
 from vecmirror.query.checks import Target, check_filter, check_return_fields, check_vector, target_of
 from vecmirror.query.filters import Filter
 from vecmirror.query.results import Hit, decode_field, decode_vector, return_whole_arrays
 from vecmirror.settings import Settings
+from vecmirror.sink.cluster import is_cluster, refuse_partial_search
 
 FilterArg = Filter | str | None
+T = TypeVar("T")
 
 
 class MirrorSearch:
@@ -39,13 +43,16 @@ class MirrorSearch:
         self._redis = client
         self._factory = embedder_factory
         self._embedders: dict[ModelSpec, Embedder] = {}
+        # Whether the search cannot return fields (by_key.py): known on a cluster client, asked of
+        # the server on first use otherwise, as a plain client may reach a cluster node (?cluster=false).
+        self._fields_by_key: bool | None = True if is_cluster(client) else None
 
     @classmethod
     @asynccontextmanager
     async def open(
         cls, settings: Settings, config: Config, embedder_factory: EmbedderFactory | None = None
     ) -> AsyncIterator[MirrorSearch]:
-        client = redis_from_settings(settings)
+        client = await connect_redis(settings)
         try:
             yield cls(config, client, embedder_factory or default_embedder_factory(settings))
         finally:
@@ -68,17 +75,19 @@ class MirrorSearch:
         target = target_of(self._config, mirror)
         _check_counts(k=k, offset=offset)
         target.check_ef_runtime(ef_runtime)
+        fields = check_return_fields(target, return_fields)
+        kept = check_filter(target, filter)
         query = VectorQuery(
             vector=await self._query_vector(target, text, vector),
             vector_field_name=target.field.name,
-            return_fields=check_return_fields(target, return_fields),
-            filter_expression=check_filter(target, filter),
+            return_fields=await self._returned(fields),
+            filter_expression=kept,
             num_results=offset + k,
             dtype=target.datatype,
             ef_runtime=ef_runtime,
         )
         query.paging(offset, k)
-        return await self._run(target, query, with_vectors)
+        return await self._run(target, query, fields, with_vectors)
 
     async def range(
         self,
@@ -97,18 +106,20 @@ class MirrorSearch:
         target = target_of(self._config, mirror)
         _check_counts(k=limit, offset=0)
         target.check_range(radius, epsilon)
+        fields = check_return_fields(target, return_fields)
+        kept = check_filter(target, filter)
         query = VectorRangeQuery(
             vector=await self._query_vector(target, text, vector),
             vector_field_name=target.field.name,
-            return_fields=check_return_fields(target, return_fields),
-            filter_expression=check_filter(target, filter),
+            return_fields=await self._returned(fields),
+            filter_expression=kept,
             distance_threshold=radius,
             epsilon=epsilon,
             num_results=limit,
             dtype=target.datatype,
             sort_by="vector_distance",
         )
-        return await self._run(target, query, with_vectors)
+        return await self._run(target, query, fields, with_vectors)
 
     async def hybrid(
         self,
@@ -128,21 +139,32 @@ class MirrorSearch:
         if not 0.0 <= text_weight <= 1.0:
             raise QueryError(f"mirror {mirror!r}: text_weight must be between 0 and 1, not {text_weight}")
         fields = check_return_fields(target, return_fields)
+        text_field_name = target.text_field(text_field)
+        kept = check_filter(target, filter)
         query = AggregateHybridQuery(
             text=text,
-            text_field_name=target.text_field(text_field),
+            text_field_name=text_field_name,
             vector=await self._query_vector(target, None if vector is not None else text, vector),
             vector_field_name=target.field.name,
-            filter_expression=check_filter(target, filter),
+            filter_expression=kept,
             alpha=1.0 - text_weight,
             dtype=target.datatype,
+            text_scorer=TEXT_SCORER,
             num_results=k,
-            return_fields=fields,
+            return_fields=await self._returned(fields),
             stopwords=None,
         )
-        query.load("@__key")
-        return_whole_arrays(query, target.array_paths)
-        rows = await _searched(target, AsyncSearchIndex(target.mirror.index, redis_client=self._redis), query)
+        await refuse_partial_search(self._redis, target.mirror.index.index.name)
+        index = AsyncSearchIndex(target.mirror.index, redis_client=self._redis)
+        if await self._reads_fields_by_key():
+            # FT.AGGREGATE answers nil rows there once it LOADs anything, even the key: FT.SEARCH
+            # gives the same hits, with the text score and distance the fused score is made of.
+            result = await _searched(target, index.search(scored_knn(query, k), query_params=query.params))
+            rows = await with_fields(self._redis, target, fused_rows(result.docs, text_weight), fields)
+        else:
+            query.load("@__key")
+            return_whole_arrays(query, target.array_paths)
+            rows = await _searched(target, index.query(query))
         return [self._hit(target, row, fields, score=float(row["hybrid_score"])) for row in rows]
 
     async def _query_vector(
@@ -162,11 +184,23 @@ class MirrorSearch:
         vectors = await asyncio.to_thread(self._embedders[embed.spec].embed, [text or ""])
         return [float(v) for v in vectors[0]]
 
-    async def _run(self, target: Target, query: Any, with_vectors: bool) -> list[Hit]:
+    async def _reads_fields_by_key(self) -> bool:
+        if self._fields_by_key is None:
+            self._fields_by_key = await cluster_enabled(self._redis)
+        return self._fields_by_key
+
+    async def _returned(self, fields: list[str]) -> list[str]:
+        """The fields the search itself returns: none where they are read by key afterwards."""
+        return [] if await self._reads_fields_by_key() else fields
+
+    async def _run(self, target: Target, query: Any, fields: list[str], with_vectors: bool) -> list[Hit]:
         index = AsyncSearchIndex(target.mirror.index, redis_client=self._redis)
-        fields = list(query._return_fields)
         return_whole_arrays(query, target.array_paths)
-        hits = [self._hit(target, row, fields) for row in await _searched(target, index, query)]
+        await refuse_partial_search(self._redis, target.mirror.index.index.name)
+        rows: list[dict[str, Any]] = await _searched(target, index.query(query))
+        if await self._reads_fields_by_key():
+            rows = await with_fields(self._redis, target, rows, fields)
+        hits = [self._hit(target, row, fields) for row in rows]
         return await self._attach_vectors(target, hits) if with_vectors else hits
 
     def _hit(self, target: Target, row: dict[str, Any], fields: list[str], score: float | None = None) -> Hit:
@@ -211,11 +245,11 @@ def _check_counts(*, k: int, offset: int) -> None:
         raise QueryError(f"offset must be a whole number of at least 0, not {offset!r}")
 
 
-async def _searched(target: Target, index: AsyncSearchIndex, query: Any) -> list[dict[str, Any]]:
-    """The query's rows; a query Redis rejects (a filter its parser refuses, a range of words) is
-    the caller's mistake, said in one line, not a traceback."""
+async def _searched(target: Target, search: Awaitable[T]) -> T:
+    """What the search answers; a query Redis rejects (a filter its parser refuses, a range of
+    words) is the caller's mistake, said in one line, not a traceback."""
     try:
-        rows: list[dict[str, Any]] = await index.query(query)
+        return await search
     except RedisSearchError as exc:
         cause = exc.__cause__
         if isinstance(cause, ResponseError):
@@ -223,4 +257,3 @@ async def _searched(target: Target, index: AsyncSearchIndex, query: Any) -> list
         if isinstance(cause, RedisError):
             raise cause from exc  # server trouble, named by the boundary like any other
         raise
-    return rows

@@ -8,7 +8,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from vecmirror.config import Config
-from vecmirror.connections import redis_from_settings
+from vecmirror.connections import connect_redis
 from vecmirror.pipeline.embedder import EmbedderFactory, default_embedder_factory
 from vecmirror.query.results import Hit
 from vecmirror.query.search import MirrorSearch
@@ -23,8 +23,12 @@ class SyncMirrorSearch:
     def __init__(
         self, settings: Settings, config: Config, embedder_factory: EmbedderFactory | None = None
     ) -> None:
-        self._client = redis_from_settings(settings)  # first: a bad setting must not leak a loop
         self._loop = asyncio.new_event_loop()
+        try:
+            self._client = self._loop.run_until_complete(connect_redis(settings))
+        except BaseException:
+            self._loop.close()  # a bad setting or a server out of reach must not leak the loop
+            raise
         self._search = MirrorSearch(
             config, self._client, embedder_factory or default_embedder_factory(settings)
         )
