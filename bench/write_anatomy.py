@@ -22,12 +22,14 @@ from corpus import COLUMNS, Row
 from vecmirror.config import MirrorConfig
 from vecmirror.pipeline.documents import Document, DocumentBuilder
 from vecmirror.sink.encode import HashEncoder
-from vecmirror.sink.writer import READ_CHUNK, WRITE_CHUNK, RedisSink
+from vecmirror.sink.versioned import CALL_SIZE
+from vecmirror.sink.writer import READ_CHUNK, RedisSink
 
 VERSION_BASE = 10**12  # above any captured change's id, so no versioned write is refused
 RAW = "HSET of the 2 changed fields, one pipeline (R2's baseline)"
 ALL_FIELDS = "HSET of every field vecmirror writes, one pipeline"
-VERSIONED = f"vecmirror's write: a versioned-write script call per {WRITE_CHUNK} documents, sent as JSON"
+VERSIONED = f"vecmirror's write: a versioned-write script call per {CALL_SIZE} documents, sent as JSON"
+ONE_SLOT = "the same, a script call per hash slot (as on a sharded Redis or a proxy endpoint)"
 HASH_READS = f"reading the text hashes first: one script call per {READ_CHUNK:,} keys"
 INDEX_INFO = "FT.INFO once per batch (documents the index refused)"
 Fields = Mapping[str, str | bytes | int | float]
@@ -57,6 +59,7 @@ def _variants(
         RAW: lambda: _hset(client, keys, changed),
         ALL_FIELDS: lambda: _hset(client, keys, [encoder.mapping(d) for d in documents]),
         VERSIONED: lambda: sink.write(documents, [], keep_vector={d.key for d in documents}),
+        ONE_SLOT: lambda: _one_slot_write(sink, documents),
         HASH_READS: lambda: sink.stored_text_hashes([d.key for d in documents]),
         INDEX_INFO: sink.indexing_failures,
     }
@@ -67,6 +70,14 @@ def _document(builder: DocumentBuilder, row: Row, version: int) -> Document:
     document = builder.build((str(row.id),), dict(zip(COLUMNS, row.record(), strict=True)))
     document.version = version
     return document
+
+
+async def _one_slot_write(sink: RedisSink, documents: list[Document]) -> None:
+    sink.versioned.one_slot = True
+    try:
+        await sink.write(documents, [], keep_vector={d.key for d in documents})
+    finally:
+        sink.versioned.one_slot = False
 
 
 async def _hset(client: redis.Redis, keys: Sequence[str], mappings: Sequence[Fields]) -> None:
