@@ -102,7 +102,7 @@ async def _node_pages(primary: Primary, match: str, count: int) -> AsyncIterator
             )
             cursor, keys = reply[0][primary.name], reply[1]
         if keys:
-            yield [_text(k) for k in keys]
+            yield [as_text(k) for k in keys]
         if int(cursor) == 0:
             return
 
@@ -213,8 +213,9 @@ async def unlink_keys(client: redis.Redis, keys: Iterable[str]) -> int:
 
 
 def _names(reply: Any) -> set[str]:
-    return {_text(n) for n in reply or []}
+    return {as_text(n) for n in reply or []}
 
 
-def _text(value: Any) -> str:
+def as_text(value: Any) -> str:
+    """A reply as text: redis-py answers bytes unless told to decode."""
     return value.decode() if isinstance(value, bytes) else str(value)

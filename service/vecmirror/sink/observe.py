@@ -12,7 +12,7 @@ import redis.asyncio as redis
 from redis.exceptions import ResponseError
 
 from vecmirror.config import OWN_KEY_PREFIX
-from vecmirror.sink.cluster import index_names, shards_index_alone
+from vecmirror.sink.cluster import as_text, index_names, shards_index_alone
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ async def index_state(client: redis.Redis, index_name: str, *, with_rebuild: boo
         if "unknown index" in str(exc).lower() or "no such index" in str(exc).lower():
             return IndexState(index_name, exists=False)
         raise
-    answering = _text(info.get("index_name", index_name))
+    answering = as_text(info.get("index_name", index_name))
     rebuild = None
     if with_rebuild:
         names = sorted(await index_names(client))  # on a cluster, every primary's
@@ -61,24 +61,20 @@ async def document_count(client: redis.Redis, info: dict[str, Any]) -> int:
     if not await shards_index_alone(client):
         return int(info["num_docs"])
     definition = _pairs(info.get("index_definition") or [])
-    kind = "ReJSON-RL" if _text(definition.get("key_type", "HASH")).upper() == "JSON" else "hash"
-    prefixes = [_text(p) for p in definition.get("prefixes") or [""]]
+    kind = "ReJSON-RL" if as_text(definition.get("key_type", "HASH")).upper() == "JSON" else "hash"
+    prefixes = [as_text(p) for p in definition.get("prefixes") or [""]]
     keys: set[str] = set()  # prefixes may overlap: a key counts once
     for prefix in prefixes:
         pattern = re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + "*"
         async for key in client.scan_iter(match=pattern, count=1000, _type=kind):
-            keys.add(_text(key))
+            keys.add(as_text(key))
     return len(keys)
 
 
 def _pairs(raw: Any) -> dict[str, Any]:
     if isinstance(raw, dict):
-        return {_text(k): v for k, v in raw.items()}
-    return {_text(raw[i]): raw[i + 1] for i in range(0, len(raw) - 1, 2)}
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+        return {as_text(k): v for k, v in raw.items()}
+    return {as_text(raw[i]): raw[i + 1] for i in range(0, len(raw) - 1, 2)}
 
 
 def last_sync_key(mirror: str) -> str:

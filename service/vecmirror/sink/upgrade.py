@@ -22,6 +22,7 @@ import redis.asyncio as redis
 import structlog
 
 from vecmirror.config import OWN_KEY_PREFIX
+from vecmirror.sink.cluster import as_text
 from vecmirror.sink.slots import own_key_slot
 from vecmirror.sink.versioned import (
     LEASE_CURRENT,
@@ -48,7 +49,7 @@ async def upgrade_to_slots(writes: VersionedWrites, mirror: str) -> bool:
     (a mirror marked since slots, or never marked)."""
     client = writes.client
     marker = marker_key(mirror)
-    kind = _text(await client.type(marker))
+    kind = as_text(await client.type(marker))
     if kind == "none" or (kind == "hash" and await client.hexists(marker, MARKER_SLOTS)):
         return False
     await _fence_old_workers(client, mirror)
@@ -56,7 +57,7 @@ async def upgrade_to_slots(writes: VersionedWrites, mirror: str) -> bool:
     if kind == "hash":  # a STRING marker (from before generations) is marked afresh on adoption
         generation, legacy = await client.hmget(marker, [MARKER_GENERATION, MARKER_LEGACY])
         if generation is not None:
-            await writes.mark_slots(_text(generation), adopt_legacy=legacy is not None)
+            await writes.mark_slots(as_text(generation), adopt_legacy=legacy is not None)
     log.info("layout_upgraded_to_slots", mirror=mirror, tombstones_moved=moved)
     return True
 
@@ -64,7 +65,7 @@ async def upgrade_to_slots(writes: VersionedWrites, mirror: str) -> bool:
 async def _fence_old_workers(client: redis.Redis, mirror: str) -> None:
     old_holder, old_seen = legacy_lease_keys(mirror)
     _, seen = lease_keys(mirror)
-    configs = {_text(k): _text(v) for k, v in (await client.hgetall(old_seen)).items()}
+    configs = {as_text(k): as_text(v) for k, v in (await client.hgetall(old_seen)).items()}
     configs_run = [field for field in configs if field.startswith("seen:")]
     current = configs.get(LEASE_CURRENT)
     if current:
@@ -88,7 +89,7 @@ async def _move_tombstones(client: redis.Redis) -> int:
     name with the time it has left (one that expires meanwhile is gone either way)."""
     moved = 0
     async for raw in client.scan_iter(match=f"{OWN_KEY_PREFIX}{TOMBSTONE}:*", count=SCAN_COUNT):
-        old = _text(raw)
+        old = as_text(raw)
         if own_key_slot(TOMBSTONE, old) is not None:
             continue  # already today's name
         document = old.removeprefix(f"{OWN_KEY_PREFIX}{TOMBSTONE}:")
@@ -98,7 +99,3 @@ async def _move_tombstones(client: redis.Redis) -> int:
         await client.delete(old)
         moved += 1
     return moved
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
