@@ -330,7 +330,8 @@ def worker_grants(role: str, tables: list[str]) -> list[str]:
         f"GRANT USAGE ON SCHEMA vecmirror TO {role}",
         f"GRANT SELECT ON vecmirror.migrations TO {role}",
         "GRANT SELECT, INSERT, UPDATE, DELETE ON vecmirror.changes_v1, vecmirror.mirrors_v1, "
-        f"vecmirror.failed_v1, vecmirror.versions_v1 TO {role}",
+        f"vecmirror.failed_v1, vecmirror.versions_v1, vecmirror.related_changes_v1 TO {role}",
+        f"GRANT SELECT ON vecmirror.related_captures_v1 TO {role}",
         f"GRANT SELECT ON {', '.join(tables)} TO {role}",
     ]
 

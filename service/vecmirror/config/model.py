@@ -10,7 +10,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from redisvl.schema import IndexInfo, IndexSchema
 from redisvl.schema.fields import BaseField
 
@@ -73,6 +81,71 @@ class EmbedConfig(BaseModel):
         return template
 
 
+# A `keys` query's parameters: $1 (one array per key column of the related table, $1..$n).
+KEYS_PARAMETER = re.compile(r"\$1(?![0-9])")
+
+
+class RelatedConfig(BaseModel):
+    """A table whose changes change the mirror's documents (read through `documents`): its changed
+    rows name the documents to read again, by a column pair (`on`) or by a query (`keys`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    table: str
+    # A column of the mirror's table -> the column of this table it equals (one hop, any direction).
+    on: dict[str, str] | None = None
+    # From this table's changed keys ($1: an array per key column, $2.. for more) to the mirror's keys.
+    keys: str | None = None
+    key: tuple[str, ...] | None = None  # this table's key for `keys` (default: its primary key)
+
+    @field_validator("table")
+    @classmethod
+    def _table_is_qualified_name(cls, value: str) -> str:
+        split_table_name(value)
+        return value
+
+    @field_validator("key", mode="before")
+    @classmethod
+    def _key_as_tuple(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str) else value
+
+    @field_validator("on")
+    @classmethod
+    def _on_names_columns(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is not None and (not value or not all(value) or not all(value.values())):
+            raise ValueError("must map at least one column of the mirror's table to one of this table")
+        return value
+
+    @field_validator("keys")
+    @classmethod
+    def _keys_reads_changed_keys(cls, value: str | None) -> str | None:
+        if value is not None and not KEYS_PARAMETER.search(value):
+            raise ValueError("the query must read the changed keys from $1")
+        return value
+
+    @model_validator(mode="after")
+    def _one_way_to_documents(self) -> RelatedConfig:
+        if (self.on is None) == (self.keys is None):
+            raise ValueError("set one of `on` (a column pair) or `keys` (a query), not both")
+        if self.key is not None and self.keys is None:
+            raise ValueError("`key` is only read with `keys`")
+        return self
+
+    @property
+    def schema_name(self) -> str:
+        return split_table_name(self.table)[0]
+
+    @property
+    def table_name(self) -> str:
+        return split_table_name(self.table)[1]
+
+    @property
+    def relation_id(self) -> str:
+        """Names this relation in the queue: what its captured values mean changes with it."""
+        described = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(described.encode()).hexdigest()[:12]
+
+
 class MirrorConfig(BaseModel):
     """One table mirrored into one index."""
 
@@ -84,6 +157,9 @@ class MirrorConfig(BaseModel):
     embed: EmbedConfig | None = None
     vector_column: str | None = None
     index: IndexSchema
+    # A view (or table) with the key columns of `table`, read instead of it for every other column.
+    documents: str | None = None
+    related: tuple[RelatedConfig, ...] = ()
     # Where documents hold the vector when an online re-embedding moved it (index/rollout.py): not
     # part of the definition, so not of `digest` either.
     _moved_vector_to: str | None = PrivateAttr(default=None)
@@ -106,11 +182,20 @@ class MirrorConfig(BaseModel):
             raise ValueError(f"a column is listed more than once in {list(value)}")
         return value
 
-    @field_validator("table")
+    @field_validator("table", "documents")
     @classmethod
-    def _table_is_qualified_name(cls, value: str) -> str:
-        split_table_name(value)
+    def _table_is_qualified_name(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_table_name(value)
         return value
+
+    @model_validator(mode="after")
+    def _related_needs_documents(self) -> MirrorConfig:
+        if self.related and self.documents is None:
+            raise ValueError(
+                "related: its tables' columns can only reach documents through a view: set `documents`"
+            )
+        return self
 
     @field_validator("index", mode="before")
     @classmethod
@@ -141,6 +226,11 @@ class MirrorConfig(BaseModel):
     @property
     def table_name(self) -> str:
         return split_table_name(self.table)[1]
+
+    @property
+    def documents_source(self) -> tuple[str, str]:
+        """Where the fields and the template's columns are read: `documents`, or else `table`."""
+        return split_table_name(self.documents or self.table)
 
     @property
     def storage(self) -> str:

@@ -91,8 +91,9 @@ async def mirror_status(conn: Connection, client: redis.Redis, mirror: MirrorCon
 
 
 async def _table_rows(conn: Connection, mirror: MirrorConfig) -> tuple[int | None, str | None]:
-    """The table's rows, or None and why not (it was dropped, or this role may not read it)."""
-    statement = TableStatements(qualified(mirror.schema_name, mirror.table_name), (), ()).count_rows()
+    """The table's rows (the documents view's, where the mirror reads one), or None and why not
+    (it was dropped, or this role may not read it)."""
+    statement = TableStatements(qualified(*mirror.documents_source), (), ()).count_rows()
     try:
         return int(await conn.fetchval(statement)), None
     except (

@@ -29,12 +29,14 @@ from vecmirror.sink.versioned import marker_key
 from vecmirror.sink.writer import RedisSink
 from vecmirror.source import Connection, changes, discard, generations
 from vecmirror.source.changes import ClaimedBatch, RetryPolicy, RowFailure
-from vecmirror.source.migrate import capture_problem
+from vecmirror.source.migrate import capture_problem, follow_documents
+from vecmirror.source.related import FanOut, fan_out, fan_out_all
 from vecmirror.source.rows import LoadedRows, load_rows
-from vecmirror.source.tables import SourceTable, inspect_table
+from vecmirror.source.tables import SourceTable, documents_state, inspect_table
 
 log = structlog.get_logger(__name__)
 INDEX_REFUSED_FIELD = "(document)"
+DOCUMENTS_FIELD = "(documents)"  # a failed row's field when the documents view is what is wrong
 # What a claim returns instead of a batch while a TRUNCATE marker waits: it is handled first, alone.
 TRUNCATE_FIRST: Literal["truncate first"] = "truncate first"
 
@@ -50,6 +52,8 @@ class BatchStats:
     failed: int = 0
     refused_stale: int = 0
     truncated: bool = False
+    related_changes: int = 0  # changes of related tables fanned out before the claim
+    related_queued: int = 0  # documents they queued to be read again
     resynced: bool = False  # Redis had forgotten the mirror; every row is queued again
     failures: list[RowFailure] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)  # failed rows by stage: document, embed, index
@@ -161,6 +165,12 @@ class MirrorSync:
             await changes.requeue_all_rows(conn, self.name)
             log.warning("table_changed_rows_requeued", mirror=self.name, table=self.mirror.table)
         self._table = table
+        await self.follow_documents(conn)
+
+    async def follow_documents(self, conn: Connection) -> None:
+        """A documents view defined otherwise since the last look: every document is read again."""
+        if self.mirror.documents is not None:
+            await follow_documents(conn, self.name, await documents_state(conn, self.mirror))
 
     async def claim_config(self) -> None:
         """Renews this worker's config lease on the mirror, or takes it over from an older config
@@ -225,6 +235,7 @@ class MirrorSync:
     async def sync_batch(self, conn: Connection) -> BatchStats | None:
         """Processes one batch; None when the mirror's queue had nothing claimable."""
         started = time.monotonic()
+        fanned_out = await self._fan_out_related(conn)
         stats = await self._claim_and_sync(conn, after_truncate=False)
         if stats == TRUNCATE_FIRST:
             if await self._sync_truncate(conn):
@@ -232,9 +243,22 @@ class MirrorSync:
             else:  # a peer holds the marker: this claim waits for it to finish (the mirror's lock)
                 stats = await self._claim_and_sync(conn, after_truncate=True)
         if not isinstance(stats, BatchStats):
-            return None
+            if not fanned_out.related_changes:
+                return None
+            stats = BatchStats(self.name)  # related changes that named no document: progress still
+        stats.related_changes, stats.related_queued = fanned_out.related_changes, fanned_out.documents
         stats.duration_seconds = time.monotonic() - started
         return stats
+
+    async def _fan_out_related(self, conn: Connection) -> FanOut:
+        """The changes of related tables become changes of the documents they affect, in one
+        transaction with their deletion (source/related.py)."""
+        if not self.mirror.related:
+            return FanOut()
+        table = self.table
+        everything = fan_out_all(table.statements.qualified_table, table.statements.key_columns)
+        async with claim_transaction(conn):
+            return await fan_out(conn, self.name, table.relations, everything)
 
     async def _claim_and_sync(
         self, conn: Connection, *, after_truncate: bool
@@ -351,6 +375,13 @@ class MirrorSync:
             if row is None:
                 plan.deletes.append(key)
                 continue
+            if key in loaded.duplicated:
+                problem = (
+                    f"{self.mirror.documents} has {loaded.duplicated[key]} rows with this key; a document "
+                    "is one row (aggregate the joined rows, e.g. string_agg or array_agg)"
+                )
+                self._fail(plan, key, RowError(self.name, key, DOCUMENTS_FIELD, problem), stage="document")
+                continue
             try:
                 document = self._builder.build(key, row)
             except RowError as exc:
@@ -447,7 +478,13 @@ class MirrorSync:
         await self.sink.write([], gone, keep_vector=set())
 
 
-def _shape(table: SourceTable, read: set[str]) -> dict[str, tuple[str, int]]:
+_Columns = dict[str, tuple[str, int]]
+
+
+def _shape(table: SourceTable, read: set[str]) -> tuple[_Columns, _Columns]:
     """What the mirror reads of its table: each such column's type and number (a column dropped and
-    added again gets a new number)."""
-    return {name: (c.sql_type, c.attnum) for name, c in table.columns.items() if name in read}
+    added again gets a new number), in the table and in the documents view (whose definition is
+    followed by follow_documents)."""
+    columns = {name: (c.sql_type, c.attnum) for name, c in table.columns.items() if name in read}
+    values = {name: (c.sql_type, c.attnum) for name, c in table.value_columns.items() if name in read}
+    return columns, values

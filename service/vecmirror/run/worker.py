@@ -145,6 +145,7 @@ class Worker:
             await self._for_mirror(sync, functools.partial(self._backfill_if_pending, sync))
 
     async def _backfill_if_pending(self, sync: MirrorSync, conn: Connection) -> None:
+        await sync.follow_documents(conn)  # on every wake-up: a view redefined starts a new walk
         if await backfill_pending(conn, sync.name):
             progress = functools.partial(self.metrics.backfill_queued, sync.name)
             queued = await queue_all_rows(conn, sync.table, self._backfill_page, progress)

@@ -15,6 +15,16 @@ import structlog
 
 from vecmirror.config import Config, MirrorConfig
 from vecmirror.source import Connection, generations
+from vecmirror.source.related import (
+    Relation,
+    capture_id,
+    consumer_name,
+    create_related_triggers,
+    related_capture_function,
+    wanted_captures,
+)
+from vecmirror.source.related import capture_function_name as related_function_name
+from vecmirror.source.related import trigger_name as related_trigger_name
 from vecmirror.source.sql import QUERIES
 from vecmirror.source.statements import (
     TRIGGER_EVENTS,
@@ -68,12 +78,14 @@ async def migrate(conn: Connection, config: Config) -> MigrateReport:
         for mirror, table in zip(config.mirrors, tables, strict=True):
             changed = await _install_mirror(conn, mirror, table, installed.get(mirror.name))
             changed = await _follow_table(conn, mirror.name) or changed
+            changed = await follow_documents(conn, mirror.name, table.documents_state) or changed
             await conn.execute(QUERIES["record_redis_layout"], mirror.name, *redis_layout(mirror))
             (report.installed if changed else report.unchanged).append(mirror.name)
         await conn.execute(QUERIES["forget_removed_layouts"], [m.name for m in config.mirrors])
         for name in sorted(set(installed) - {m.name for m in config.mirrors}):
             await _remove_mirror(conn, installed[name])
             report.removed.append(name)
+        await _install_related(conn, [r for table in tables for r in table.relations])
     log.info("migrated", **vars(report))
     return report
 
@@ -152,9 +164,51 @@ async def _follow_table(conn: Connection, mirror: str) -> bool:
     return True
 
 
-async def _capture_triggers(conn: Connection, mirror: str) -> list[tuple[str, str, str]]:
-    """(schema, table, trigger) of every trigger calling the mirror's capture function."""
-    rows = await conn.fetch(QUERIES["capture_triggers"], capture_function_name(mirror) + "()")
+async def follow_documents(conn: Connection, mirror: str, state: str | None) -> bool:
+    """Records where the mirror's documents are read (a view and its definition, or the table):
+    another source reads other documents, so a new backfill walk reads each again. True then."""
+    if await conn.fetchval(QUERIES["documents_source"], mirror) == state:
+        return False
+    changed = bool(await conn.fetchval(QUERIES["record_documents_source"], mirror, state))
+    if changed:
+        log.info("documents_source_changed", mirror=mirror, documents=state)
+    return changed
+
+
+async def _install_related(conn: Connection, relations: list[Relation]) -> None:
+    """One capture per related table, serving every mirror relating to it. Its function is always
+    replaced (no lock on the table); triggers are created only where missing. Captures no mirror
+    relates to any more go."""
+    wanted = {capture.capture: capture for capture in wanted_captures(relations)}
+    for capture in wanted.values():
+        await conn.execute(related_capture_function(capture.capture, capture.consumers, capture.columns))
+        table = qualified(capture.schema, capture.table)
+        found = set(await _capture_triggers(conn, capture.capture, related=True))
+        triggers = {
+            (capture.schema, capture.table, related_trigger_name(capture.capture, e)) for e in TRIGGER_EVENTS
+        }
+        if found != triggers:
+            await _drop_triggers(conn, list(found))
+            for statement in create_related_triggers(capture.capture, table):
+                await conn.execute(statement)
+        consumers = [consumer_name(c.mirror, c.relation_id) for c in capture.consumers]
+        await conn.execute(
+            QUERIES["register_related_capture"], capture.capture, capture.schema, capture.table, consumers
+        )
+    for row in await conn.fetch(QUERIES["related_captures"]):
+        if row["capture"] not in wanted:
+            await _drop_triggers(conn, await _capture_triggers(conn, row["capture"], related=True))
+            await conn.execute(f"DROP FUNCTION IF EXISTS {related_function_name(row['capture'])}()")
+            await conn.execute(QUERIES["forget_related_capture"], row["capture"])
+
+
+async def _capture_triggers(
+    conn: Connection, name: str, *, related: bool = False
+) -> list[tuple[str, str, str]]:
+    """(schema, table, trigger) of every trigger calling the mirror's (or, with `related`, the
+    related table's) capture function."""
+    function = related_function_name(name) if related else capture_function_name(name)
+    rows = await conn.fetch(QUERIES["capture_triggers"], function + "()")
     return [(r["table_schema"], r["table_name"], r["trigger_name"]) for r in rows]
 
 
@@ -171,6 +225,7 @@ async def _remove_mirror(conn: Connection, previous: asyncpg.Record) -> None:
     for query in (
         "keep_removed_layout",
         "forget_mirror_changes",
+        "forget_mirror_related_changes",
         "forget_mirror_versions",
         "forget_mirror_failures",
         "forget_mirror",
@@ -186,9 +241,32 @@ async def capture_problem(conn: Connection, mirror: MirrorConfig) -> str | None:
         (schema, table, trigger) for schema, table, trigger in await _capture_triggers(conn, mirror.name)
     }
     wanted = {(mirror.schema_name, mirror.table_name, trigger_name(mirror.name, e)) for e in TRIGGER_EVENTS}
-    if wanted <= found:
+    if not wanted <= found:
+        return (
+            f"the capture triggers are missing on {mirror.table} (the table was dropped and created "
+            "again, or its triggers dropped): changes are not captured; run `vecmirror migrate`"
+        )
+    return await _related_capture_problem(conn, mirror)
+
+
+async def _related_capture_problem(conn: Connection, mirror: MirrorConfig) -> str | None:
+    """A related table's capture must exist and serve this mirror's relation as configured."""
+    if not mirror.related:
         return None
-    return (
-        f"the capture triggers are missing on {mirror.table} (the table was dropped and created "
-        "again, or its triggers dropped): changes are not captured; run `vecmirror migrate`"
-    )
+    registered = {r["capture"]: r for r in await conn.fetch(QUERIES["related_captures"])}
+    for position, related in enumerate(mirror.related):
+        capture = capture_id(related.schema_name, related.table_name)
+        row = registered.get(capture)
+        consumer = consumer_name(mirror.name, related.relation_id)
+        found = set(await _capture_triggers(conn, capture, related=True))
+        wanted = {
+            (related.schema_name, related.table_name, related_trigger_name(capture, e))
+            for e in TRIGGER_EVENTS
+        }
+        if row is None or consumer not in row["consumers"] or not wanted <= found:
+            return (
+                f"related.{position}: the changes of {related.table} are not captured for this mirror "
+                "as configured (the table was created again, its triggers dropped, or the config changed "
+                "since); run `vecmirror migrate`"
+            )
+    return None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from vecmirror.source import Connection
@@ -17,6 +17,8 @@ Row = dict[str, Any]
 class LoadedRows:
     rows: dict[RowKey, Row]  # a key absent here was deleted (or never existed)
     versions: dict[RowKey, int]  # every key asked for, deleted ones included
+    # Keys a documents view returned several rows for, and how many: each is a failed row.
+    duplicated: dict[RowKey, int] = field(default_factory=dict)
 
 
 async def load_rows(conn: Connection, table: SourceTable, keys: Sequence[RowKey]) -> LoadedRows:
@@ -31,5 +33,7 @@ async def load_rows(conn: Connection, table: SourceTable, keys: Sequence[RowKey]
         key = tuple(row.pop("_vm_key"))
         loaded.versions[key] = row.pop("_vm_version")
         if row.pop("_vm_found"):
+            if key in loaded.rows:
+                loaded.duplicated[key] = loaded.duplicated.get(key, 1) + 1
             loaded.rows[key] = row
     return loaded

@@ -31,17 +31,36 @@ class KeyColumn:
 
 @dataclass(frozen=True)
 class TableStatements:
-    """Statements for one mirror's table."""
+    """Statements for one mirror's table.
+
+    With a documents view, the value columns are read from the view (aliased `t`, so `select_list`
+    reads the same either way) joined by key to the table (aliased `r`): a document exists where
+    both have the key, which the table's own capture and the related tables' keep current."""
 
     qualified_table: str
     key_columns: tuple[KeyColumn, ...]
     select_list: tuple[str, ...]  # expressions for the value columns, each aliased to the column name
+    documents: str | None = None  # the qualified documents view, when the mirror names one
 
     @property
     def key_expression(self) -> str:
         """How the trigger turns a row into its text key, e.g. ARRAY["id"::text]."""
         parts = ", ".join(f"{quote_ident(k.name)}::text" for k in self.key_columns)
         return f"ARRAY[{parts}]"
+
+    def _key_text(self, alias: str) -> str:
+        return "ARRAY[" + ", ".join(f"{alias}.{quote_ident(k.name)}::text" for k in self.key_columns) + "]"
+
+    def _same_key(self, alias: str, other: str) -> str:
+        return " AND ".join(
+            f"{alias}.{quote_ident(k.name)} = {other}.{quote_ident(k.name)}" for k in self.key_columns
+        )
+
+    def _rows(self) -> str:
+        """The table's rows with their document's columns: `r` the table, `t` the values' source."""
+        if self.documents is None:
+            return f"{self.qualified_table} t"
+        return f"{self.qualified_table} r JOIN {self.documents} t ON {self._same_key('t', 'r')}"
 
     def load_rows(self) -> str:
         """Current rows and versions for a list of keys, read in one snapshot so a version always
@@ -50,20 +69,28 @@ class TableStatements:
         text is not the queued text any more (that key's document must go)."""
         aliases = [f"k{i}" for i in range(len(self.key_columns))]
         params = ", ".join(f"${i + 1}::text[]" for i in range(len(aliases)))
+        source = "r" if self.documents is not None else "t"
         join = " AND ".join(
-            f"t.{quote_ident(k.name)} = k.{alias}::{k.sql_type}"
+            f"{source}.{quote_ident(k.name)} = k.{alias}::{k.sql_type}"
             for k, alias in zip(self.key_columns, aliases, strict=True)
         )
         key_array = "ARRAY[" + ", ".join(f"k.{a}" for a in aliases) + "]"
         # The row's own key text must be the queued text: a citext key changed only in case, or a
         # numeric 1.0 that became 1.00, still joins, but its document is under the other text.
-        row_key = "ARRAY[" + ", ".join(f"t.{quote_ident(k.name)}::text" for k in self.key_columns) + "]"
-        found = f"coalesce({row_key} = {key_array}, false) AS _vm_found"
+        found = f"coalesce({self._key_text(source)} = {key_array}, false)"
+        joined = f"LEFT JOIN {self.qualified_table} t ON {join}"
+        if self.documents is not None:
+            # A key of the table that the view does not have: its document goes.
+            first = quote_ident(self.key_columns[0].name)
+            found = f"coalesce({found} AND t.{first} IS NOT NULL, false)"
+            joined = (
+                f"LEFT JOIN {self.qualified_table} r ON {join} "
+                f"LEFT JOIN {self.documents} t ON {self._same_key('t', 'r')}"
+            )
         version = "coalesce(v.version, 0) AS _vm_version"
-        columns = ", ".join([f"{key_array} AS _vm_key", found, version, *self.select_list])
+        columns = ", ".join([f"{key_array} AS _vm_key", f"{found} AS _vm_found", version, *self.select_list])
         return (
-            f"SELECT {columns} FROM unnest({params}) AS k({', '.join(aliases)}) "
-            f"LEFT JOIN {self.qualified_table} t ON {join} "
+            f"SELECT {columns} FROM unnest({params}) AS k({', '.join(aliases)}) {joined} "
             f"LEFT JOIN vecmirror.versions_v1 v ON v.mirror = ${len(aliases) + 1} AND v.row_key = {key_array}"
         )
 
@@ -93,27 +120,26 @@ class TableStatements:
         )
 
     def key_page(self, *, after_cursor: bool) -> str:
-        """The next page of rows in key order, read-only (for `vecmirror verify`).
+        """The next page of documents' rows in key order, read-only (for `vecmirror verify`).
 
         $1 page size, $2 the mirror, $3.. the last key of the previous page as text. Returns the key
         as text in `_vm_key`, its version in `_vm_version` and the value columns, like load_rows.
         """
-        keys = [f"t.{quote_ident(k.name)}" for k in self.key_columns]
+        source = "r" if self.documents is not None else "t"
+        keys = [f"{source}.{quote_ident(k.name)}" for k in self.key_columns]
         where = ""
         if after_cursor:
             bounds = ", ".join(f"${i + 3}::text::{k.sql_type}" for i, k in enumerate(self.key_columns))
             where = f"WHERE ({', '.join(keys)}) > ({bounds})"
-        key_array = "ARRAY[" + ", ".join(f"{k}::text" for k in keys) + "]"
+        key_array = self._key_text(source)
         version = "coalesce(v.version, 0) AS _vm_version"
         columns = ", ".join([f"{key_array} AS _vm_key", version, *self.select_list])
         versions = f"LEFT JOIN vecmirror.versions_v1 v ON v.mirror = $2 AND v.row_key = {key_array}"
-        return (
-            f"SELECT {columns} FROM {self.qualified_table} t {versions} {where} "
-            f"ORDER BY {', '.join(keys)} LIMIT $1"
-        )
+        return f"SELECT {columns} FROM {self._rows()} {versions} {where} ORDER BY {', '.join(keys)} LIMIT $1"
 
     def count_rows(self) -> str:
-        return f"SELECT count(*) FROM {self.qualified_table}"
+        """How many documents the mirror should have."""
+        return f"SELECT count(*) FROM {self._rows()}"
 
 
 TRIGGER_EVENTS = {

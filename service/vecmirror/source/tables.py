@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 
 from vecmirror.config import MirrorConfig, template_columns
 from vecmirror.errors import StartupError
 from vecmirror.source import Connection
+from vecmirror.source.related import Relation
+from vecmirror.source.related_checks import inspect_relations
 from vecmirror.source.sql import QUERIES
 from vecmirror.source.statements import KeyColumn, TableStatements, qualified, select_list
 
@@ -36,6 +39,12 @@ class SourceTable:
     mirror: str
     columns: dict[str, Column]
     statements: TableStatements
+    # Where the values are read: the documents view's columns, or the table's.
+    value_columns: dict[str, Column] = field(default_factory=dict)
+    # Where documents are read, as mirrors_v1 records it: the view's name and a digest of its
+    # definition (CREATE OR REPLACE VIEW fires no trigger, yet changes what every document reads).
+    documents_state: str | None = None
+    relations: tuple[Relation, ...] = ()
 
     @property
     def key_names(self) -> tuple[str, ...]:
@@ -45,12 +54,53 @@ class SourceTable:
 async def inspect_table(conn: Connection, mirror: MirrorConfig) -> SourceTable:
     """Everything the config says about the table must hold, or start-up stops here."""
     columns, key_names, problems = await _inspect(conn, mirror)
+    values, definition = columns, None
+    if not problems and mirror.documents is not None:
+        values, definition, problems = await _inspect_documents(conn, mirror, columns, key_names)
+    keys = tuple(KeyColumn(name, columns[name].sql_type, columns[name].attnum) for name in key_names)
+    qualified_table = qualified(mirror.schema_name, mirror.table_name)
+    relations: tuple[Relation, ...] = ()
+    if not problems and mirror.related:
+        relations, problems = await inspect_relations(conn, mirror, qualified_table, columns, keys)
     if problems:
         raise StartupError(f"mirror {mirror.name!r}: " + "; ".join(problems))  # one line: see cli.py
-    keys = tuple(KeyColumn(name, columns[name].sql_type, columns[name].attnum) for name in key_names)
-    values = [(name, columns[name].base_type) for name in mirror.columns_needed()]
-    statements = TableStatements(qualified(mirror.schema_name, mirror.table_name), keys, select_list(values))
-    return SourceTable(mirror.name, columns, statements)
+    read = select_list([(name, values[name].base_type) for name in mirror.columns_needed()])
+    documents = qualified(*mirror.documents_source) if mirror.documents is not None else None
+    statements = TableStatements(qualified_table, keys, read, documents)
+    return SourceTable(mirror.name, columns, statements, values, definition, relations)
+
+
+async def _inspect_documents(
+    conn: Connection, mirror: MirrorConfig, columns: dict[str, Column], key_names: tuple[str, ...]
+) -> tuple[dict[str, Column], str | None, list[str]]:
+    """The documents view must have the table's key columns and every column the mirror reads."""
+    schema, name = mirror.documents_source
+    rows = await conn.fetch(QUERIES["table_columns"], schema, name)
+    if not rows:
+        return {}, None, [f"documents: {mirror.documents} does not exist"]
+    view = {r["name"]: Column(r["name"], r["type"], r["base_type"], r["attnum"]) for r in rows}
+    problems = [
+        f"documents: {mirror.documents} has no key column {k!r} of {mirror.table}"
+        for k in key_names
+        if k not in view
+    ]
+    problems += _value_problems(mirror, view, mirror.documents or mirror.table)
+    del columns  # the key columns' types are the table's: the view is joined to it by them
+    return view, await documents_state(conn, mirror), problems
+
+
+async def documents_state(conn: Connection, mirror: MirrorConfig) -> str | None:
+    """Where the mirror's documents are read, as mirrors_v1 records it: the view's name and a
+    digest of its definition (CREATE OR REPLACE VIEW fires no trigger, yet changes what every
+    document reads); None without a documents view."""
+    if mirror.documents is None:
+        return None
+    schema, name = mirror.documents_source
+    state = f"{schema}.{name}"
+    definition = await conn.fetchval(QUERIES["view_definition"], schema, name)
+    if definition is not None:
+        state += "@" + hashlib.sha256(definition.encode()).hexdigest()[:12]
+    return state
 
 
 async def _inspect(
@@ -133,16 +183,24 @@ def _column_problems(
     if not key_names:
         problems.append(f"key: {mirror.table} has no primary key; set `key:` to its key column(s)")
     problems += [f"key: column {k!r} does not exist in {mirror.table}" for k in key_names if k not in columns]
-    for field in mirror.value_fields:
-        if field.name not in columns:
-            problems.append(f"index.fields.{field.name}: no column {field.name!r} in {mirror.table}")
+    if mirror.documents is None:
+        problems += _value_problems(mirror, columns, mirror.table)
+    return problems
+
+
+def _value_problems(mirror: MirrorConfig, columns: dict[str, Column], source: str) -> list[str]:
+    """Every field, template column and vector column must be a column of `source`."""
+    problems: list[str] = []
+    for index_field in mirror.value_fields:
+        if index_field.name not in columns:
+            problems.append(f"index.fields.{index_field.name}: no column {index_field.name!r} in {source}")
     if mirror.embed is not None:
         problems += [
-            f"embed.template: placeholder {{{c}}} is not a column of {mirror.table}"
+            f"embed.template: placeholder {{{c}}} is not a column of {source}"
             for c in _template_columns(mirror)
             if c not in columns
         ]
-    problems += _vector_column_problems(mirror, columns)
+    problems += _vector_column_problems(mirror, columns, source)
     return problems
 
 
@@ -150,12 +208,12 @@ def _template_columns(mirror: MirrorConfig) -> list[str]:
     return template_columns(mirror.embed.template) if mirror.embed else []
 
 
-def _vector_column_problems(mirror: MirrorConfig, columns: dict[str, Column]) -> list[str]:
+def _vector_column_problems(mirror: MirrorConfig, columns: dict[str, Column], source: str) -> list[str]:
     name = mirror.vector_column
     if name is None:
         return []
     if name not in columns:
-        return [f"vector_column: no column {name!r} in {mirror.table}"]
+        return [f"vector_column: no column {name!r} in {source}"]
     column = columns[name]
     if column.base_type not in VECTOR_COLUMN_TYPES:
         return [

@@ -98,6 +98,9 @@ DELETE FROM vecmirror.mirrors_v1 WHERE name = $1;
 -- Pending changes of a removed mirror would never be claimed again.
 DELETE FROM vecmirror.changes_v1 WHERE mirror = $1;
 
+-- name: forget_mirror_related_changes
+DELETE FROM vecmirror.related_changes_v1 WHERE mirror = $1;
+
 -- name: forget_mirror_versions
 -- Versions of a removed mirror's keys would only mislead a later mirror of the same name.
 DELETE FROM vecmirror.versions_v1 WHERE mirror = $1;
@@ -190,8 +193,9 @@ UPDATE vecmirror.mirrors_v1 SET backfill_state = 'pending', backfill_cursor = NU
 SELECT count(*) FROM vecmirror.failed_v1 WHERE mirror = $1;
 
 -- name: pending_changes
--- Queue depth per mirror, for `run --once` and the tests.
-SELECT count(*) FROM vecmirror.changes_v1 WHERE mirror = $1;
+-- Queue depth per mirror, for `run --once` and the tests: its changes and its related tables'.
+SELECT (SELECT count(*) FROM vecmirror.changes_v1 WHERE mirror = $1)
+     + (SELECT count(*) FROM vecmirror.related_changes_v1 WHERE mirror = $1);
 
 -- name: record_failures
 -- Counts the attempt of each failing row and keeps the newest reason. While attempts remain
@@ -299,3 +303,54 @@ UPDATE vecmirror.mirrors_v1
 SET backfill_state = 'pending', backfill_cursor = NULL
 WHERE name = $1 AND backfill_state = 'done'
 RETURNING name;
+
+-- name: claim_related_changes
+-- A mirror's changes of related tables, oldest first, fanned out into changes_v1 and deleted in
+-- one transaction (source/related.py); SKIP LOCKED lets two workers fan out different ones.
+SELECT id, relation, row_values, created_at FROM vecmirror.related_changes_v1
+WHERE mirror = $1 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED;
+
+-- name: delete_related_changes
+DELETE FROM vecmirror.related_changes_v1 WHERE mirror = $1 AND id = ANY($2::bigint[]);
+
+-- name: view_definition
+-- A documents view's definition: when it changes (CREATE OR REPLACE VIEW), no trigger fires, yet
+-- every document may read otherwise, so each is read again. NULL for a table.
+SELECT CASE WHEN c.relkind IN ('v', 'm') THEN pg_get_viewdef(c.oid) END
+FROM pg_class c WHERE c.oid = to_regclass(format('%I.%I', $1::text, $2::text));
+
+-- name: array_element_types
+-- The element type of each array parameter of a related table's `keys` query, in order: the
+-- captured key texts are cast to them (source/related.py).
+SELECT format_type(t.typelem, NULL) AS element_type
+FROM unnest($1::oid[]) WITH ORDINALITY AS p(oid, position)
+JOIN pg_type t ON t.oid = p.oid
+ORDER BY p.position;
+
+-- name: related_captures
+-- The related tables' captures the last `migrate` installed, with the mirrors they serve.
+SELECT capture, table_schema, table_name, consumers FROM vecmirror.related_captures_v1 ORDER BY capture;
+
+-- name: register_related_capture
+INSERT INTO vecmirror.related_captures_v1 (capture, table_schema, table_name, consumers)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT (capture) DO UPDATE
+SET table_schema = EXCLUDED.table_schema, table_name = EXCLUDED.table_name, consumers = EXCLUDED.consumers;
+
+-- name: forget_related_capture
+DELETE FROM vecmirror.related_captures_v1 WHERE capture = $1;
+
+-- name: documents_source
+SELECT documents FROM vecmirror.mirrors_v1 WHERE name = $1;
+
+-- name: record_documents_source
+-- Where the mirror's documents are read from (0007: the view and a digest of its definition);
+-- true when that changed, so every document is read again by a new backfill walk.
+WITH before AS (SELECT documents FROM vecmirror.mirrors_v1 WHERE name = $1 FOR UPDATE)
+UPDATE vecmirror.mirrors_v1 m
+SET documents = $2,
+    backfill_state = CASE WHEN b.documents IS DISTINCT FROM $2 THEN 'pending' ELSE m.backfill_state END,
+    backfill_cursor = CASE WHEN b.documents IS DISTINCT FROM $2 THEN NULL ELSE m.backfill_cursor END
+FROM before b
+WHERE m.name = $1
+RETURNING b.documents IS DISTINCT FROM $2 AS changed;

@@ -1,0 +1,151 @@
+"""Checks a mirror's `related:` against the database and prepares each relation's statements.
+
+Problems name the mirror's key path (`related.1.on.category_id`), like every other config check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from vecmirror.config import MirrorConfig, RelatedConfig
+from vecmirror.source import Connection
+from vecmirror.source.related import (
+    CapturedColumn,
+    Relation,
+    fan_out_keys,
+    fan_out_on,
+)
+from vecmirror.source.sql import QUERIES
+from vecmirror.source.statements import KeyColumn, qualified
+
+
+async def inspect_relations(
+    conn: Connection,
+    mirror: MirrorConfig,
+    qualified_table: str,
+    columns: dict[str, Any],
+    keys: Sequence[KeyColumn],
+) -> tuple[tuple[Relation, ...], list[str]]:
+    relations: list[Relation] = []
+    problems: list[str] = []
+    for position, related in enumerate(mirror.related):
+        where = f"related.{position}"
+        relation, found = await _inspect_relation(
+            conn, mirror, related, where, qualified_table, columns, keys
+        )
+        problems += found
+        if relation is not None:
+            relations.append(relation)
+    return tuple(relations), problems
+
+
+async def _inspect_relation(
+    conn: Connection,
+    mirror: MirrorConfig,
+    related: RelatedConfig,
+    where: str,
+    qualified_table: str,
+    columns: dict[str, Any],
+    keys: Sequence[KeyColumn],
+) -> tuple[Relation | None, list[str]]:
+    theirs = await _columns(conn, related)
+    problem = (
+        await _shape_problem(conn, related, where)
+        if theirs
+        else f"{where}.table: {related.table} does not exist"
+    )
+    if problem is not None:
+        return None, [problem]
+    if related.on is not None:
+        return _on_relation(mirror, related, where, qualified_table, columns, keys, theirs)
+    return await _keys_relation(conn, mirror, related, where, keys, theirs)
+
+
+async def _columns(conn: Connection, related: RelatedConfig) -> dict[str, CapturedColumn]:
+    rows = await conn.fetch(QUERIES["table_columns"], related.schema_name, related.table_name)
+    return {r["name"]: CapturedColumn(r["name"], r["type"], r["attnum"]) for r in rows}
+
+
+async def _shape_problem(conn: Connection, related: RelatedConfig, where: str) -> str | None:
+    """Statement triggers see this one table's writes: a view or a partitioned table has none."""
+    shape = await conn.fetchrow(QUERIES["table_shape"], related.schema_name, related.table_name)
+    if shape is None or shape["kind"] != "r":
+        return f"{where}.table: {related.table} is not a plain table, whose writes triggers capture"
+    return None
+
+
+def _on_relation(
+    mirror: MirrorConfig,
+    related: RelatedConfig,
+    where: str,
+    qualified_table: str,
+    columns: dict[str, Any],
+    keys: Sequence[KeyColumn],
+    theirs: dict[str, CapturedColumn],
+) -> tuple[Relation | None, list[str]]:
+    assert related.on is not None
+    problems = [
+        f"{where}.on: no column {mine!r} in {mirror.table}" for mine in related.on if mine not in columns
+    ]
+    problems += [
+        f"{where}.on.{mine}: no column {other!r} in {related.table}"
+        for mine, other in related.on.items()
+        if other not in theirs
+    ]
+    if problems:
+        return None, problems
+    pairs = [(mine, theirs[other]) for mine, other in related.on.items()]
+    statement = fan_out_on(qualified_table, keys, pairs)
+    return Relation(mirror.name, related, tuple(col for _, col in pairs), statement), []
+
+
+async def _keys_relation(
+    conn: Connection,
+    mirror: MirrorConfig,
+    related: RelatedConfig,
+    where: str,
+    keys: Sequence[KeyColumn],
+    theirs: dict[str, CapturedColumn],
+) -> tuple[Relation | None, list[str]]:
+    assert related.keys is not None
+    key_names = related.key or await _primary_key(conn, related)
+    if not key_names:
+        return None, [f"{where}.key: {related.table} has no primary key; set `key:` to its key column(s)"]
+    missing = [f"{where}.key: no column {k!r} in {related.table}" for k in key_names if k not in theirs]
+    if missing:
+        return None, missing
+    try:
+        query = await conn.prepare(related.keys)
+    except asyncpg.PostgresError as exc:
+        return None, [f"{where}.keys: {type(exc).__name__}: {exc}"]
+    parameters, returned = query.get_parameters(), query.get_attributes()
+    problems = []
+    if len(parameters) != len(key_names) or any(p.kind != "array" for p in parameters):
+        problems.append(
+            f"{where}.keys: takes {len(parameters)} parameter(s); expected {len(key_names)} "
+            f"array(s), one per key column of {related.table} ({', '.join(key_names)}), as $1.."
+        )
+    if len(returned) != len(keys):
+        problems.append(
+            f"{where}.keys: returns {len(returned)} column(s); expected the {len(keys)} key column(s) "
+            f"of {mirror.table}"
+        )
+    if problems:
+        return None, problems
+    types = await conn.fetch(QUERIES["array_element_types"], [p.oid for p in parameters])
+    element_types = tuple(r["element_type"] for r in types)
+    statement = fan_out_keys(related.keys, len(parameters), keys)
+    captured = tuple(theirs[k] for k in key_names)
+    return Relation(mirror.name, related, captured, statement, element_types), []
+
+
+async def _primary_key(conn: Connection, related: RelatedConfig) -> tuple[str, ...]:
+    rows = await conn.fetch(QUERIES["primary_key_columns"], related.schema_name, related.table_name)
+    return tuple(r["name"] for r in rows)
+
+
+def related_table(related: RelatedConfig) -> str:
+    return qualified(related.schema_name, related.table_name)

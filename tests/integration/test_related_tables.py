@@ -1,0 +1,291 @@
+"""Documents from several tables (a mirror's `documents:` view and `related:` tables), end to end on
+real servers with the real model: after each drain Redis equals the view, `verify` agrees, and
+only documents whose embedded text changed cost a model call."""
+
+from __future__ import annotations
+
+import os
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import numpy as np
+import pytest
+import redis
+
+from helpers import hash_doc, keys, search_ids, sync_once, vector_of
+from vecmirror.commands import migrate_command, status_command, verify_command
+from vecmirror.errors import StartupError
+from vecmirror.source.migrate import bundled_migrations
+from vecmirror.source.sql import QUERIES
+
+SHOP = """
+CREATE TABLE categories (id integer PRIMARY KEY, name text NOT NULL);
+CREATE TABLE products (
+    id integer PRIMARY KEY,
+    name text NOT NULL,
+    price numeric NOT NULL,
+    category_id integer REFERENCES categories
+);
+CREATE TABLE tags (id integer PRIMARY KEY, name text NOT NULL);
+CREATE TABLE product_tags (
+    product_id integer REFERENCES products ON DELETE CASCADE,
+    tag_id integer REFERENCES tags ON DELETE CASCADE,
+    PRIMARY KEY (product_id, tag_id)
+);
+CREATE VIEW product_docs AS
+SELECT p.id, p.name, p.price, coalesce(c.name, 'Uncategorised') AS category,
+       (SELECT string_agg(t.name, ',' ORDER BY t.name)
+        FROM product_tags pt JOIN tags t ON t.id = pt.tag_id
+        WHERE pt.product_id = p.id) AS tags
+FROM products p LEFT JOIN categories c ON c.id = p.category_id;
+"""
+
+SHOP_MIRROR: dict[str, Any] = {
+    "name": "products",
+    "table": "public.products",
+    "documents": "public.product_docs",
+    "related": [
+        {"table": "public.categories", "on": {"category_id": "id"}},
+        {"table": "public.product_tags", "on": {"id": "product_id"}},
+        {
+            "table": "public.tags",
+            "keys": "SELECT pt.product_id FROM product_tags pt WHERE pt.tag_id = ANY($1)",
+        },
+    ],
+    "embed": {"field": "embedding", "template": "{name} in {category}"},
+    "index": {
+        "index": {"name": "products_idx", "prefix": "product", "storage_type": "hash"},
+        "fields": [
+            {"name": "name", "type": "text"},
+            {"name": "category", "type": "tag"},
+            {"name": "tags", "type": "tag", "attrs": {"separator": ","}},
+            {"name": "price", "type": "numeric"},
+            {
+                "name": "embedding",
+                "type": "vector",
+                "attrs": {"algorithm": "flat", "dims": 384, "distance_metric": "cosine"},
+            },
+        ],
+    },
+}
+
+
+@pytest.fixture
+async def shop(pg: asyncpg.Connection, write_config: Any, settings_for: Any) -> Any:
+    await pg.execute(SHOP)
+    await pg.execute(
+        "INSERT INTO categories VALUES (1, 'Kitchen'), (2, 'Garden'), (3, 'Office');"
+        "INSERT INTO products VALUES (1, 'Kettle', 30, 1), (2, 'Toaster', 45.5, 1), "
+        "(3, 'Rake', 12, 2), (4, 'Stapler', 8, 3), (5, 'Mystery box', 1, NULL);"
+        "INSERT INTO tags VALUES (1, 'sale'), (2, 'new'), (3, 'steel');"
+        "INSERT INTO product_tags VALUES (1, 1), (1, 3), (2, 2), (3, 1)"
+    )
+    path, config = write_config([SHOP_MIRROR])
+    settings = settings_for(path)
+    await migrate_command(settings, config)
+    return settings, config
+
+
+async def assert_mirrors_view(
+    pg: asyncpg.Connection, client: redis.Redis, settings: Any, config: Any
+) -> None:
+    """Redis holds exactly the view's rows, field by field, and `verify` finds nothing to say."""
+    rows = await pg.fetch("SELECT * FROM product_docs")
+    assert keys(client, "product:*") == {f"product:{r['id']}" for r in rows}
+    for row in rows:
+        doc = hash_doc(client, f"product:{row['id']}")
+        assert doc["name"] == row["name"].encode()
+        assert Decimal(doc["price"].decode()) == row["price"]
+        for column in ("category", "tags"):
+            assert doc.get(column) == (None if row[column] is None else row[column].encode()), column
+    assert await pg.fetchval("SELECT count(*) FROM vecmirror.related_changes_v1") == 0
+    assert await pg.fetchval("SELECT count(*) FROM vecmirror.changes_v1") == 0
+    (drift,) = await verify_command(settings, config, None, repair=False)
+    assert drift.clean, drift.lines()
+    assert drift.rows == len(rows)
+
+
+def embedding_of(client: redis.Redis, product: int) -> bytes:
+    return hash_doc(client, f"product:{product}")["embedding"]
+
+
+async def test_documents_follow_every_table_behind_the_view(
+    pg: asyncpg.Connection, redis_client: redis.Redis, shop: Any, embedder: Any, embedder_factory: Any
+) -> None:
+    settings, config = shop
+    await sync_once(settings, config, embedder_factory)
+    await assert_mirrors_view(pg, redis_client, settings, config)
+    assert search_ids(redis_client, "products_idx", "@tags:{sale}") == {"product:1", "product:3"}
+    np.testing.assert_allclose(
+        vector_of(hash_doc(redis_client, "product:1")),
+        embedder.embed(["Kettle in Kitchen"])[0],
+        atol=1e-5,
+    )
+    before = {p: embedding_of(redis_client, p) for p in range(1, 6)}
+
+    # Rename a category: its two products get the new name and new vectors, no other is embedded.
+    calls = embedder.texts_embedded
+    await pg.execute("UPDATE categories SET name = 'Cookware' WHERE id = 1")
+    await sync_once(settings, config, embedder_factory)
+    assert embedder.texts_embedded == calls + 2
+    await assert_mirrors_view(pg, redis_client, settings, config)
+    np.testing.assert_allclose(
+        vector_of(hash_doc(redis_client, "product:2")), embedder.embed(["Toaster in Cookware"])[0], atol=1e-5
+    )
+    assert {p for p in range(1, 6) if embedding_of(redis_client, p) != before[p]} == {1, 2}
+    assert search_ids(redis_client, "products_idx", "@category:{Cookware}") == {"product:1", "product:2"}
+
+    # Tags added, removed and renamed: the documents follow, the template does not use tags.
+    calls = embedder.texts_embedded
+    await pg.execute("INSERT INTO product_tags VALUES (4, 2), (5, 1)")
+    await pg.execute("DELETE FROM product_tags WHERE (product_id, tag_id) = (1, 3)")
+    await sync_once(settings, config, embedder_factory)
+    await assert_mirrors_view(pg, redis_client, settings, config)
+    await pg.execute("UPDATE tags SET name = 'clearance' WHERE id = 1")
+    await sync_once(settings, config, embedder_factory)
+    await assert_mirrors_view(pg, redis_client, settings, config)
+    assert search_ids(redis_client, "products_idx", "@tags:{clearance}") == {
+        "product:1",
+        "product:3",
+        "product:5",
+    }
+    assert search_ids(redis_client, "products_idx", "@tags:{sale}") == set()
+    assert embedder.texts_embedded == calls
+
+    # A product moves to another category: its own change; one model call.
+    await pg.execute("UPDATE products SET category_id = 2 WHERE id = 2")
+    await sync_once(settings, config, embedder_factory)
+    assert embedder.texts_embedded == calls + 1
+    await assert_mirrors_view(pg, redis_client, settings, config)
+
+    # A category's last product goes, then the category.
+    await pg.execute("DELETE FROM products WHERE id = 4")
+    await pg.execute("DELETE FROM categories WHERE id = 3")
+    await sync_once(settings, config, embedder_factory)
+    await assert_mirrors_view(pg, redis_client, settings, config)
+
+    # The join table truncated: every document is read again, none re-embedded.
+    calls = embedder.texts_embedded
+    await pg.execute("TRUNCATE product_tags")
+    await sync_once(settings, config, embedder_factory)
+    await assert_mirrors_view(pg, redis_client, settings, config)
+    assert search_ids(redis_client, "products_idx", "@tags:{clearance|new}") == set()
+    assert embedder.texts_embedded == calls
+
+    # A key change in a related table reaches the documents of the old and the new key.
+    await pg.execute("INSERT INTO product_tags VALUES (1, 2), (3, 2)")
+    await sync_once(settings, config, embedder_factory)
+    await pg.execute("UPDATE product_tags SET product_id = 5 WHERE product_id = 3")
+    await sync_once(settings, config, embedder_factory)
+    await assert_mirrors_view(pg, redis_client, settings, config)
+    assert search_ids(redis_client, "products_idx", "@tags:{new}") == {"product:1", "product:5"}
+
+    (status,) = await status_command(settings, config)
+    assert status.table_rows == 4
+    assert status.queue.pending == 0
+
+
+async def test_a_product_missing_from_the_view_has_no_document(
+    pg: asyncpg.Connection, redis_client: redis.Redis, shop: Any, embedder_factory: Any
+) -> None:
+    settings, config = shop
+    await sync_once(settings, config, embedder_factory)
+    # The view now leaves out products without a category: the change of definition (no trigger
+    # fires) reads every document again, and product 5's goes.
+    await pg.execute(
+        "CREATE OR REPLACE VIEW product_docs AS "
+        "SELECT p.id, p.name, p.price, coalesce(c.name, 'Uncategorised') AS category, "
+        "(SELECT string_agg(t.name, ',' ORDER BY t.name) FROM product_tags pt JOIN tags t "
+        "ON t.id = pt.tag_id WHERE pt.product_id = p.id) AS tags "
+        "FROM products p JOIN categories c ON c.id = p.category_id"
+    )
+    await sync_once(settings, config, embedder_factory)
+    assert "product:5" not in keys(redis_client, "product:*")
+    await assert_mirrors_view(pg, redis_client, settings, config)
+
+
+async def test_a_view_with_two_rows_for_a_key_fails_that_row(
+    pg: asyncpg.Connection, redis_client: redis.Redis, shop: Any, embedder_factory: Any
+) -> None:
+    settings, config = shop
+    await pg.execute(
+        "CREATE OR REPLACE VIEW product_docs AS "
+        "SELECT p.id, p.name, p.price, coalesce(c.name, '-') AS category, t.name AS tags "
+        "FROM products p LEFT JOIN categories c ON c.id = p.category_id "
+        "LEFT JOIN product_tags pt ON pt.product_id = p.id LEFT JOIN tags t ON t.id = pt.tag_id"
+    )
+    await sync_once(settings, config, embedder_factory)
+    failed = await pg.fetch("SELECT row_key, field, error FROM vecmirror.failed_v1 ORDER BY row_key")
+    assert [(r["row_key"], r["field"]) for r in failed] == [(["1"], "(documents)")]
+    assert "has 2 rows with this key" in failed[0]["error"]
+    assert keys(redis_client, "product:*") == {f"product:{n}" for n in (2, 3, 4, 5)}
+
+
+async def test_migrate_names_what_the_view_and_the_relations_lack(
+    pg: asyncpg.Connection, write_config: Any, settings_for: Any
+) -> None:
+    await pg.execute(SHOP)
+    await pg.execute("CREATE VIEW thin_docs AS SELECT p.id, p.name FROM products p")
+    mirror = {
+        **SHOP_MIRROR,
+        "documents": "public.thin_docs",
+        "related": [
+            {"table": "public.categories", "on": {"category": "id"}},
+            {"table": "public.product_tags", "on": {"id": "product"}},
+            {
+                "table": "public.tags",
+                "keys": "SELECT pt.product_id, 1 FROM product_tags pt WHERE pt.tag_id = ANY($1)",
+            },
+            {"table": "public.nowhere", "on": {"id": "id"}},
+        ],
+    }
+    path, config = write_config([mirror])
+    with pytest.raises(StartupError) as raised:
+        await migrate_command(settings_for(path), config)
+    message = str(raised.value)
+    assert message.startswith("mirror 'products': ")
+    assert "index.fields.category: no column 'category' in public.thin_docs" in message
+    assert "embed.template: placeholder {category} is not a column of public.thin_docs" in message
+
+    path, config = write_config([{**mirror, "documents": "public.product_docs"}])
+    with pytest.raises(StartupError) as raised:
+        await migrate_command(settings_for(path), config)
+    message = str(raised.value)
+    assert "related.0.on: no column 'category' in public.products" in message
+    assert "related.1.on.id: no column 'product' in public.product_tags" in message
+    assert "related.2.keys: returns 2 column(s); expected the 1 key column(s) of public.products" in message
+    assert "related.3.table: public.nowhere does not exist" in message
+
+    path, config = write_config([{**SHOP_MIRROR, "documents": "public.nowhere_docs"}])
+    with pytest.raises(StartupError, match=r"documents: public\.nowhere_docs does not exist"):
+        await migrate_command(settings_for(path), config)
+
+
+async def test_an_upgrade_gives_the_workers_role_the_related_queue(
+    pg: asyncpg.Connection, write_config: Any, settings_for: Any
+) -> None:
+    """A role granted the queue before 0007 may work the related queue after it, without a GRANT."""
+    async with pg.transaction():
+        await pg.execute(QUERIES["create_migrations_table"])
+        for migration in bundled_migrations():
+            if migration.version < 7:
+                await pg.execute(migration.sql)
+                await pg.execute(QUERIES["record_migration"], migration.version, migration.name)
+    role = f"vecmirror_upgrade_{os.getpid()}"
+    await pg.execute(f"CREATE ROLE {role}")
+    try:
+        await pg.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON vecmirror.changes_v1 TO {role}")
+        await pg.execute(SHOP)
+        path, config = write_config([SHOP_MIRROR])
+        await migrate_command(settings_for(path), config)
+        held = await pg.fetchrow(
+            "SELECT has_table_privilege($1, 'vecmirror.related_changes_v1', 'SELECT, DELETE') AS queue, "
+            "has_table_privilege($1, 'vecmirror.related_captures_v1', 'SELECT') AS captures, "
+            "has_table_privilege($1, 'vecmirror.related_captures_v1', 'INSERT') AS writes_captures",
+            role,
+        )
+        assert dict(held) == {"queue": True, "captures": True, "writes_captures": False}
+    finally:
+        await pg.execute(f"DROP OWNED BY {role}")
+        await pg.execute(f"DROP ROLE {role}")
