@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import redis
 
-from helpers import hash_doc, keys, search_ids, sync_once, vector_of
+from helpers import DOCS_MIRROR, DOCS_TABLE, hash_doc, keys, search_ids, sync_once, vector_of
 from vecmirror.commands import migrate_command, status_command, verify_command
 from vecmirror.errors import StartupError
+from vecmirror.run.worker import MirrorsPausedError
 from vecmirror.source.migrate import bundled_migrations
 from vecmirror.source.sql import QUERIES
 
@@ -289,3 +290,66 @@ async def test_an_upgrade_gives_the_workers_role_the_related_queue(
     finally:
         await pg.execute(f"DROP OWNED BY {role}")
         await pg.execute(f"DROP ROLE {role}")
+
+
+async def test_a_fan_out_that_fails_pauses_only_its_mirror_named_by_the_related_table(
+    pg: asyncpg.Connection,
+    redis_client: redis.Redis,
+    write_config: Any,
+    settings_for: Any,
+    embedder_factory: Any,
+) -> None:
+    await pg.execute(SHOP)
+    await pg.execute(DOCS_TABLE)
+    await pg.execute(
+        "INSERT INTO categories VALUES (1, 'Kitchen'); INSERT INTO products VALUES (1, 'Kettle', 3, 1)"
+    )
+    await pg.execute(
+        "INSERT INTO tags VALUES (1, 'sale'), (2, 'new'); INSERT INTO product_tags VALUES (1, 2)"
+    )
+    # Fails at run time only, for tag 2: a division by zero in the user's own query.
+    failing = (
+        "SELECT pt.product_id FROM product_tags pt WHERE pt.tag_id = ANY($1) AND 1 / (pt.tag_id - 2) = 0"
+    )
+    shop = {
+        **SHOP_MIRROR,
+        "related": [*SHOP_MIRROR["related"][:2], {"table": "public.tags", "keys": failing}],
+    }
+    path, config = write_config([shop, DOCS_MIRROR])
+    settings = settings_for(path)
+    await migrate_command(settings, config)
+    await sync_once(settings, config, embedder_factory)
+
+    await pg.execute("UPDATE tags SET name = 'fresh' WHERE id = 2")
+    await pg.execute("INSERT INTO docs VALUES (1, 'Cats', 'Cats purr', 'pets')")
+    with pytest.raises(MirrorsPausedError) as paused:
+        await sync_once(settings, config, embedder_factory)
+    (error,) = paused.value.errors
+    assert error.mirror == "products"
+    assert "related table public.tags: its changes could not be fanned out" in str(error)
+    assert "DivisionByZeroError" in str(error)
+    assert keys(redis_client, "doc:*") == {"doc:1"}  # the other mirror synced
+    assert await pg.fetchval("SELECT count(*) FROM vecmirror.related_changes_v1") == 1  # kept
+
+    # Fixed (the query no longer divides): the change is fanned out and the document follows.
+    fixed = {**shop, "related": SHOP_MIRROR["related"]}
+    path, config = write_config([fixed, DOCS_MIRROR])
+    settings = settings_for(path)
+    await migrate_command(settings, config)
+    await sync_once(settings, config, embedder_factory)
+    assert hash_doc(redis_client, "product:1")["tags"] == b"fresh"
+
+
+async def test_migrate_refuses_an_on_pair_that_cannot_be_compared(
+    pg: asyncpg.Connection, write_config: Any, settings_for: Any
+) -> None:
+    await pg.execute(SHOP)
+    await pg.execute("CREATE TABLE suppliers (code text PRIMARY KEY, name text)")
+    mirror = {**SHOP_MIRROR, "related": [{"table": "public.suppliers", "on": {"category_id": "code"}}]}
+    path, config = write_config([mirror])
+    with pytest.raises(StartupError) as raised:
+        await migrate_command(settings_for(path), config)
+    assert (
+        "related.0.on: the documents it names cannot be found: "
+        "UndefinedFunctionError: operator does not exist" in str(raised.value)
+    )

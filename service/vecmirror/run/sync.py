@@ -23,6 +23,7 @@ from vecmirror.pipeline.batch_embed import BatchEmbedder, Keepalive
 from vecmirror.pipeline.documents import Document, DocumentBuilder, RowKey
 from vecmirror.pipeline.embedder import Embedder
 from vecmirror.run.batching import BatchSizer
+from vecmirror.run.faults import classify
 from vecmirror.run.resync import MirrorResync
 from vecmirror.sink.observe import record_last_sync
 from vecmirror.sink.versioned import marker_key
@@ -30,7 +31,7 @@ from vecmirror.sink.writer import RedisSink
 from vecmirror.source import Connection, changes, discard, generations
 from vecmirror.source.changes import ClaimedBatch, RetryPolicy, RowFailure
 from vecmirror.source.migrate import capture_problem, follow_documents
-from vecmirror.source.related import FanOut, fan_out, fan_out_all
+from vecmirror.source.related import FanOut, FanOutFailed, fan_out, fan_out_all
 from vecmirror.source.rows import LoadedRows, load_rows
 from vecmirror.source.tables import SourceTable, documents_state, inspect_table
 
@@ -257,8 +258,13 @@ class MirrorSync:
             return FanOut()
         table = self.table
         everything = fan_out_all(table.statements.qualified_table, table.statements.key_columns)
-        async with claim_transaction(conn):
-            return await fan_out(conn, self.name, table.relations, everything)
+        try:
+            async with claim_transaction(conn):
+                return await fan_out(conn, self.name, table.relations, everything)
+        except FanOutFailed as exc:
+            if classify(exc.error) != "mirror":
+                raise exc.error from exc  # server trouble: retried like any batch
+            raise MirrorError(self.name, str(exc)) from exc
 
     async def _claim_and_sync(
         self, conn: Connection, *, after_truncate: bool

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+import asyncpg
 import structlog
 
 from vecmirror.config import RelatedConfig
@@ -249,6 +250,19 @@ def wanted_captures(relations: Sequence[Relation]) -> list[RelatedCapture]:
 # -- The fan-out ------------------------------------------------------------------------------
 
 
+class FanOutFailed(Exception):
+    """Postgres refused a relation's fan-out: whose fault it is, the worker decides (run/faults.py)
+    from `error`; the message names the related table."""
+
+    def __init__(self, table: str, error: asyncpg.PostgresError) -> None:
+        self.table = table
+        self.error = error
+        super().__init__(
+            f"related table {table}: its changes could not be fanned out to documents: "
+            f"{type(error).__name__}: {error}"
+        )
+
+
 @dataclass
 class FanOut:
     related_changes: int = 0
@@ -289,6 +303,17 @@ async def fan_out(
 
 
 async def _fan_out_relation(
+    conn: Connection, relation: Relation, values: list[list[str | None]], when: datetime
+) -> int:
+    """Queues the documents one relation's changes name; a statement that fails names the relation
+    (the changes stay queued)."""
+    try:
+        return await _queue_named_documents(conn, relation, values, when)
+    except asyncpg.PostgresError as exc:
+        raise FanOutFailed(relation.config.table, exc) from exc
+
+
+async def _queue_named_documents(
     conn: Connection, relation: Relation, values: list[list[str | None]], when: datetime
 ) -> int:
     captured = json.dumps(values)

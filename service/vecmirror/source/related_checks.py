@@ -36,6 +36,8 @@ async def inspect_relations(
         relation, found = await _inspect_relation(
             conn, mirror, related, where, qualified_table, columns, keys
         )
+        if relation is not None and not found:
+            found = await _comparable(conn, relation, where)
         problems += found
         if relation is not None:
             relations.append(relation)
@@ -100,6 +102,16 @@ def _on_relation(
     pairs = [(mine, theirs[other]) for mine, other in related.on.items()]
     statement = fan_out_on(qualified_table, keys, pairs)
     return Relation(mirror.name, related, tuple(col for _, col in pairs), statement), []
+
+
+async def _comparable(conn: Connection, relation: Relation, where: str) -> list[str]:
+    """The fan-out must prepare: an `on` pair of types with no `=` between them would fail there."""
+    try:
+        await conn.prepare(relation.fan_out)
+    except asyncpg.PostgresError as exc:
+        what = "on" if relation.config.on is not None else "keys"
+        return [f"{where}.{what}: the documents it names cannot be found: {type(exc).__name__}: {exc}"]
+    return []
 
 
 async def _keys_relation(
