@@ -15,6 +15,16 @@ CREATE TABLE vecmirror.related_changes_v1 (
     PRIMARY KEY (mirror, id)
 );
 
+-- Versions the fan-out gives the documents it queues. A document's version is the greater of its
+-- versions_v1 version and this one (source/statements.py). Kept apart from versions_v1 so that the
+-- fan-out never waits on a row lock a user's transaction holds there (nor the other way round).
+CREATE TABLE vecmirror.related_versions_v1 (
+    mirror   text   NOT NULL,
+    row_key  text[] NOT NULL,
+    version  bigint NOT NULL,
+    PRIMARY KEY (mirror, row_key)
+);
+
 -- One capture per related table, shared by every mirror relating to it (consumers: each
 -- '<mirror>/<relation>' its function queues for); `migrate` drops those no mirror needs any more.
 CREATE TABLE vecmirror.related_captures_v1 (
@@ -29,7 +39,8 @@ CREATE TABLE vecmirror.related_captures_v1 (
 ALTER TABLE vecmirror.mirrors_v1 ADD COLUMN documents text;
 
 -- Whoever may work the queue may work the related one: an upgrade needs no new GRANT for the
--- worker's role. Each privilege a role holds on changes_v1 is given on related_changes_v1, and
+-- worker's role. Each privilege a role holds on changes_v1 is given on related_changes_v1 and
+-- related_versions_v1, and
 -- SELECT on changes_v1 gives SELECT on related_captures_v1 (the worker checks its captures there).
 DO $$
 DECLARE
@@ -42,7 +53,8 @@ BEGIN
         WHERE c.oid = 'vecmirror.changes_v1'::regclass AND a.grantee <> c.relowner
     LOOP
         grantee := CASE WHEN held.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(held.grantee)) END;
-        EXECUTE format('GRANT %s ON vecmirror.related_changes_v1 TO %s', held.privilege_type, grantee);
+        EXECUTE format('GRANT %s ON vecmirror.related_changes_v1, vecmirror.related_versions_v1 TO %s',
+                       held.privilege_type, grantee);
         IF held.privilege_type = 'SELECT' THEN
             EXECUTE format('GRANT SELECT ON vecmirror.related_captures_v1 TO %s', grantee);
         END IF;

@@ -4,6 +4,7 @@ only documents whose embedded text changed cost a model call."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from decimal import Decimal
 from typing import Any
@@ -353,3 +354,145 @@ async def test_migrate_refuses_an_on_pair_that_cannot_be_compared(
         "related.0.on: the documents it names cannot be found: "
         "UndefinedFunctionError: operator does not exist" in str(raised.value)
     )
+
+
+async def test_a_fan_out_and_a_users_open_transaction_never_wait_for_each_other(
+    pg: asyncpg.Connection, database_url: str, redis_client: redis.Redis, shop: Any, embedder_factory: Any
+) -> None:
+    """The fan-out's versions are not the ones users' triggers lock: with a user's transaction open
+    on a product of the renamed category, the rename still syncs, and the other way round a user's
+    write goes through (within a short lock_timeout) while a fan-out holds its transaction open."""
+    settings, config = shop
+    await sync_once(settings, config, embedder_factory)
+    user = await asyncpg.connect(database_url)
+    blocker = await asyncpg.connect(database_url)
+    try:
+        open_write = user.transaction()
+        await open_write.start()
+        await user.execute("UPDATE products SET name = 'Electric kettle' WHERE id = 1")
+        await pg.execute("UPDATE categories SET name = 'Cookware' WHERE id = 1")
+        await asyncio.wait_for(sync_once(settings, config, embedder_factory), 60)
+        assert hash_doc(redis_client, "product:2")["category"] == b"Cookware"
+        await open_write.commit()
+
+        # A fan-out held open (its versions wait behind this lock) while the user writes.
+        gate = blocker.transaction()
+        await gate.start()
+        await blocker.execute("LOCK TABLE vecmirror.related_versions_v1 IN EXCLUSIVE MODE")
+        await pg.execute("UPDATE categories SET name = 'Kitchenware' WHERE id = 1")
+        syncing = asyncio.create_task(sync_once(settings, config, embedder_factory))
+        waiting = (
+            "SELECT count(*) > 0 FROM pg_stat_activity "
+            "WHERE wait_event_type = 'Lock' AND query LIKE '%WITH affected AS%'"
+        )
+        for _ in range(200):
+            if await pg.fetchval(waiting):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the fan-out never started")
+        await user.execute("SET lock_timeout = '200ms'")
+        await user.execute("UPDATE products SET name = 'Steel kettle' WHERE id = 1")
+        await user.execute("UPDATE products SET price = price + 1 WHERE category_id = 1")
+        await gate.rollback()
+        await asyncio.wait_for(syncing, 60)
+        await sync_once(settings, config, embedder_factory)
+    finally:
+        await user.close()
+        await blocker.close()
+    await assert_mirrors_view(pg, redis_client, settings, config)
+    assert hash_doc(redis_client, "product:1")["name"] == b"Steel kettle"
+
+
+async def test_keys_queries_that_return_nulls_or_other_types_name_the_right_documents(
+    pg: asyncpg.Connection,
+    redis_client: redis.Redis,
+    write_config: Any,
+    settings_for: Any,
+    embedder_factory: Any,
+) -> None:
+    await pg.execute(SHOP)
+    await pg.execute(
+        "INSERT INTO categories VALUES (1, 'Kitchen');"
+        "INSERT INTO products VALUES (1, 'Kettle', 3, 1), (2, 'Pan', 9, 1);"
+        "INSERT INTO tags VALUES (1, 'sale'); INSERT INTO product_tags VALUES (1, 1), (2, 1)"
+    )
+    # A LEFT JOIN: a tag without products returns one NULL; numeric(10,1) returns 1.0 for product 1.
+    keys_query = (
+        "SELECT pt.product_id::numeric(10, 1) FROM tags t LEFT JOIN product_tags pt ON pt.tag_id = t.id "
+        "WHERE t.id = ANY($1)"
+    )
+    related = [*SHOP_MIRROR["related"][:2], {"table": "public.tags", "keys": keys_query}]
+    path, config = write_config([{**SHOP_MIRROR, "related": related}])
+    settings = settings_for(path)
+    await migrate_command(settings, config)
+    await sync_once(settings, config, embedder_factory)
+    await pg.execute("INSERT INTO tags VALUES (2, 'unused')")
+    await pg.execute("UPDATE tags SET name = 'clearance' WHERE id = 1")
+    await sync_once(settings, config, embedder_factory)
+    await assert_mirrors_view(pg, redis_client, settings, config)
+    assert search_ids(redis_client, "products_idx", "@tags:{clearance}") == {"product:1", "product:2"}
+    assert not [k for k in keys(redis_client, "*") if "None" in k]
+
+
+async def test_a_related_table_created_again_reads_every_document_once_migrated(
+    pg: asyncpg.Connection, redis_client: redis.Redis, shop: Any, embedder_factory: Any
+) -> None:
+    settings, config = shop
+    await sync_once(settings, config, embedder_factory)
+    view = await pg.fetchval("SELECT pg_get_viewdef('product_docs'::regclass)")
+    async with pg.transaction():
+        await pg.execute(
+            "DROP VIEW product_docs; ALTER TABLE products DROP CONSTRAINT products_category_id_fkey"
+        )
+        await pg.execute(
+            "DROP TABLE categories; CREATE TABLE categories (id integer PRIMARY KEY, name text NOT NULL)"
+        )
+        await pg.execute("INSERT INTO categories VALUES (1, 'Cookware'), (2, 'Yard'), (3, 'Desk')")
+        await pg.execute(f"CREATE VIEW product_docs AS {view}")
+    with pytest.raises(
+        MirrorsPausedError, match=r"related\.0: the changes of public\.categories are not captured"
+    ):
+        await sync_once(settings, config, embedder_factory)
+    report = await migrate_command(settings, config)
+    assert report.installed == ["products"]
+    await sync_once(settings, config, embedder_factory)
+    await assert_mirrors_view(pg, redis_client, settings, config)
+    assert hash_doc(redis_client, "product:3")["category"] == b"Yard"
+
+
+async def test_migrate_refuses_keys_and_views_of_other_types_in_one_line(
+    pg: asyncpg.Connection, write_config: Any, settings_for: Any
+) -> None:
+    await pg.execute(SHOP)
+    await pg.execute("CREATE TABLE codes (code text PRIMARY KEY, label text)")
+    await pg.execute(
+        "CREATE VIEW text_docs AS "
+        "SELECT id::text AS id, name, price, 'x' AS category, '' AS tags FROM products"
+    )
+    mirror = {
+        **SHOP_MIRROR,
+        "related": [
+            {"table": "public.codes", "keys": "SELECT p.id FROM products p WHERE p.category_id = ANY($1)"},
+            {
+                "table": "public.tags",
+                "keys": "SELECT pt.product_id FROM product_tags pt WHERE pt.tagid = ANY($1)",
+            },
+        ],
+    }
+    path, config = write_config([mirror])
+    with pytest.raises(StartupError) as raised:
+        await migrate_command(settings_for(path), config)
+    message = str(raised.value)
+    assert "\n" not in message
+    assert "related.0.keys: $1 takes integer[], which the key column 'code' of public.codes (text)" in message
+    assert (
+        "related.1.keys: UndefinedColumnError: column pt.tagid does not exist HINT: Perhaps you meant"
+        in message
+    )
+
+    path, config = write_config([{**SHOP_MIRROR, "documents": "public.text_docs"}])
+    with pytest.raises(
+        StartupError, match=r"documents: key column 'id' is text in public\.text_docs but integer"
+    ):
+        await migrate_command(settings_for(path), config)

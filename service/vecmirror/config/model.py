@@ -98,6 +98,14 @@ class RelatedConfig(BaseModel):
     keys: str | None = None
     key: tuple[str, ...] | None = None  # this table's key for `keys` (default: its primary key)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on_is_a_key(cls, data: Any) -> Any:
+        """YAML 1.1 (PyYAML) reads a bare `on:` as the boolean true: it is this key all the same."""
+        if isinstance(data, dict) and True in data and "on" not in data:
+            data = {("on" if key is True else key): value for key, value in data.items()}
+        return data
+
     @field_validator("table")
     @classmethod
     def _table_is_qualified_name(cls, value: str) -> str:

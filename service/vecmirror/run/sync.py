@@ -342,7 +342,9 @@ class MirrorSync:
         )
         recovered = [k for k in synced if k in batch.failing]
         await changes.record_outcome(conn, self.name, plan.failures, recovered, self.options.retry)
-        await changes.forget_deleted_versions(conn, self.name, gone)
+        await changes.forget_deleted_versions(
+            conn, self.name, gone, related=self.mirror.documents is not None
+        )
         return ages
 
     async def resync_if_forgotten(self, conn: Connection) -> bool:

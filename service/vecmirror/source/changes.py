@@ -110,11 +110,14 @@ async def record_outcome(
 
 
 async def forget_deleted_versions(
-    conn: Connection, mirror: str, deleted: Sequence[tuple[RowKey, int]]
+    conn: Connection, mirror: str, deleted: Sequence[tuple[RowKey, int]], *, related: bool = False
 ) -> None:
+    """`related`: the mirror reads related tables, whose fan-outs version documents too (0007)."""
     if deleted:
-        payload = [{"key": list(k), "version": v} for k, v in deleted]
-        await conn.execute(QUERIES["forget_deleted_versions"], mirror, json.dumps(payload))
+        payload = json.dumps([{"key": list(k), "version": v} for k, v in deleted])
+        await conn.execute(QUERIES["forget_deleted_versions"], mirror, payload)
+        if related:
+            await conn.execute(QUERIES["forget_deleted_related_versions"], mirror, payload)
 
 
 async def next_retry_at(conn: Connection, mirror: str) -> datetime | None:

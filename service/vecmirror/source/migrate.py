@@ -85,7 +85,10 @@ async def migrate(conn: Connection, config: Config) -> MigrateReport:
         for name in sorted(set(installed) - {m.name for m in config.mirrors}):
             await _remove_mirror(conn, installed[name])
             report.removed.append(name)
-        await _install_related(conn, [r for table in tables for r in table.relations])
+        for name in await _install_related(conn, [r for table in tables for r in table.relations]):
+            if name in report.unchanged:
+                report.unchanged.remove(name)
+                report.installed.append(name)
     log.info("migrated", **vars(report))
     return report
 
@@ -175,11 +178,15 @@ async def follow_documents(conn: Connection, mirror: str, state: str | None) -> 
     return changed
 
 
-async def _install_related(conn: Connection, relations: list[Relation]) -> None:
+async def _install_related(conn: Connection, relations: list[Relation]) -> set[str]:
     """One capture per related table, serving every mirror relating to it. Its function is always
     replaced (no lock on the table); triggers are created only where missing. Captures no mirror
-    relates to any more go."""
+    relates to any more go. Returns the mirrors whose every document is queued to be read again:
+    those a capture starts serving, or served again after its triggers were gone (the table was
+    dropped and created again), since related changes may have gone unseen."""
     wanted = {capture.capture: capture for capture in wanted_captures(relations)}
+    registered = {r["capture"]: r for r in await conn.fetch(QUERIES["related_captures"])}
+    reread: set[str] = set()
     for capture in wanted.values():
         await conn.execute(related_capture_function(capture.capture, capture.consumers, capture.columns))
         table = qualified(capture.schema, capture.table)
@@ -187,19 +194,28 @@ async def _install_related(conn: Connection, relations: list[Relation]) -> None:
         triggers = {
             (capture.schema, capture.table, related_trigger_name(capture.capture, e)) for e in TRIGGER_EVENTS
         }
+        consumers = [consumer_name(c.mirror, c.relation_id) for c in capture.consumers]
+        served = set(registered[capture.capture]["consumers"]) if capture.capture in registered else set()
         if found != triggers:
             await _drop_triggers(conn, list(found))
             for statement in create_related_triggers(capture.capture, table):
                 await conn.execute(statement)
-        consumers = [consumer_name(c.mirror, c.relation_id) for c in capture.consumers]
+            served = set()
+        reread |= {
+            c.mirror for c, name in zip(capture.consumers, consumers, strict=True) if name not in served
+        }
         await conn.execute(
             QUERIES["register_related_capture"], capture.capture, capture.schema, capture.table, consumers
         )
-    for row in await conn.fetch(QUERIES["related_captures"]):
+    for mirror in sorted(reread):
+        await conn.execute(QUERIES["requeue_all_rows"], mirror)
+        log.info("related_capture_installed_rows_requeued", mirror=mirror)
+    for row in registered.values():
         if row["capture"] not in wanted:
             await _drop_triggers(conn, await _capture_triggers(conn, row["capture"], related=True))
             await conn.execute(f"DROP FUNCTION IF EXISTS {related_function_name(row['capture'])}()")
             await conn.execute(QUERIES["forget_related_capture"], row["capture"])
+    return reread
 
 
 async def _capture_triggers(
@@ -226,6 +242,7 @@ async def _remove_mirror(conn: Connection, previous: asyncpg.Record) -> None:
         "keep_removed_layout",
         "forget_mirror_changes",
         "forget_mirror_related_changes",
+        "forget_mirror_related_versions",
         "forget_mirror_versions",
         "forget_mirror_failures",
         "forget_mirror",

@@ -79,16 +79,18 @@ def consumer_name(mirror: str, relation_id: str) -> str:
 
 def _queue_changes(affected: str, mirror: str, created_at: str) -> str:
     """Queue the `affected` row keys (a SELECT of `row_key`) as changes of the mirror, with new
-    versions, as the table's own capture does; returns how many. Versions are taken in key order:
-    a user's statement upserting versions at the same time cannot deadlock with it."""
+    versions, as the table's own capture does; returns how many. The versions go to
+    related_versions_v1, which no user transaction locks: a user's write never waits for a fan-out
+    (nor deadlocks with one). Fan-outs take them in key order, so two never deadlock either."""
     return (
         f"WITH affected AS ({affected}), "
         "queued AS (INSERT INTO vecmirror.changes_v1 (mirror, row_key, created_at) "
         f"SELECT {mirror}, row_key, {created_at} FROM affected ORDER BY row_key RETURNING row_key, id), "
-        "versioned AS (INSERT INTO vecmirror.versions_v1 (mirror, row_key, version) "
+        "versioned AS (INSERT INTO vecmirror.related_versions_v1 (mirror, row_key, version) "
         f"SELECT {mirror}, row_key, max(id) FROM queued GROUP BY row_key ORDER BY row_key "
         "ON CONFLICT (mirror, row_key) "
-        "DO UPDATE SET version = GREATEST(vecmirror.versions_v1.version, EXCLUDED.version) RETURNING 1) "
+        "DO UPDATE SET version = GREATEST(vecmirror.related_versions_v1.version, EXCLUDED.version) "
+        "RETURNING 1) "
         "SELECT count(*) FROM queued"
     )
 
@@ -112,10 +114,17 @@ def fan_out_on(table: str, keys: Sequence[KeyColumn], on: Sequence[tuple[str, Ca
 
 def fan_out_keys(query: str, parameters: int, keys: Sequence[KeyColumn]) -> str:
     """The documents the user's query returns. $1..$n its own parameters (an array per key column
-    of the related table), then the mirror and when the related change was made."""
+    of the related table), then the mirror and when the related change was made. Each returned
+    value is read as the key column's type first, so its text is the key's own (`1.0` or `' 2'`
+    returned for an integer key names the row `1` or `2`); a row with a NULL names nothing."""
     columns = [f"c{i}" for i in range(len(keys))]
-    key_text = "ARRAY[" + ", ".join(f"k.{c}::text" for c in columns) + "]"
-    affected = f"SELECT DISTINCT {key_text} AS row_key FROM ({query}) AS k({', '.join(columns)})"
+    key_text = (
+        "ARRAY[" + ", ".join(f"k.{c}::{k.sql_type}::text" for c, k in zip(columns, keys, strict=True)) + "]"
+    )
+    present = " AND ".join(f"k.{c} IS NOT NULL" for c in columns)
+    affected = (
+        f"SELECT DISTINCT {key_text} AS row_key FROM ({query}) AS k({', '.join(columns)}) WHERE {present}"
+    )
     return _queue_changes(affected, f"${parameters + 1}", f"${parameters + 2}")
 
 
@@ -125,11 +134,12 @@ def fan_out_all(table: str, keys: Sequence[KeyColumn]) -> str:
     return _queue_changes(f"SELECT {_key_text('r', keys)} AS row_key FROM {table} r", "$1", "$2")
 
 
-def typed_parameters(types: Sequence[str]) -> str:
-    """The captured key texts as the arrays a `keys` query takes. $1: a JSON array of text arrays."""
+def typed_parameters(captured: Sequence[CapturedColumn], types: Sequence[str]) -> str:
+    """The captured key texts as the arrays a `keys` query takes, read as the key columns' types
+    first. $1: a JSON array of text arrays."""
     arrays = ", ".join(
-        f"ARRAY(SELECT (v->>{i})::{t} FROM jsonb_array_elements($1::jsonb) AS v) AS p{i}"
-        for i, t in enumerate(types)
+        f"ARRAY(SELECT (v->>{i})::{column.sql_type}::{t} FROM jsonb_array_elements($1::jsonb) AS v) AS p{i}"
+        for i, (column, t) in enumerate(zip(captured, types, strict=True))
     )
     return f"SELECT {arrays}"
 
@@ -319,6 +329,6 @@ async def _queue_named_documents(
     captured = json.dumps(values)
     if relation.config.on is not None:
         return int(await conn.fetchval(relation.fan_out, relation.mirror, when, captured))
-    typed = await conn.fetchrow(typed_parameters(relation.parameter_types), captured)
+    typed = await conn.fetchrow(typed_parameters(relation.captured, relation.parameter_types), captured)
     assert typed is not None
     return int(await conn.fetchval(relation.fan_out, *typed.values(), relation.mirror, when))

@@ -110,8 +110,13 @@ async def _comparable(conn: Connection, relation: Relation, where: str) -> list[
         await conn.prepare(relation.fan_out)
     except asyncpg.PostgresError as exc:
         what = "on" if relation.config.on is not None else "keys"
-        return [f"{where}.{what}: the documents it names cannot be found: {type(exc).__name__}: {exc}"]
+        return [f"{where}.{what}: the documents it names cannot be found: {one_line(exc)}"]
     return []
+
+
+def one_line(error: asyncpg.PostgresError) -> str:
+    """Postgres' message with its DETAIL and HINT lines joined: a problem is one line."""
+    return f"{type(error).__name__}: " + " ".join(str(error).split())
 
 
 async def _keys_relation(
@@ -132,7 +137,7 @@ async def _keys_relation(
     try:
         query = await conn.prepare(related.keys)
     except asyncpg.PostgresError as exc:
-        return None, [f"{where}.keys: {type(exc).__name__}: {exc}"]
+        return None, [f"{where}.keys: {one_line(exc)}"]
     parameters, returned = query.get_parameters(), query.get_attributes()
     problems = []
     if len(parameters) != len(key_names) or any(p.kind != "array" for p in parameters):
@@ -149,8 +154,16 @@ async def _keys_relation(
         return None, problems
     types = await conn.fetch(QUERIES["array_element_types"], [p.oid for p in parameters])
     element_types = tuple(r["element_type"] for r in types)
-    statement = fan_out_keys(related.keys, len(parameters), keys)
     captured = tuple(theirs[k] for k in key_names)
+    problems = [
+        f"{where}.keys: ${position} takes {parameter}[], which the key column {column.name!r} of "
+        f"{related.table} ({column.sql_type}) does not convert to; compare with that type"
+        for position, (column, parameter) in enumerate(zip(captured, element_types, strict=True), start=1)
+        if not await conn.fetchval(QUERIES["converts_implicitly"], column.sql_type, parameter)
+    ]
+    if problems:
+        return None, problems
+    statement = fan_out_keys(related.keys, len(parameters), keys)
     return Relation(mirror.name, related, captured, statement, element_types), []
 
 

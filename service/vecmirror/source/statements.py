@@ -87,12 +87,29 @@ class TableStatements:
                 f"LEFT JOIN {self.qualified_table} r ON {join} "
                 f"LEFT JOIN {self.documents} t ON {self._same_key('t', 'r')}"
             )
-        version = "coalesce(v.version, 0) AS _vm_version"
-        columns = ", ".join([f"{key_array} AS _vm_key", f"{found} AS _vm_found", version, *self.select_list])
+        columns = ", ".join(
+            [f"{key_array} AS _vm_key", f"{found} AS _vm_found", self._version(), *self.select_list]
+        )
         return (
             f"SELECT {columns} FROM unnest({params}) AS k({', '.join(aliases)}) {joined} "
-            f"LEFT JOIN vecmirror.versions_v1 v ON v.mirror = ${len(aliases) + 1} AND v.row_key = {key_array}"
+            f"{self._versions(f'${len(aliases) + 1}', key_array)}"
         )
+
+    def _version(self) -> str:
+        """A document's version: its row's, or, where related tables changed it since (a fan-out,
+        source/related.py), the newer of that and the row's."""
+        if self.documents is None:
+            return "coalesce(v.version, 0) AS _vm_version"
+        return "greatest(coalesce(v.version, 0), coalesce(rv.version, 0)) AS _vm_version"
+
+    def _versions(self, mirror: str, key_array: str) -> str:
+        joins = f"LEFT JOIN vecmirror.versions_v1 v ON v.mirror = {mirror} AND v.row_key = {key_array}"
+        if self.documents is not None:
+            joins += (
+                " LEFT JOIN vecmirror.related_versions_v1 rv "
+                f"ON rv.mirror = {mirror} AND rv.row_key = {key_array}"
+            )
+        return joins
 
     def backfill_page(self, *, after_cursor: bool) -> str:
         """Queue the next page of keys in key order; returns how many and the last key queued.
@@ -132,9 +149,8 @@ class TableStatements:
             bounds = ", ".join(f"${i + 3}::text::{k.sql_type}" for i, k in enumerate(self.key_columns))
             where = f"WHERE ({', '.join(keys)}) > ({bounds})"
         key_array = self._key_text(source)
-        version = "coalesce(v.version, 0) AS _vm_version"
-        columns = ", ".join([f"{key_array} AS _vm_key", version, *self.select_list])
-        versions = f"LEFT JOIN vecmirror.versions_v1 v ON v.mirror = $2 AND v.row_key = {key_array}"
+        columns = ", ".join([f"{key_array} AS _vm_key", self._version(), *self.select_list])
+        versions = self._versions("$2", key_array)
         return f"SELECT {columns} FROM {self._rows()} {versions} {where} ORDER BY {', '.join(keys)} LIMIT $1"
 
     def count_rows(self) -> str:

@@ -84,8 +84,14 @@ async def _inspect_documents(
         for k in key_names
         if k not in view
     ]
+    # The view is joined to the table by its key columns, whose text names the documents.
+    problems += [
+        f"documents: key column {k!r} is {view[k].sql_type} in {mirror.documents} but "
+        f"{columns[k].sql_type} in {mirror.table}; give the view the table's type"
+        for k in key_names
+        if k in view and view[k].sql_type != columns[k].sql_type
+    ]
     problems += _value_problems(mirror, view, mirror.documents or mirror.table)
-    del columns  # the key columns' types are the table's: the view is joined to it by them
     return view, await documents_state(conn, mirror), problems
 
 

@@ -101,6 +101,9 @@ DELETE FROM vecmirror.changes_v1 WHERE mirror = $1;
 -- name: forget_mirror_related_changes
 DELETE FROM vecmirror.related_changes_v1 WHERE mirror = $1;
 
+-- name: forget_mirror_related_versions
+DELETE FROM vecmirror.related_versions_v1 WHERE mirror = $1;
+
 -- name: forget_mirror_versions
 -- Versions of a removed mirror's keys would only mislead a later mirror of the same name.
 DELETE FROM vecmirror.versions_v1 WHERE mirror = $1;
@@ -218,12 +221,20 @@ SELECT $1, row_key, retry_at FROM failed WHERE retry_at IS NOT NULL;
 
 -- name: forget_deleted_versions
 -- A deleted row's version lives on in its Redis tombstone; dropping it here keeps versions_v1 the
--- size of the table. Only if unchanged since it was read: a re-insert keeps its newer version.
+-- size of the table. Only if not newer than the one deleted: a re-insert keeps its newer version.
+-- (A document's version can be its related version, see 0007, so versions_v1's may be older.)
 DELETE FROM vecmirror.versions_v1 v
 USING jsonb_array_elements($2::jsonb) AS d
 WHERE v.mirror = $1
   AND v.row_key = ARRAY(SELECT jsonb_array_elements_text(d->'key'))
-  AND v.version = (d->>'version')::bigint;
+  AND v.version <= (d->>'version')::bigint;
+
+-- name: forget_deleted_related_versions
+DELETE FROM vecmirror.related_versions_v1 v
+USING jsonb_array_elements($2::jsonb) AS d
+WHERE v.mirror = $1
+  AND v.row_key = ARRAY(SELECT jsonb_array_elements_text(d->'key'))
+  AND v.version <= (d->>'version')::bigint;
 
 -- name: next_retry_at
 -- When the earliest delayed change becomes claimable, so `run --once` can wait for it.
@@ -354,3 +365,11 @@ SET documents = $2,
 FROM before b
 WHERE m.name = $1
 RETURNING b.documents IS DISTINCT FROM $2 AS changed;
+
+-- name: converts_implicitly
+-- Whether a value of type $1 is taken where type $2 is expected without an explicit cast (the same
+-- type, or an implicit or assignment cast): a `keys` query's parameter and its related key column.
+SELECT $1::text::regtype = $2::text::regtype
+    OR EXISTS (SELECT 1 FROM pg_cast
+               WHERE castsource = $1::text::regtype AND casttarget = $2::text::regtype
+                 AND castcontext IN ('i', 'a'));
