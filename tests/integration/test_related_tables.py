@@ -15,7 +15,8 @@ import pytest
 import redis
 
 from helpers import DOCS_MIRROR, DOCS_TABLE, hash_doc, keys, search_ids, sync_once, vector_of
-from vecmirror.commands import migrate_command, status_command, verify_command
+from vecmirror.commands import migrate_command, plan_command, status_command, verify_command
+from vecmirror.config import parse_config
 from vecmirror.errors import StartupError
 from vecmirror.run.worker import MirrorsPausedError
 from vecmirror.source.migrate import bundled_migrations
@@ -71,6 +72,9 @@ SHOP_MIRROR: dict[str, Any] = {
         ],
     },
 }
+
+
+SHOP_CONFIG_RELATIONS = [r.relation_id for r in parse_config({"mirrors": [SHOP_MIRROR]}).mirrors[0].related]
 
 
 @pytest.fixture
@@ -129,6 +133,10 @@ async def test_documents_follow_every_table_behind_the_view(
     # Rename a category: its two products get the new name and new vectors, no other is embedded.
     calls = embedder.texts_embedded
     await pg.execute("UPDATE categories SET name = 'Cookware' WHERE id = 1")
+    # The capture queued one row for the renamed category, not one per product.
+    assert await pg.fetch("SELECT relation, row_values FROM vecmirror.related_changes_v1") == [
+        (SHOP_CONFIG_RELATIONS[0], ["1"])
+    ]
     await sync_once(settings, config, embedder_factory)
     assert embedder.texts_embedded == calls + 2
     await assert_mirrors_view(pg, redis_client, settings, config)
@@ -454,8 +462,12 @@ async def test_a_related_table_created_again_reads_every_document_once_migrated(
         MirrorsPausedError, match=r"related\.0: the changes of public\.categories are not captured"
     ):
         await sync_once(settings, config, embedder_factory)
+    (plan,) = (await plan_command(settings, config)).mirrors
+    assert plan.triggers is not None
+    assert plan.triggers.startswith("related.0: public.categories's capture does not queue this relation yet")
     report = await migrate_command(settings, config)
     assert report.installed == ["products"]
+    assert (await plan_command(settings, config)).mirrors[0].triggers is None
     await sync_once(settings, config, embedder_factory)
     await assert_mirrors_view(pg, redis_client, settings, config)
     assert hash_doc(redis_client, "product:3")["category"] == b"Yard"

@@ -27,6 +27,8 @@ DOCUMENTED = {
     "vecmirror_index_documents",
     "vecmirror_index_indexing_failures",
     "vecmirror_backfill_rows_total",
+    "vecmirror_related_changes_total",
+    "vecmirror_related_documents_queued_total",
     "vecmirror_build_info",
 }
 BOUNDED_LABELS = {"mirror", "operation", "outcome", "stage", "version", "le"}
@@ -157,3 +159,9 @@ def test_the_process_registry_adds_the_usual_process_metrics() -> None:
     names = {family.name for family in Metrics.for_process().registry.collect()}
     assert "python_info" in names
     assert {n for n in names if not n.startswith(("vecmirror_", "process_", "python_"))} == set()
+
+
+def test_related_changes_are_counted(metrics: Metrics) -> None:
+    metrics.batch_synced(BatchStats("docs", related_changes=3, related_queued=20_000))
+    assert value(metrics, "vecmirror_related_changes_total", mirror="docs") == 3
+    assert value(metrics, "vecmirror_related_documents_queued_total", mirror="docs") == 20_000

@@ -102,6 +102,15 @@ class Metrics:
         self.backfill_rows = Counter(
             "vecmirror_backfill_rows", "Rows queued by backfill walks", ["mirror"], registry=r
         )
+        self.related_changes = Counter(
+            "vecmirror_related_changes", "Changes of related tables fanned out", ["mirror"], registry=r
+        )
+        self.related_documents = Counter(
+            "vecmirror_related_documents_queued",
+            "Documents queued to be read again by changes of related tables",
+            ["mirror"],
+            registry=r,
+        )
         self.mirror_paused = Gauge(
             "vecmirror_mirror_paused",
             "1 while the mirror is paused on trouble of its own (see `vecmirror status` for why); "
@@ -178,6 +187,8 @@ class Metrics:
                 self.embeddings.labels(mirror, outcome)
             self.freshness.labels(mirror)
             self.backfill_rows.labels(mirror)
+            self.related_changes.labels(mirror)
+            self.related_documents.labels(mirror)
             self.mirror_paused.labels(mirror).set(0)
             self.mirror_errors.labels(mirror)
 
@@ -198,6 +209,9 @@ class Metrics:
             self.errors.labels(stage).inc(count)
         if stats.synced_at is not None:
             self.last_sync.labels(mirror).set(stats.synced_at)
+        if stats.related_changes:
+            self.related_changes.labels(mirror).inc(stats.related_changes)
+            self.related_documents.labels(mirror).inc(stats.related_queued)
 
     def server_error(self, stage: str) -> None:
         self.errors.labels(stage).inc()

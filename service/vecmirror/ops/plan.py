@@ -32,7 +32,7 @@ from vecmirror.sink.versioned import marker_key
 from vecmirror.sink.writer import RedisSink
 from vecmirror.source import Connection
 from vecmirror.source.generations import load as load_generation
-from vecmirror.source.migrate import bundled_migrations, recorded_layouts
+from vecmirror.source.migrate import bundled_migrations, recorded_layouts, uncaptured_relation
 from vecmirror.source.sql import QUERIES
 from vecmirror.source.statements import TRIGGER_EVENTS, capture_function_name, trigger_name
 from vecmirror.source.tables import SourceTable, inspect_table
@@ -256,6 +256,13 @@ async def _trigger_change(conn: Connection, mirror: MirrorConfig, table: SourceT
     if present != expected:
         places = sorted({f"{s}.{t}" for s, t, _ in present}) or ["nowhere"]
         return f"the capture triggers are not as registered (found on {', '.join(places)}): re-installed"
+    gap = await uncaptured_relation(conn, mirror)
+    if gap is not None:
+        position, related = gap
+        return (
+            f"related.{position}: {related.table}'s capture does not queue this relation yet (new, "
+            "or its triggers are gone): installed, and every document is read again"
+        )
     return None
 
 

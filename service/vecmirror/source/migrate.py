@@ -13,7 +13,7 @@ from importlib.resources import files
 import asyncpg
 import structlog
 
-from vecmirror.config import Config, MirrorConfig
+from vecmirror.config import Config, MirrorConfig, RelatedConfig
 from vecmirror.source import Connection, generations
 from vecmirror.source.related import (
     Relation,
@@ -268,9 +268,25 @@ async def capture_problem(conn: Connection, mirror: MirrorConfig) -> str | None:
 
 async def _related_capture_problem(conn: Connection, mirror: MirrorConfig) -> str | None:
     """A related table's capture must exist and serve this mirror's relation as configured."""
+    gap = await uncaptured_relation(conn, mirror)
+    if gap is None:
+        return None
+    position, related = gap
+    return (
+        f"related.{position}: the changes of {related.table} are not captured for this mirror "
+        "as configured (the table was created again, its triggers dropped, or the config changed "
+        "since); run `vecmirror migrate`"
+    )
+
+
+async def uncaptured_relation(conn: Connection, mirror: MirrorConfig) -> tuple[int, RelatedConfig] | None:
+    """The first of the mirror's relations whose related table's capture is missing, or does not
+    queue for this relation as configured (as `migrate` would install it), with its position."""
     if not mirror.related:
         return None
-    registered = {r["capture"]: r for r in await conn.fetch(QUERIES["related_captures"])}
+    registered: dict[str, asyncpg.Record] = {}
+    if await conn.fetchval("SELECT to_regclass('vecmirror.related_captures_v1') IS NOT NULL"):
+        registered = {r["capture"]: r for r in await conn.fetch(QUERIES["related_captures"])}
     for position, related in enumerate(mirror.related):
         capture = capture_id(related.schema_name, related.table_name)
         row = registered.get(capture)
@@ -281,9 +297,5 @@ async def _related_capture_problem(conn: Connection, mirror: MirrorConfig) -> st
             for e in TRIGGER_EVENTS
         }
         if row is None or consumer not in row["consumers"] or not wanted <= found:
-            return (
-                f"related.{position}: the changes of {related.table} are not captured for this mirror "
-                "as configured (the table was created again, its triggers dropped, or the config changed "
-                "since); run `vecmirror migrate`"
-            )
+            return position, related
     return None
