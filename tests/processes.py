@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,4 +65,16 @@ def wait_for(condition: Any, timeout: float, what: str) -> None:
         if condition():
             return
         time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+async def until(
+    check: Callable[[], Awaitable[Any]], timeout: float, what: str, *, every: float = 0.1
+) -> None:
+    """Waits for an async condition, as wait_for does for a plain one."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(every)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")

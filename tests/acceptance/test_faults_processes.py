@@ -23,7 +23,7 @@ import yaml
 
 from helpers import DOCS_MIRROR, DOCS_TABLE, PRODUCTS_MIRROR, PRODUCTS_TABLE, keys
 from invariant import assert_invariant
-from processes import start_worker, vecmirror, wait_for
+from processes import start_worker, until, vecmirror, wait_for
 from vecmirror.config import META_VERSION_FIELD, parse_config
 from vecmirror.stack import (
     StackUrls,
@@ -45,15 +45,6 @@ def _stop(worker: subprocess.Popen[str], timeout: float = 30) -> str:
         worker.kill()
     assert worker.returncode == 0, err[-3000:]
     return out + err
-
-
-async def _until(check: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def _write_config(path: Path, raw: dict[str, Any]) -> Any:
@@ -124,7 +115,7 @@ async def test_worker_sigkilled_before_and_after_the_redis_write_loses_nothing(
             "SELECT count(*) > 0 FROM pg_stat_activity WHERE application_name = 'vecmirror'"
             f" AND wait_event_type = 'Lock' AND query LIKE '{statement}'"
         )
-        await _until(lambda: pg.fetchval(blocked), 60, f"the worker to block {moment} its write")
+        await until(lambda: pg.fetchval(blocked), 60, f"the worker to block {moment} its write")
         written = len(keys(redis_client, "product:*"))
         assert written == (0 if moment == "before" else 100)
         worker.send_signal(signal.SIGKILL)
@@ -320,7 +311,7 @@ async def test_three_workers_hammering_the_same_keys_never_lower_a_version(
         with VersionWatch(redis_client, [f"product:{s}" for s in skus]) as watch:
             await _hammer(database_url, skus, updates=3000, writers=3)
             queued = "SELECT count(*) = 0 FROM vecmirror.changes_v1"
-            await _until(lambda: pg.fetchval(queued), 120, "the workers to drain the queue")
+            await until(lambda: pg.fetchval(queued), 120, "the workers to drain the queue")
         for worker in workers:
             _stop(worker)
     finally:
@@ -351,13 +342,13 @@ async def test_a_worker_frozen_after_reading_cannot_overwrite_newer_versions(
     other: subprocess.Popen[str] | None = None
     try:
         claimed = "SELECT count(*) > 100 FROM pg_locks WHERE locktype = 'advisory' AND granted"
-        await _until(lambda: pg.fetchval(claimed), 120, "the first worker to claim its batch")
+        await until(lambda: pg.fetchval(claimed), 120, "the first worker to claim its batch")
         frozen.send_signal(signal.SIGSTOP)  # after reading its rows, while it embeds them
         assert keys(redis_client, "doc:*") == set()
         await pg.execute("UPDATE docs SET genre = 'new', content = 'Rewritten ' || id")
         other = start_worker(env, config_path)
         new_versions = "SELECT count(*) = 0 FROM vecmirror.changes_v1"
-        await _until(lambda: pg.fetchval(new_versions), 240, "the other worker to sync the newer rows")
+        await until(lambda: pg.fetchval(new_versions), 240, "the other worker to sync the newer rows")
         with VersionWatch(redis_client, [f"doc:{i}" for i in range(1, 257)]) as watch:
             await asyncio.sleep(0.5)
             frozen.send_signal(signal.SIGCONT)  # it wakes with a batch that is no longer its own
@@ -410,7 +401,7 @@ async def test_a_worker_frozen_while_receiving_a_result_is_ended_by_its_peers(
             "SELECT pid FROM pg_stat_activity WHERE application_name = 'vecmirror'"
             " AND wait_event = 'ClientWrite'"
         )
-        await _until(lambda: pg.fetchval(writing), 60, "the frozen reader's backend to block")
+        await until(lambda: pg.fetchval(writing), 60, "the frozen reader's backend to block")
         pid = await pg.fetchval(writing)
         await asyncio.sleep(1.5)
         env = {**cli_env, "VECMIRROR_CLAIM_TIMEOUT": "1"}
@@ -418,7 +409,7 @@ async def test_a_worker_frozen_while_receiving_a_result_is_ended_by_its_peers(
         assert drained.returncode == 0, drained.stderr[-3000:]
         assert "stuck_claims_ended" in drained.stderr
         gone = "SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = $1"
-        await _until(lambda: pg.fetchval(gone, pid), 30, "the stuck backend to end")
+        await until(lambda: pg.fetchval(gone, pid), 30, "the stuck backend to end")
         assert await pg.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
     finally:
         stuck.send_signal(signal.SIGCONT)

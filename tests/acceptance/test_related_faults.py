@@ -3,9 +3,7 @@ middle of fanning a category rename out to its products loses nothing, and the n
 
 from __future__ import annotations
 
-import asyncio
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +12,7 @@ import redis
 import yaml
 
 from helpers import keys
-from processes import start_worker, vecmirror
+from processes import start_worker, until, vecmirror
 
 PRODUCTS = 600
 SCHEMA = f"""
@@ -43,15 +41,6 @@ MIRROR: dict[str, Any] = {
         ],
     },
 }
-
-
-async def _until(check: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def _categories(client: redis.Redis) -> dict[int, str]:
@@ -89,7 +78,7 @@ async def test_worker_killed_while_fanning_out_a_rename_loses_nothing(
             "SELECT count(*) > 0 FROM pg_stat_activity WHERE application_name = 'vecmirror'"
             " AND wait_event_type = 'Lock' AND query LIKE '%WITH affected AS%'"
         )
-        await _until(lambda: pg.fetchval(blocked), 60, "the worker to block in its fan-out")
+        await until(lambda: pg.fetchval(blocked), 60, "the worker to block in its fan-out")
         worker.send_signal(signal.SIGKILL)
         worker.wait(timeout=10)
     finally:

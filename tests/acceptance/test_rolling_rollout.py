@@ -33,7 +33,7 @@ import redis
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from processes import DrainedProcess, start_worker, vecmirror
+from processes import DrainedProcess, start_worker, until, vecmirror
 from vecmirror.sink.writer import search_result_ids
 
 ROWS = 300
@@ -154,15 +154,6 @@ def _kill(worker: DrainedProcess | None) -> None:
     if worker is not None and worker.poll() is None:
         worker.kill()
         worker.communicate()
-
-
-async def _until(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def _ft_info(client: redis.Redis) -> dict[str, Any] | None:
@@ -417,14 +408,16 @@ async def _rollout(servers: Servers, old: Path, new: Path, *, changes_text: bool
     reader = Reader(redis_url)
     writer = Writer(database_url, changes_text=changes_text, inserts=changes_text)
     try:
-        await _until(
+        await until(
             lambda: _settled(pg, redis_client, switched=False), SETTLE_TIMEOUT, "worker A's first sync"
         )
         assert _count(redis_client) == ROWS
         vectors_before = _vectors(redis_client)
         reader.start()
         writer.start()
-        await _until(_at_least(lambda: min(reader.samples, writer.ops), 10), 30, "reads and writes to start")
+        await until(
+            _at_least(lambda: min(reader.samples, writer.ops), 10), 30, "reads and writes to start", every=0.2
+        )
 
         # The release: its migrate Job, then the new pod; the old pod goes 10 s after the new one started.
         migrated = vecmirror(cli_env, "migrate", "--config", str(new))
@@ -437,14 +430,14 @@ async def _rollout(servers: Servers, old: Path, new: Path, *, changes_text: bool
         logs_a = await asyncio.to_thread(_stop, started_a, "A")
         worker_a = None
         ops = writer.ops
-        await _until(_at_least(lambda: writer.ops - ops, 20), 30, "writes after worker A stopped")
+        await until(_at_least(lambda: writer.ops - ops, 20), 30, "writes after worker A stopped", every=0.2)
         writer.finish()
 
-        await _until(
+        await until(
             lambda: _settled(pg, redis_client, switched=True), SETTLE_TIMEOUT, "the rollout to settle"
         )
         samples = reader.samples
-        await _until(_at_least(lambda: reader.samples - samples, 5), 30, "reads after the rollout")
+        await until(_at_least(lambda: reader.samples - samples, 5), 30, "reads after the rollout", every=0.2)
         reader.finish()
         computed_b, skipped_b = _embeddings(port_b, "computed"), _embeddings(port_b, "skipped")
         statuses = vecmirror(cli_env, "status", "--json", "--config", str(new))

@@ -103,6 +103,14 @@ COMPOSITE = TableStatements(
 )
 
 
+DOCUMENTS = TableStatements(
+    '"public"."docs"',
+    (KeyColumn("id", "integer", 1),),
+    select_list([("title", "text")]),
+    '"public"."doc_view"',
+)
+
+
 def test_select_list() -> None:
     assert select_expression("title", "text") == 't."title" AS "title"'
     assert select_expression("v", "vector") == 't."v"::real[] AS "v"'  # pgvector read as real[]
@@ -155,7 +163,28 @@ def test_backfill_next_page_composite_key() -> None:
 
 
 def test_count_rows() -> None:
-    assert COMPOSITE.count_rows() == 'SELECT count(*) FROM "app"."notes"'
+    assert COMPOSITE.count_rows() == 'SELECT count(*) FROM "app"."notes" t'
+    assert DOCUMENTS.count_rows() == (
+        'SELECT count(*) FROM "public"."docs" r JOIN "public"."doc_view" t ON t."id" = r."id"'
+    )
+
+
+def test_documents_are_read_from_the_view_joined_to_the_table() -> None:
+    """A key is found where the table has it and the view returns it; the version is the newer of
+    the row's and the one related changes gave the document (related_versions_v1)."""
+    loading = DOCUMENTS.load_rows()
+    assert 'LEFT JOIN "public"."docs" r ON r."id" = k.k0::integer' in loading
+    assert 'LEFT JOIN "public"."doc_view" t ON t."id" = r."id"' in loading
+    assert (
+        'coalesce(coalesce(ARRAY[r."id"::text] = ARRAY[k.k0], false) AND t."id" IS NOT NULL, false)'
+        in loading
+    )
+    assert "greatest(coalesce(v.version, 0), coalesce(rv.version, 0)) AS _vm_version" in loading
+    assert "LEFT JOIN vecmirror.related_versions_v1 rv ON rv.mirror = $2" in loading
+    assert "related_versions_v1" not in SINGLE.load_rows()
+    page = DOCUMENTS.key_page(after_cursor=True)
+    assert 'FROM "public"."docs" r JOIN "public"."doc_view" t ON t."id" = r."id"' in page
+    assert page.endswith('WHERE (r."id") > ($3::text::integer) ORDER BY r."id" LIMIT $1')
 
 
 def test_trigger_names() -> None:

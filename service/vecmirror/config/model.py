@@ -8,10 +8,12 @@ import re
 import string
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -81,6 +83,17 @@ class EmbedConfig(BaseModel):
         return template
 
 
+def _qualified_name(table: str) -> str:
+    split_table_name(table)
+    return table
+
+
+# A table's name, 'schema.table' or 'table'; a key's columns, one name standing for a list of one.
+TableName = Annotated[str, AfterValidator(_qualified_name)]
+KeyColumns = Annotated[
+    tuple[str, ...] | None, BeforeValidator(lambda value: (value,) if isinstance(value, str) else value)
+]
+
 # A `keys` query's parameters: $1 (one array per key column of the related table, $1..$n).
 KEYS_PARAMETER = re.compile(r"\$1(?![0-9])")
 
@@ -91,12 +104,12 @@ class RelatedConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    table: str
+    table: TableName
     # A column of the mirror's table -> the column of this table it equals (one hop, any direction).
     on: dict[str, str] | None = None
     # From this table's changed keys ($1: an array per key column, $2.. for more) to the mirror's keys.
     keys: str | None = None
-    key: tuple[str, ...] | None = None  # this table's key for `keys` (default: its primary key)
+    key: KeyColumns = None  # this table's key for `keys` (default: its primary key)
 
     @model_validator(mode="before")
     @classmethod
@@ -105,17 +118,6 @@ class RelatedConfig(BaseModel):
         if isinstance(data, dict) and True in data and "on" not in data:
             data = {("on" if key is True else key): value for key, value in data.items()}
         return data
-
-    @field_validator("table")
-    @classmethod
-    def _table_is_qualified_name(cls, value: str) -> str:
-        split_table_name(value)
-        return value
-
-    @field_validator("key", mode="before")
-    @classmethod
-    def _key_as_tuple(cls, value: Any) -> Any:
-        return (value,) if isinstance(value, str) else value
 
     @field_validator("on")
     @classmethod
@@ -160,22 +162,17 @@ class MirrorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
     name: str = Field(pattern=MIRROR_NAME.pattern)
-    table: str
-    key: tuple[str, ...] | None = None
+    table: TableName
+    key: KeyColumns = None
     embed: EmbedConfig | None = None
     vector_column: str | None = None
     index: IndexSchema
     # A view (or table) with the key columns of `table`, read instead of it for every other column.
-    documents: str | None = None
+    documents: TableName | None = None
     related: tuple[RelatedConfig, ...] = ()
     # Where documents hold the vector when an online re-embedding moved it (index/rollout.py): not
     # part of the definition, so not of `digest` either.
     _moved_vector_to: str | None = PrivateAttr(default=None)
-
-    @field_validator("key", mode="before")
-    @classmethod
-    def _key_as_tuple(cls, value: Any) -> Any:
-        return (value,) if isinstance(value, str) else value
 
     @field_validator("key")
     @classmethod
@@ -188,13 +185,6 @@ class MirrorConfig(BaseModel):
             raise ValueError("column names must not be empty")
         if len(set(value)) != len(value):
             raise ValueError(f"a column is listed more than once in {list(value)}")
-        return value
-
-    @field_validator("table", "documents")
-    @classmethod
-    def _table_is_qualified_name(cls, value: str | None) -> str | None:
-        if value is not None:
-            split_table_name(value)
         return value
 
     @model_validator(mode="after")

@@ -25,11 +25,11 @@ from vecmirror.config import RelatedConfig
 from vecmirror.source import Connection
 from vecmirror.source.sql import QUERIES
 from vecmirror.source.statements import (
-    TRIGGER_EVENTS,
     KeyColumn,
     capture_settings,
     quote_ident,
     quote_literal,
+    statement_triggers,
 )
 
 log = structlog.get_logger(__name__)
@@ -223,12 +223,9 @@ $vecmirror$"""
 
 
 def create_related_triggers(capture: str, qualified_table: str) -> list[str]:
-    return [
-        f"CREATE TRIGGER {quote_ident(trigger_name(capture, event))} "
-        f"{timing.format(table=qualified_table)} "
-        f"FOR EACH STATEMENT EXECUTE FUNCTION {capture_function_name(capture)}()"
-        for event, timing in TRIGGER_EVENTS.items()
-    ]
+    return statement_triggers(
+        lambda event: trigger_name(capture, event), capture_function_name(capture), qualified_table
+    )
 
 
 @dataclass(frozen=True)

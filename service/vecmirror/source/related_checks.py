@@ -5,8 +5,8 @@ Problems name the mirror's key path (`related.1.on.category_id`), like every oth
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 
 import asyncpg
 
@@ -19,23 +19,25 @@ from vecmirror.source.related import (
     fan_out_on,
 )
 from vecmirror.source.sql import QUERIES
-from vecmirror.source.statements import KeyColumn, qualified
+from vecmirror.source.statements import KeyColumn
 
 
-async def inspect_relations(
-    conn: Connection,
-    mirror: MirrorConfig,
-    qualified_table: str,
-    columns: dict[str, Any],
-    keys: Sequence[KeyColumn],
-) -> tuple[tuple[Relation, ...], list[str]]:
+@dataclass(frozen=True)
+class MirrorTable:
+    """The mirror's side of its relations: its table, checked."""
+
+    mirror: MirrorConfig
+    qualified_table: str
+    columns: Collection[str]
+    keys: Sequence[KeyColumn]
+
+
+async def inspect_relations(conn: Connection, table: MirrorTable) -> tuple[tuple[Relation, ...], list[str]]:
     relations: list[Relation] = []
     problems: list[str] = []
-    for position, related in enumerate(mirror.related):
+    for position, related in enumerate(table.mirror.related):
         where = f"related.{position}"
-        relation, found = await _inspect_relation(
-            conn, mirror, related, where, qualified_table, columns, keys
-        )
+        relation, found = await _inspect_relation(conn, table, related, where)
         if relation is not None and not found:
             found = await _comparable(conn, relation, where)
         problems += found
@@ -45,13 +47,7 @@ async def inspect_relations(
 
 
 async def _inspect_relation(
-    conn: Connection,
-    mirror: MirrorConfig,
-    related: RelatedConfig,
-    where: str,
-    qualified_table: str,
-    columns: dict[str, Any],
-    keys: Sequence[KeyColumn],
+    conn: Connection, table: MirrorTable, related: RelatedConfig, where: str
 ) -> tuple[Relation | None, list[str]]:
     theirs = await _columns(conn, related)
     problem = (
@@ -62,8 +58,8 @@ async def _inspect_relation(
     if problem is not None:
         return None, [problem]
     if related.on is not None:
-        return _on_relation(mirror, related, where, qualified_table, columns, keys, theirs)
-    return await _keys_relation(conn, mirror, related, where, keys, theirs)
+        return _on_relation(table, related, where, theirs)
+    return await _keys_relation(conn, table, related, where, theirs)
 
 
 async def _columns(conn: Connection, related: RelatedConfig) -> dict[str, CapturedColumn]:
@@ -80,17 +76,14 @@ async def _shape_problem(conn: Connection, related: RelatedConfig, where: str) -
 
 
 def _on_relation(
-    mirror: MirrorConfig,
-    related: RelatedConfig,
-    where: str,
-    qualified_table: str,
-    columns: dict[str, Any],
-    keys: Sequence[KeyColumn],
-    theirs: dict[str, CapturedColumn],
+    table: MirrorTable, related: RelatedConfig, where: str, theirs: dict[str, CapturedColumn]
 ) -> tuple[Relation | None, list[str]]:
     assert related.on is not None
+    mirror = table.mirror
     problems = [
-        f"{where}.on: no column {mine!r} in {mirror.table}" for mine in related.on if mine not in columns
+        f"{where}.on: no column {mine!r} in {mirror.table}"
+        for mine in related.on
+        if mine not in table.columns
     ]
     problems += [
         f"{where}.on.{mine}: no column {other!r} in {related.table}"
@@ -100,7 +93,7 @@ def _on_relation(
     if problems:
         return None, problems
     pairs = [(mine, theirs[other]) for mine, other in related.on.items()]
-    statement = fan_out_on(qualified_table, keys, pairs)
+    statement = fan_out_on(table.qualified_table, table.keys, pairs)
     return Relation(mirror.name, related, tuple(col for _, col in pairs), statement), []
 
 
@@ -121,13 +114,13 @@ def one_line(error: asyncpg.PostgresError) -> str:
 
 async def _keys_relation(
     conn: Connection,
-    mirror: MirrorConfig,
+    table: MirrorTable,
     related: RelatedConfig,
     where: str,
-    keys: Sequence[KeyColumn],
     theirs: dict[str, CapturedColumn],
 ) -> tuple[Relation | None, list[str]]:
     assert related.keys is not None
+    mirror, keys = table.mirror, table.keys
     key_names = related.key or await _primary_key(conn, related)
     if not key_names:
         return None, [f"{where}.key: {related.table} has no primary key; set `key:` to its key column(s)"]
@@ -170,7 +163,3 @@ async def _keys_relation(
 async def _primary_key(conn: Connection, related: RelatedConfig) -> tuple[str, ...]:
     rows = await conn.fetch(QUERIES["primary_key_columns"], related.schema_name, related.table_name)
     return tuple(r["name"] for r in rows)
-
-
-def related_table(related: RelatedConfig) -> str:
-    return qualified(related.schema_name, related.table_name)

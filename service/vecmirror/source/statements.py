@@ -5,7 +5,7 @@ Table and column names come from the config; they are always quoted here, never 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from vecmirror.source.session import SESSION_SETTINGS
@@ -293,10 +293,16 @@ $vecmirror$"""
 
 
 def create_triggers(mirror: str, statements: TableStatements) -> list[str]:
+    return statement_triggers(
+        lambda event: trigger_name(mirror, event), capture_function_name(mirror), statements.qualified_table
+    )
+
+
+def statement_triggers(name: Callable[[str], str], function: str, qualified_table: str) -> list[str]:
+    """The four statement triggers (TRIGGER_EVENTS) calling a capture function."""
     return [
-        f"CREATE TRIGGER {quote_ident(trigger_name(mirror, event))} "
-        f"{timing.format(table=statements.qualified_table)} "
-        f"FOR EACH STATEMENT EXECUTE FUNCTION {capture_function_name(mirror)}()"
+        f"CREATE TRIGGER {quote_ident(name(event))} {timing.format(table=qualified_table)} "
+        f"FOR EACH STATEMENT EXECUTE FUNCTION {function}()"
         for event, timing in TRIGGER_EVENTS.items()
     ]
 

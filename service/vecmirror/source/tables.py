@@ -9,7 +9,7 @@ from vecmirror.config import MirrorConfig, template_columns
 from vecmirror.errors import StartupError
 from vecmirror.source import Connection
 from vecmirror.source.related import Relation
-from vecmirror.source.related_checks import inspect_relations
+from vecmirror.source.related_checks import MirrorTable, inspect_relations
 from vecmirror.source.sql import QUERIES
 from vecmirror.source.statements import KeyColumn, TableStatements, qualified, select_list
 
@@ -61,7 +61,9 @@ async def inspect_table(conn: Connection, mirror: MirrorConfig) -> SourceTable:
     qualified_table = qualified(mirror.schema_name, mirror.table_name)
     relations: tuple[Relation, ...] = ()
     if not problems and mirror.related:
-        relations, problems = await inspect_relations(conn, mirror, qualified_table, columns, keys)
+        relations, problems = await inspect_relations(
+            conn, MirrorTable(mirror, qualified_table, columns, keys)
+        )
     if problems:
         raise StartupError(f"mirror {mirror.name!r}: " + "; ".join(problems))  # one line: see cli.py
     read = select_list([(name, values[name].base_type) for name in mirror.columns_needed()])
