@@ -20,7 +20,9 @@ from vecmirror.config import parse_config
 from vecmirror.errors import StartupError
 from vecmirror.run.worker import MirrorsPausedError
 from vecmirror.source.migrate import bundled_migrations
+from vecmirror.source.related import fan_out, fan_out_all
 from vecmirror.source.sql import QUERIES
+from vecmirror.source.tables import inspect_table
 
 SHOP = """
 CREATE TABLE categories (id integer PRIMARY KEY, name text NOT NULL);
@@ -482,14 +484,16 @@ async def test_migrate_refuses_keys_and_views_of_other_types_in_one_line(
         "CREATE VIEW text_docs AS "
         "SELECT id::text AS id, name, price, 'x' AS category, '' AS tags FROM products"
     )
+    # A query that fails to prepare first: the checks after it still run (in a savepoint each).
     mirror = {
         **SHOP_MIRROR,
         "related": [
-            {"table": "public.codes", "keys": "SELECT p.id FROM products p WHERE p.category_id = ANY($1)"},
             {
                 "table": "public.tags",
                 "keys": "SELECT pt.product_id FROM product_tags pt WHERE pt.tagid = ANY($1)",
             },
+            {"table": "public.codes", "keys": "SELECT p.id FROM products p WHERE p.category_id = ANY($1)"},
+            {"table": "public.categories", "on": {"name": "id"}},
         ],
     }
     path, config = write_config([mirror])
@@ -497,14 +501,45 @@ async def test_migrate_refuses_keys_and_views_of_other_types_in_one_line(
         await migrate_command(settings_for(path), config)
     message = str(raised.value)
     assert "\n" not in message
-    assert "related.0.keys: $1 takes integer[], which the key column 'code' of public.codes (text)" in message
+    assert "related.1.keys: $1 takes integer[], which the key column 'code' of public.codes (text)" in message
     assert (
-        "related.1.keys: UndefinedColumnError: column pt.tagid does not exist HINT: Perhaps you meant"
+        "related.0.keys: UndefinedColumnError: column pt.tagid does not exist HINT: Perhaps you meant"
         in message
     )
+    assert "related.2.on: the documents it names cannot be found: UndefinedFunctionError" in message
 
     path, config = write_config([{**SHOP_MIRROR, "documents": "public.text_docs"}])
     with pytest.raises(
         StartupError, match=r"documents: key column 'id' is text in public\.text_docs but integer"
     ):
         await migrate_command(settings_for(path), config)
+
+
+async def test_plan_before_the_first_migrate_sees_no_problem(
+    pg: asyncpg.Connection, write_config: Any, settings_for: Any
+) -> None:
+    """The relations' checks read only the user's tables: the vecmirror schema need not exist."""
+    await pg.execute(SHOP)
+    path, config = write_config([SHOP_MIRROR])
+    (plan,) = (await plan_command(settings_for(path), config)).mirrors
+    assert (plan.action, plan.problem) == ("add", None)
+
+
+async def test_a_fan_out_settles_one_relation_per_transaction(
+    pg: asyncpg.Connection, shop: Any, embedder_factory: Any
+) -> None:
+    """One statement (one relation's changes) per fan-out transaction: two fan-outs taking the same
+    documents' versions, each in key order, cannot deadlock."""
+    settings, config = shop
+    await sync_once(settings, config, embedder_factory)
+    await pg.execute("UPDATE categories SET name = name || '!'")
+    await pg.execute("UPDATE tags SET name = name || '!' WHERE id = 1")
+    await pg.execute("UPDATE categories SET name = name || '?' WHERE id = 2")
+    (mirror,) = config.mirrors
+    table = await inspect_table(pg, mirror)
+    everything = fan_out_all(table.statements.qualified_table, table.statements.key_columns)
+    settled = []
+    for _ in range(3):
+        async with pg.transaction():
+            settled.append(await fan_out(pg, mirror.name, table.relations, everything))
+    assert [(f.related_changes, f.documents) for f in settled] == [(4, 4), (1, 2), (0, 0)]

@@ -51,7 +51,8 @@ class Relation:
     mirror: str
     config: RelatedConfig
     captured: tuple[CapturedColumn, ...]  # the related table's columns its capture queues, in order
-    fan_out: str  # queues the documents the captured values name (see fan_out_on / fan_out_keys)
+    affected: str  # the keys of the documents the captured values name, as the checks prepare it
+    fan_out: str  # queues them (fan_out_on / fan_out_keys)
     # For `keys`: the element type of each parameter of the user's query, to cast the text to.
     parameter_types: tuple[str, ...] = ()
 
@@ -99,32 +100,40 @@ def _key_text(alias: str, keys: Sequence[KeyColumn]) -> str:
     return "ARRAY[" + ", ".join(f"{alias}.{quote_ident(k.name)}::text" for k in keys) + "]"
 
 
-def fan_out_on(table: str, keys: Sequence[KeyColumn], on: Sequence[tuple[str, CapturedColumn]]) -> str:
-    """The documents whose `table` column equals a captured value of the related column, for each
-    pair of `on`. $1 mirror, $2 when the related change was made, $3 the captured values (a JSON
-    array of text arrays)."""
+def affected_on(
+    table: str, keys: Sequence[KeyColumn], on: Sequence[tuple[str, CapturedColumn]], values: str = "$3"
+) -> str:
+    """The keys of the documents whose `table` column equals a captured value of the related
+    column, for each pair of `on`. `values`: the captured values (a JSON array of text arrays)."""
     casts = ", ".join(f"(v->>{i})::{col.sql_type} AS c{i}" for i, (_, col) in enumerate(on))
     join = " AND ".join(f"r.{quote_ident(name)} = c.c{i}" for i, (name, _) in enumerate(on))
-    affected = (
+    return (
         f"SELECT DISTINCT {_key_text('r', keys)} AS row_key FROM {table} r "
-        f"JOIN (SELECT DISTINCT {casts} FROM jsonb_array_elements($3::jsonb) AS v) AS c ON {join}"
+        f"JOIN (SELECT DISTINCT {casts} FROM jsonb_array_elements({values}::jsonb) AS v) AS c ON {join}"
     )
+
+
+def fan_out_on(affected: str) -> str:
+    """Queues the documents `affected_on` names. $1 mirror, $2 when the related change was made."""
     return _queue_changes(affected, "$1", "$2")
 
 
-def fan_out_keys(query: str, parameters: int, keys: Sequence[KeyColumn]) -> str:
-    """The documents the user's query returns. $1..$n its own parameters (an array per key column
-    of the related table), then the mirror and when the related change was made. Each returned
-    value is read as the key column's type first, so its text is the key's own (`1.0` or `' 2'`
-    returned for an integer key names the row `1` or `2`); a row with a NULL names nothing."""
+def affected_keys(query: str, keys: Sequence[KeyColumn]) -> str:
+    """The keys of the documents the user's query returns ($1..$n its own parameters: an array per
+    key column of the related table). Each returned value is read as the key column's type first,
+    so its text is the key's own (`1.0` or `' 2'` returned for an integer key names the row `1` or
+    `2`); a row with a NULL names nothing."""
     columns = [f"c{i}" for i in range(len(keys))]
     key_text = (
         "ARRAY[" + ", ".join(f"k.{c}::{k.sql_type}::text" for c, k in zip(columns, keys, strict=True)) + "]"
     )
     present = " AND ".join(f"k.{c} IS NOT NULL" for c in columns)
-    affected = (
-        f"SELECT DISTINCT {key_text} AS row_key FROM ({query}) AS k({', '.join(columns)}) WHERE {present}"
-    )
+    return f"SELECT DISTINCT {key_text} AS row_key FROM ({query}) AS k({', '.join(columns)}) WHERE {present}"
+
+
+def fan_out_keys(affected: str, parameters: int) -> str:
+    """Queues the documents `affected_keys` names. After the query's own parameters: the mirror
+    and when the related change was made."""
     return _queue_changes(affected, f"${parameters + 1}", f"${parameters + 2}")
 
 
@@ -283,30 +292,34 @@ async def fan_out(
     everything: str,
     limit: int = FAN_OUT_LIMIT,
 ) -> FanOut:
-    """Claims up to `limit` of the mirror's related changes, queues the documents they name and
-    deletes them, in the caller's transaction. `everything` queues every document: for a TRUNCATE,
-    and for changes of a relation the config no longer has."""
+    """Claims up to `limit` of the mirror's related changes, queues the documents the oldest one's
+    relation names (with every claimed change of that relation) and deletes those, in the caller's
+    transaction: one statement per transaction, whose versions are taken in key order, so two
+    fan-outs never deadlock. `everything` queues every document, for a TRUNCATE and for changes
+    of a relation the config no longer has; it settles every change claimed."""
     rows = await conn.fetch(QUERIES["claim_related_changes"], mirror, limit)
-    done = FanOut(related_changes=len(rows))
     if not rows:
-        return done
+        return FanOut()
     known = {r.relation_id: r for r in relations}
-    groups: dict[str | None, list[list[str | None]]] = defaultdict(list)
-    when: dict[str | None, datetime] = {}
-    for row in rows:
-        relation = row["relation"] if row["relation"] in known and row["row_values"] is not None else None
-        groups[relation].append(row["row_values"])
-        when[relation] = min(when.get(relation, row["created_at"]), row["created_at"])
-    if None in groups:
-        # Every document is read again: the other groups would only queue some of them twice.
-        done.documents = int(await conn.fetchval(everything, mirror, when[None]))
+
+    def relation_of(row: asyncpg.Record) -> str | None:
+        return str(row["relation"]) if row["relation"] in known and row["row_values"] is not None else None
+
+    if any(relation_of(row) is None for row in rows):
+        # Every document is read again: the other changes would only queue some of them twice.
+        settled = list(rows)
+        when = min(row["created_at"] for row in settled)
+        documents = int(await conn.fetchval(everything, mirror, when))
     else:
-        for relation_id, values in groups.items():
-            assert relation_id is not None
-            done.documents += await _fan_out_relation(conn, known[relation_id], values, when[relation_id])
-    await conn.execute(QUERIES["delete_related_changes"], mirror, [r["id"] for r in rows])
-    log.info("related_changes_fanned_out", mirror=mirror, related_changes=len(rows), queued=done.documents)
-    return done
+        first = relation_of(rows[0])
+        assert first is not None
+        settled = [row for row in rows if relation_of(row) == first]
+        when = min(row["created_at"] for row in settled)
+        values = [row["row_values"] for row in settled]
+        documents = await _fan_out_relation(conn, known[first], values, when)
+    await conn.execute(QUERIES["delete_related_changes"], mirror, [row["id"] for row in settled])
+    log.info("related_changes_fanned_out", mirror=mirror, related_changes=len(settled), queued=documents)
+    return FanOut(related_changes=len(settled), documents=documents)
 
 
 async def _fan_out_relation(

@@ -15,6 +15,8 @@ from vecmirror.source import Connection
 from vecmirror.source.related import (
     CapturedColumn,
     Relation,
+    affected_keys,
+    affected_on,
     fan_out_keys,
     fan_out_on,
 )
@@ -93,18 +95,28 @@ def _on_relation(
     if problems:
         return None, problems
     pairs = [(mine, theirs[other]) for mine, other in related.on.items()]
-    statement = fan_out_on(table.qualified_table, table.keys, pairs)
-    return Relation(mirror.name, related, tuple(col for _, col in pairs), statement), []
+    checked = affected_on(table.qualified_table, table.keys, pairs, values="$1")
+    statement = fan_out_on(affected_on(table.qualified_table, table.keys, pairs))
+    return Relation(mirror.name, related, tuple(col for _, col in pairs), checked, statement), []
 
 
 async def _comparable(conn: Connection, relation: Relation, where: str) -> list[str]:
-    """The fan-out must prepare: an `on` pair of types with no `=` between them would fail there."""
+    """The documents a change names must be found: an `on` pair of types with no `=` between them,
+    or a `keys` query returning what is no key, fails here (only the user's tables are read, so it
+    holds before the first `migrate` too)."""
     try:
-        await conn.prepare(relation.fan_out)
+        await _prepared(conn, relation.affected)
     except asyncpg.PostgresError as exc:
         what = "on" if relation.config.on is not None else "keys"
         return [f"{where}.{what}: the documents it names cannot be found: {one_line(exc)}"]
     return []
+
+
+async def _prepared(conn: Connection, query: str) -> asyncpg.prepared_stmt.PreparedStatement[asyncpg.Record]:
+    """The statement prepared in a savepoint: a failure must not abort `migrate`'s transaction,
+    whose next checks would all fail (the next relation's, for one)."""
+    async with conn.transaction():
+        return await conn.prepare(query)
 
 
 def one_line(error: asyncpg.PostgresError) -> str:
@@ -128,7 +140,7 @@ async def _keys_relation(
     if missing:
         return None, missing
     try:
-        query = await conn.prepare(related.keys)
+        query = await _prepared(conn, related.keys)
     except asyncpg.PostgresError as exc:
         return None, [f"{where}.keys: {one_line(exc)}"]
     parameters, returned = query.get_parameters(), query.get_attributes()
@@ -156,8 +168,9 @@ async def _keys_relation(
     ]
     if problems:
         return None, problems
-    statement = fan_out_keys(related.keys, len(parameters), keys)
-    return Relation(mirror.name, related, captured, statement, element_types), []
+    affected = affected_keys(related.keys, keys)
+    statement = fan_out_keys(affected, len(parameters))
+    return Relation(mirror.name, related, captured, affected, statement, element_types), []
 
 
 async def _primary_key(conn: Connection, related: RelatedConfig) -> tuple[str, ...]:
