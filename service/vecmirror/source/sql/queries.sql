@@ -99,9 +99,11 @@ DELETE FROM vecmirror.mirrors_v1 WHERE name = $1;
 DELETE FROM vecmirror.changes_v1 WHERE mirror = $1;
 
 -- name: forget_mirror_related_changes
+-- A removed mirror's related changes would never be fanned out.
 DELETE FROM vecmirror.related_changes_v1 WHERE mirror = $1;
 
 -- name: forget_mirror_related_versions
+-- Versions fan-outs gave a removed mirror's documents mean nothing to a later mirror of the name.
 DELETE FROM vecmirror.related_versions_v1 WHERE mirror = $1;
 
 -- name: forget_mirror_versions
@@ -230,6 +232,7 @@ WHERE v.mirror = $1
   AND v.version <= (d->>'version')::bigint;
 
 -- name: forget_deleted_related_versions
+-- As forget_deleted_versions, for the versions fan-outs gave (0007).
 DELETE FROM vecmirror.related_versions_v1 v
 USING jsonb_array_elements($2::jsonb) AS d
 WHERE v.mirror = $1
@@ -322,6 +325,7 @@ SELECT id, relation, row_values, created_at FROM vecmirror.related_changes_v1
 WHERE mirror = $1 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED;
 
 -- name: delete_related_changes
+-- The related changes a fan-out settled, deleted in its transaction.
 DELETE FROM vecmirror.related_changes_v1 WHERE mirror = $1 AND id = ANY($2::bigint[]);
 
 -- name: view_definition
@@ -343,15 +347,18 @@ ORDER BY p.position;
 SELECT capture, table_schema, table_name, consumers FROM vecmirror.related_captures_v1 ORDER BY capture;
 
 -- name: register_related_capture
+-- A related table's capture and the mirrors (and relations) its function queues for.
 INSERT INTO vecmirror.related_captures_v1 (capture, table_schema, table_name, consumers)
 VALUES ($1, $2, $3, $4)
 ON CONFLICT (capture) DO UPDATE
 SET table_schema = EXCLUDED.table_schema, table_name = EXCLUDED.table_name, consumers = EXCLUDED.consumers;
 
 -- name: forget_related_capture
+-- A capture no mirror relates to any more: its triggers and function were dropped.
 DELETE FROM vecmirror.related_captures_v1 WHERE capture = $1;
 
 -- name: documents_source
+-- Where the mirror's documents were read from when last recorded (see record_documents_source).
 SELECT documents FROM vecmirror.mirrors_v1 WHERE name = $1;
 
 -- name: record_documents_source
