@@ -70,7 +70,7 @@ async def test_worker_killed_while_fanning_out_a_rename_loses_nothing(
     blocker = await asyncpg.connect(database_url)
     gate = blocker.transaction()
     await gate.start()
-    await blocker.execute("LOCK TABLE vecmirror.versions_v1 IN EXCLUSIVE MODE")
+    await blocker.execute("LOCK TABLE vecmirror.related_versions_v1 IN EXCLUSIVE MODE")
     await pg.execute("UPDATE categories SET name = 'Cookware' WHERE id = 1")
     worker = start_worker(cli_env, config)
     try:
