@@ -460,10 +460,15 @@ async def test_a_related_table_created_again_reads_every_document_once_migrated(
         )
         await pg.execute("INSERT INTO categories VALUES (1, 'Cookware'), (2, 'Yard'), (3, 'Desk')")
         await pg.execute(f"CREATE VIEW product_docs AS {view}")
+    (status,) = await status_command(settings, config)  # before a worker notices
+    assert status.state == "uncaptured"
+    assert status.capture_error is not None
+    assert status.capture_error.startswith("related.0: the changes of public.categories are not captured")
     with pytest.raises(
         MirrorsPausedError, match=r"related\.0: the changes of public\.categories are not captured"
     ):
         await sync_once(settings, config, embedder_factory)
+    assert (await status_command(settings, config))[0].state == "paused"
     (plan,) = (await plan_command(settings, config)).mirrors
     assert plan.triggers is not None
     assert plan.triggers.startswith("related.0: public.categories's capture does not queue this relation yet")
@@ -471,6 +476,7 @@ async def test_a_related_table_created_again_reads_every_document_once_migrated(
     assert report.installed == ["products"]
     assert (await plan_command(settings, config)).mirrors[0].triggers is None
     await sync_once(settings, config, embedder_factory)
+    assert (await status_command(settings, config))[0].state == "ok"
     await assert_mirrors_view(pg, redis_client, settings, config)
     assert hash_doc(redis_client, "product:3")["category"] == b"Yard"
 

@@ -55,6 +55,13 @@ async def test_status_shows_a_paused_mirror_and_its_error(
     assert (gone.state, gone.table_rows) == ("paused", None)
     assert gone.table_error == 'relation "public.products" does not exist'
 
-    await pg.execute("UPDATE vecmirror.mirrors_v1 SET error = NULL, error_since = NULL")  # synced again
+    # Its error cleared by hand, the table still gone: its changes are not captured, status says so.
+    await pg.execute("UPDATE vecmirror.mirrors_v1 SET error = NULL, error_since = NULL")
     shown = json.loads(vecmirror(cli_env, "status", "--json", *args).stdout)[0]
-    assert (shown["state"], shown["error"], shown["error_since"]) == ("ok", None, None)
+    assert (shown["state"], shown["error"], shown["error_since"]) == ("uncaptured", None, None)
+    assert shown["capture_error"].startswith("the capture triggers are missing on products")
+
+    await pg.execute(PRODUCTS_TABLE)
+    await migrate_command(settings, config)
+    shown = json.loads(vecmirror(cli_env, "status", "--json", *args).stdout)[0]
+    assert (shown["state"], shown["error"], shown["capture_error"]) == ("ok", None, None)

@@ -19,6 +19,7 @@ import redis.asyncio as redis
 from vecmirror.config import MirrorConfig
 from vecmirror.sink.observe import IndexState, index_state, read_last_sync
 from vecmirror.source import Connection
+from vecmirror.source.migrate import capture_problem
 from vecmirror.source.observe import QueueState, queue_state
 from vecmirror.source.statements import TableStatements, qualified
 
@@ -44,10 +45,15 @@ class MirrorStatus:
     index: IndexState
     last_sync: float | None  # Unix time a worker last wrote a batch; None: never (or Redis was emptied)
     table_error: str | None = None
+    # Why its changes are not captured (its triggers, or a related table's, are missing): the
+    # worker pauses the mirror on it at its next wake-up; status says it at once.
+    capture_error: str | None = None
 
     @property
     def state(self) -> str:
-        return "paused" if self.queue.paused else "ok"
+        if self.queue.paused:
+            return "paused"
+        return "uncaptured" if self.capture_error is not None else "ok"
 
     def as_dict(self, now: float) -> dict[str, Any]:
         return {
@@ -64,6 +70,7 @@ class MirrorStatus:
             "backfill": self.queue.backfill_state,
             "table_rows": self.table_rows,
             "table_error": self.table_error,
+            "capture_error": self.capture_error,
             "documents": self.index.documents,
             "index": {
                 "name": self.index.name,
@@ -87,6 +94,7 @@ async def mirror_status(conn: Connection, client: redis.Redis, mirror: MirrorCon
         index=await index_state(client, mirror.index.index.name),
         last_sync=await read_last_sync(client, mirror.name),
         table_error=table_error,
+        capture_error=await capture_problem(conn, mirror),
     )
 
 
@@ -133,6 +141,8 @@ def _problems(status: MirrorStatus, now: float) -> list[str]:
         lines.append(f"{status.mirror}: paused{since}: {_one_line(queue.error)}")
     if status.table_error is not None:
         lines.append(f"{status.mirror}: cannot count the table's rows: {_one_line(status.table_error)}")
+    if status.capture_error is not None and queue.error is None:
+        lines.append(f"{status.mirror}: changes not captured: {_one_line(status.capture_error)}")
     rebuild = status.index.rebuild
     if rebuild is not None:
         lines.append(
