@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -86,6 +87,7 @@ def test_the_json_names_every_field() -> None:
         "backfill": "done",
         "table_rows": 1000,
         "table_error": None,
+        "capture_error": None,
         "documents": 995,
         "index": {
             "name": "docs_idx",
@@ -109,3 +111,11 @@ def test_the_json_names_every_field() -> None:
 )
 def test_durations_read_at_a_glance(seconds: float, text: str) -> None:
     assert duration(seconds) == text
+
+
+def test_a_mirror_whose_changes_are_not_captured_says_why() -> None:
+    uncaptured = replace(DOCS, capture_error="the capture triggers are missing on public.docs")
+    assert uncaptured.state == "uncaptured"
+    lines = format_status([uncaptured], NOW).splitlines()
+    assert lines[1].split()[:2] == ["docs", "uncaptured"]
+    assert "docs: changes not captured: the capture triggers are missing on public.docs" in lines
