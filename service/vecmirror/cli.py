@@ -244,6 +244,7 @@ def backfill(config_path: Path | None, mirror: str | None) -> None:
     "--text-weight", type=float, default=None, help="Fused mode: weight of BM25 text relevance, 0..1."
 )
 @click.option("--text-field", default=None, help="Fused mode: TEXT field to match (default: the first).")
+@click.option("--chunks", is_flag=True, help="A chunked mirror's hits with every chunk, nearest first.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON array and nothing else.")
 @handles_errors
 def query(config_path: Path | None, mirror: str, text: str | None, **options: Any) -> None:

@@ -50,6 +50,7 @@ class QueryRequest:
     epsilon: float | None = None
     text_weight: float | None = None
     text_field: str | None = None
+    chunks: bool = False  # a chunked mirror's hits with every chunk, nearest first
 
 
 async def query_command(
@@ -89,6 +90,7 @@ async def _search(
                 filter=request.filter_expression,
                 limit=request.k,
                 return_fields=fields,
+                chunks=request.chunks,
             )
         if request.text_weight is not None:
             if request.text is None:
@@ -104,6 +106,7 @@ async def _search(
                 text_field=request.text_field,
                 filter=request.filter_expression,
                 return_fields=fields,
+                chunks=request.chunks,
             )
         return await search.knn(
             request.mirror,
@@ -114,6 +117,7 @@ async def _search(
             return_fields=fields,
             ef_runtime=request.ef_runtime,
             offset=request.offset,
+            chunks=request.chunks,
         )
 
 
@@ -225,6 +229,9 @@ def print_hits(hits: Sequence[Hit], *, as_json: bool) -> None:
     for rank, hit in enumerate(hits, start=1):
         fields = "  ".join(f"{k}={_short(v)}" for k, v in hit.fields.items())
         click.echo(f"{rank:>3}  {hit.distance:9.4f}  {hit.score:7.4f}  {hit.id}  {fields}")
+        for chunk in hit.chunks or ([hit.chunk] if hit.chunk is not None else []):
+            text = _short(chunk["text"], 90)
+            click.echo(f"{'':>3}  {chunk['distance']:9.4f}  chunk {chunk['position']}: {text}")
 
 
 def _short(value: object, limit: int = 60) -> str:

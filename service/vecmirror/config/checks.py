@@ -9,6 +9,7 @@ from redisvl.schema import IndexSchema
 from redisvl.schema.fields import BaseField
 
 from vecmirror.config.model import (
+    CHUNKS_PATH,
     OWN_KEY_PREFIX,
     RESERVED_PREFIX,
     SIMPLE_JSON_PATH,
@@ -48,6 +49,19 @@ def _vector_source_problems(
         return [f"embed or vector_column: the vector field {vectors[0]!r} needs a source"]
     if embed is not None and embed.field != vectors[0]:
         return [f"embed.field: {embed.field!r} is not a vector field (vector fields: {vectors})"]
+    if embed is not None and embed.chunks is not None:
+        return _chunk_problems(schema, embed)
+    return []
+
+
+def _chunk_problems(schema: IndexSchema, embed: EmbedConfig) -> list[str]:
+    """A chunked row is one JSON document holding every chunk's vector (the index reads them all,
+    and ranks the row by its best chunk); a HASH field holds one vector."""
+    if str(schema.index.storage_type.value) != "json":
+        return ["embed.chunks: needs index.index.storage_type json (a HASH field holds one vector)"]
+    vector = schema.fields[embed.field]
+    if vector.path not in (None, f"$.{vector.name}"):
+        return [f"embed.chunks: the vector field takes no path; chunks are kept at {CHUNKS_PATH}"]
     return []
 
 

@@ -62,6 +62,31 @@ class ModelSpec:
     backend: Backend | None = None  # the device's default
 
 
+# Where a chunked document holds its chunks (JSON): each chunk's text, position, hash and vector.
+CHUNKS_PATH = "$._vm_chunks"
+
+
+class ChunksConfig(BaseModel):
+    """Long texts split into chunks of at most `max_tokens` of the model's tokens (paragraphs first,
+    then sentences, then words), each embedded; a row stays one document holding every chunk."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_tokens: int = Field(gt=8)
+    overlap_tokens: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _overlap_below_max(self) -> ChunksConfig:
+        if self.overlap_tokens >= self.max_tokens:
+            raise ValueError("overlap_tokens must be smaller than max_tokens")
+        return self
+
+    @property
+    def settings(self) -> str:
+        """What the chunks depend on besides the text, for the document's content hash."""
+        return f"chunks:{self.max_tokens}:{self.overlap_tokens}"
+
+
 class EmbedConfig(BaseModel):
     """The vector computed from a row's text with a sentence-transformers model."""
 
@@ -71,6 +96,7 @@ class EmbedConfig(BaseModel):
     template: str
     model: str = DEFAULT_MODEL
     backend: Backend | None = None
+    chunks: ChunksConfig | None = None
 
     @property
     def spec(self) -> ModelSpec:
@@ -248,11 +274,18 @@ class MirrorConfig(BaseModel):
 
     @property
     def usual_vector_at(self) -> str | None:
-        """Where the vector field's own name (HASH) or path (JSON) puts the vector."""
+        """Where the vector field's own name (HASH) or path (JSON) puts the vector; in each chunk
+        of a chunked document (`$._vm_chunks[*].<field>`)."""
         vector = self.vector_field
         if vector is None:
             return None
+        if self.chunked:
+            return f"{CHUNKS_PATH}[*].{vector.name}"
         return (vector.path or f"$.{vector.name}") if self.storage == "json" else vector.name
+
+    @property
+    def chunked(self) -> bool:
+        return self.embed is not None and self.embed.chunks is not None
 
     @property
     def vector_moved(self) -> bool:

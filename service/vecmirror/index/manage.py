@@ -60,7 +60,7 @@ def physical_schema(mirror: MirrorConfig, name: str) -> IndexSchema:
     schema = mirror.index.model_copy(deep=True)
     schema.index.name = name
     vector = mirror.vector_field
-    if vector is not None and mirror.vector_moved:
+    if vector is not None and (mirror.vector_moved or mirror.chunked):
         schema.fields[vector.name].path = mirror.vector_at
     return schema
 

@@ -40,6 +40,8 @@ def embedding_digest(mirror: MirrorConfig) -> str | None:
     if mirror.embed is not None:
         backend = None if mirror.embed.backend in EXACT_BACKENDS else mirror.embed.backend
         made_from: list[str | None] = [mirror.embed.model, backend, mirror.embed.template]
+        if mirror.embed.chunks is not None:  # appended: an unchunked mirror's digest stays as it was
+            made_from.append(mirror.embed.chunks.settings)
     elif mirror.vector_column is not None:
         made_from = ["column", mirror.vector_column]
     else:

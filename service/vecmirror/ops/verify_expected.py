@@ -9,7 +9,8 @@ from typing import Any
 
 from vecmirror.config import META_HASH_FIELD, META_KEY_FIELD, META_VERSION_FIELD, MirrorConfig
 from vecmirror.pipeline.documents import Document
-from vecmirror.sink.encode import HashEncoder, JsonEncoder
+from vecmirror.pipeline.template import ContentHasher
+from vecmirror.sink.encode import CHUNKS_FIELD, HashEncoder, JsonEncoder
 from vecmirror.sink.versioned import META_GENERATION_FIELD
 
 AHEAD = "version ahead of Postgres"  # a stale reason that only a new generation repairs
@@ -25,11 +26,25 @@ class Expected:
         self._vector_name = mirror.vector_at
         self._dims = int(vector.attrs.dims) if vector is not None else 0
         self._vector_path = mirror.vector_at
+        embed = mirror.embed
+        self._chunk_hash = ContentHasher(embed.model, embed.backend) if embed and embed.chunks else None
 
     def difference(
         self, expected: Document, stored: dict[str, Any], generation: str | None, legacy: str | None
     ) -> str | None:
+        if self._chunk_hash is not None:
+            stored = copy.deepcopy(stored)
+            chunks = stored.pop(CHUNKS_FIELD, None)
+            found = self._fields_difference(expected, stored, generation, legacy)
+            return found or self._chunks_difference(expected, chunks)
         stored, vector = self._split_vector(stored)
+        return self._fields_difference(expected, stored, generation, legacy) or self._vector_difference(
+            vector
+        )
+
+    def _fields_difference(
+        self, expected: Document, stored: dict[str, Any], generation: str | None, legacy: str | None
+    ) -> str | None:
         owner = stored.pop(META_GENERATION_FIELD, None) or legacy
         if owner != generation:
             return f"generation differs: Redis holds {owner or 'none'}, the mirror is at {generation}"
@@ -47,7 +62,29 @@ class Expected:
         extra = set(stored) - set(wanted) - {META_KEY_FIELD, META_HASH_FIELD}
         if extra:
             return f"unexpected field(s) {sorted(extra)}"
-        return self._vector_difference(vector)
+        return None
+
+    def _chunks_difference(self, expected: Document, chunks: Any) -> str | None:
+        """A chunked document's chunks, checked without the model: in order, each a piece of the
+        row's text whose hash is its own text's, with a vector of `dims` values. (Which pieces they
+        are is settled by the content hash: the same text and chunk settings split the same.)"""
+        assert self._chunk_hash is not None
+        if not isinstance(chunks, list) or not chunks:
+            return "no chunks"
+        name = (self._vector_path or "").rsplit(".", 1)[-1]
+        if [c.get("pos") for c in chunks] != list(range(len(chunks))):
+            return "chunk positions are not 0..n-1"
+        for position, chunk in enumerate(chunks):
+            text = str(chunk.get("text", ""))
+            if text not in (expected.text or ""):
+                return f"chunk {position} is not a piece of the row's text"
+            if chunk.get("hash") != self._chunk_hash(text):
+                return f"chunk {position}'s hash is not its text's"
+            if len(chunk.get(name) or []) != self._dims:
+                return (
+                    f"chunk {position}'s vector has {len(chunk.get(name) or [])} values, dims is {self._dims}"
+                )
+        return None
 
     def _split_vector(self, stored: dict[str, Any]) -> tuple[dict[str, Any], Any]:
         """The document without its vector, and the vector (raw bytes for HASH, a list for JSON)."""

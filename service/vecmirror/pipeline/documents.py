@@ -37,6 +37,15 @@ FRACTIONAL_TYPES = (float, Decimal)
 
 
 @dataclass
+class Chunk:
+    """A piece of a long text (embed.chunks), embedded on its own."""
+
+    text: str
+    text_hash: str  # of the chunk's text under the model: an equal one keeps its vector
+    vector: npt.NDArray[Any] | None = field(default=None, repr=False)
+
+
+@dataclass
 class Document:
     key: RowKey
     fields: dict[str, FieldValue | None]  # None: the column is NULL, so the field is removed
@@ -47,6 +56,8 @@ class Document:
     # While new vectors are made beside the old ones (index/rollout.py): the hash the old vector
     # holds if it was made from this very text by this very model, so it is copied, not made again.
     reusable_hash: str | None = None
+    # A chunked mirror's document: its text's chunks, each with its own vector (no `vector`).
+    chunks: list[Chunk] | None = None
 
 
 class DocumentBuilder:
@@ -55,9 +66,15 @@ class DocumentBuilder:
     not change costs little more than this per-row work, which must stay small next to Redis'."""
 
     def __init__(
-        self, mirror: MirrorConfig, *, max_text_length: int = 100_000, reuse_from: str | None = None
+        self,
+        mirror: MirrorConfig,
+        *,
+        max_text_length: int = 100_000,
+        reuse_from: str | None = None,
+        split: Callable[[str], list[str]] | None = None,
     ) -> None:
         self._mirror = mirror
+        self._split = split  # a chunked mirror's splitter (pipeline/chunks.py); None: texts stay whole
         self._vector_field = mirror.vector_field
         self._max_text_length = max_text_length
         self._converters = [(f.name, _converter(f)) for f in mirror.value_fields]
@@ -66,11 +83,13 @@ class DocumentBuilder:
         if mirror.embed is not None:
             embed = mirror.embed
             moved_to = mirror.vector_at if mirror.vector_moved else None
+            chunks = embed.chunks.settings if embed.chunks is not None else None
             self._embedding = (
                 embed.field,
                 Template(embed.template),
-                ContentHasher(embed.model, embed.backend, moved_to=moved_to),
+                ContentHasher(embed.model, embed.backend, moved_to=moved_to, chunks=chunks),
             )
+            self._chunk_hash = ContentHasher(embed.model, embed.backend)
             if reuse_from is not None:
                 moved_from = reuse_from if mirror.is_moved_vector_location(reuse_from) else None
                 self._reusable = ContentHasher(embed.model, embed.backend, moved_to=moved_from)
@@ -81,6 +100,9 @@ class DocumentBuilder:
             field_name, template, content_hash = self._embedding
             document.text = self._render(key, row, template, field_name)
             document.text_hash = content_hash(document.text)
+            if self._split is not None:
+                pieces = self._split(document.text)
+                document.chunks = [Chunk(piece, self._chunk_hash(piece)) for piece in pieces]
             if self._reusable is not None:
                 document.reusable_hash = self._reusable(document.text)
         elif self._mirror.vector_column is not None:

@@ -8,7 +8,7 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -152,6 +152,16 @@ class SentenceTransformerEmbedder(SerialEmbedder):
         except OSError as exc:
             raise model_load_error(model, exc) from exc
         self._batch_size = batch_size
+
+    @property
+    def tokenizer(self) -> Any:
+        """The model's tokenizer (a `tokenizers.Tokenizer`), for splitting texts into chunks."""
+        return self._model.tokenizer.backend_tokenizer
+
+    @property
+    def max_tokens(self) -> int:
+        """The longest text, in tokens, the model reads whole."""
+        return int(self._model.max_seq_length or 512)
 
     @property
     def dimension(self) -> int:

@@ -88,6 +88,14 @@ class OnnxRunner:
     def providers(self) -> list[str]:
         return list(self._session.get_providers())
 
+    @property
+    def tokenizer(self) -> Any:
+        return self._tokenizer.backend_tokenizer
+
+    @property
+    def max_tokens(self) -> int:
+        return self._exported.max_seq_length
+
     def run(self, texts: list[str]) -> Vectors:
         tokens = self._tokenizer(
             texts,
@@ -127,6 +135,15 @@ class OnnxEmbedder(SerialEmbedder):
     @property
     def providers(self) -> list[str]:
         return self._runner.providers
+
+    @property
+    def tokenizer(self) -> Any:
+        """The model's tokenizer (a `tokenizers.Tokenizer`), for splitting texts into chunks."""
+        return self._runner.tokenizer
+
+    @property
+    def max_tokens(self) -> int:
+        return self._runner.max_tokens
 
     def _default_texts_per_run(self, quantized: bool, batch_size: int) -> int:
         """One text per run on a CPU: with no padding, and attention small enough to stay in the

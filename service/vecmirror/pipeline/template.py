@@ -45,10 +45,20 @@ class ContentHasher:
     """Identifies what a vector was computed from: the text, the model, and the backend unless it
     is exact. The model's part is hashed once, then copied for each text."""
 
-    def __init__(self, model: str, backend: Backend | None = None, *, moved_to: str | None = None) -> None:
+    def __init__(
+        self,
+        model: str,
+        backend: Backend | None = None,
+        *,
+        moved_to: str | None = None,
+        chunks: str | None = None,
+    ) -> None:
         self._source = hashlib.sha256()
         self._source.update(model.encode())
         self._source.update(b"\0")
+        if chunks is not None:
+            # A whole text split otherwise (embed.chunks) has other vectors: chunk settings count.
+            self._source.update(b"\0chunks\0" + chunks.encode() + b"\0")
         if backend is not None and backend not in EXACT_BACKENDS:
             # Postgres text holds no NUL, so no text can spell this part under an exact backend.
             self._source.update(backend.encode())

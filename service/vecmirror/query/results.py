@@ -34,13 +34,49 @@ class Hit:
     score: float
     fields: dict[str, Any]
     vector: npt.NDArray[Any] | None = field(default=None, repr=False)
+    # A chunked mirror's hit: its nearest chunk ({text, position, distance}), and with `chunks`
+    # asked for, every chunk of the row, nearest first.
+    chunk: dict[str, Any] | None = None
+    chunks: list[dict[str, Any]] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON shape of `vecmirror query --json`: id, distance, score, then the fields."""
         out: dict[str, Any] = {"id": self.id, "distance": self.distance, "score": self.score, **self.fields}
         if self.vector is not None:
             out["vector"] = [float(v) for v in self.vector]
+        if self.chunk is not None:
+            out["chunk"] = self.chunk
+        if self.chunks is not None:
+            out["chunks"] = self.chunks
         return out
+
+
+DISTANCES: dict[str, Callable[[npt.NDArray[Any], npt.NDArray[Any]], npt.NDArray[Any]]] = {
+    # As Redis measures them (see the table above): vectors in rows, the query a vector.
+    "COSINE": lambda vectors, query: (
+        1.0 - (vectors @ query) / np.maximum(np.linalg.norm(vectors, axis=1) * np.linalg.norm(query), 1e-12)
+    ),
+    "IP": lambda vectors, query: 1.0 - vectors @ query,
+    "L2": lambda vectors, query: np.sum((vectors - query) ** 2, axis=1),
+}
+
+
+def nearest_chunks(
+    reply: Any, vector_name: str, query: npt.NDArray[Any], metric: str, *, every: bool
+) -> dict[str, Any]:
+    """From a chunked document's `$._vm_chunks` (JSON.GET's reply): its nearest chunk to `query`,
+    and, with `every`, all of them nearest first."""
+    matches = json.loads(reply) if reply is not None else []
+    stored = matches[0] if matches and isinstance(matches[0], list) else []
+    chunks = [c for c in stored if vector_name in c]
+    if not chunks:
+        return {"chunk": None, "chunks": [] if every else None}
+    distances = DISTANCES[metric](np.asarray([c[vector_name] for c in chunks], dtype=np.float64), query)
+    ranked = [
+        {"text": c["text"], "position": int(c["pos"]), "distance": float(d)}
+        for d, c in sorted(zip(distances, chunks, strict=True), key=lambda pair: float(pair[0]))
+    ]
+    return {"chunk": ranked[0], "chunks": ranked if every else None}
 
 
 def decode_field(definition: BaseField, raw: Any, *, is_json: bool) -> Any:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any, TypeVar
 
+import numpy as np
 import redis.asyncio as redis
 from redis.exceptions import RedisError, ResponseError
 from redisvl.exceptions import RedisSearchError
@@ -19,6 +21,7 @@ from redisvl.index import AsyncSearchIndex
 from redisvl.query import AggregateHybridQuery, VectorQuery, VectorRangeQuery
 
 from vecmirror.config import Config, ModelSpec
+from vecmirror.config.model import CHUNKS_PATH
 from vecmirror.connections import cluster_enabled, connect_redis
 from vecmirror.errors import QueryError
 from vecmirror.index.manage import index_info
@@ -27,7 +30,7 @@ from vecmirror.pipeline.embedder import Embedder, EmbedderFactory, default_embed
 from vecmirror.query.by_key import TEXT_SCORER, fused_rows, scored_knn, with_fields
 from vecmirror.query.checks import Target, check_filter, check_return_fields, check_vector, target_of
 from vecmirror.query.filters import Filter
-from vecmirror.query.results import Hit, decode_field, decode_vector, return_whole_arrays
+from vecmirror.query.results import Hit, decode_field, decode_vector, nearest_chunks, return_whole_arrays
 from vecmirror.settings import Settings
 from vecmirror.sink.cluster import is_cluster, refuse_partial_search
 
@@ -70,15 +73,18 @@ class MirrorSearch:
         ef_runtime: int | None = None,
         offset: int = 0,
         with_vectors: bool = False,
+        chunks: bool = False,
     ) -> list[Hit]:
-        """The `k` nearest documents after skipping `offset`, nearest first, among those `filter` keeps."""
+        """The `k` nearest documents after skipping `offset`, nearest first, among those `filter` keeps
+        (of a chunked mirror: rows, each ranked by its nearest chunk; `chunks` lists them all)."""
         target = target_of(self._config, mirror)
         _check_counts(k=k, offset=offset)
         target.check_ef_runtime(ef_runtime)
         fields = check_return_fields(target, return_fields)
         kept = check_filter(target, filter)
+        asked = await self._query_vector(target, text, vector)
         query = VectorQuery(
-            vector=await self._query_vector(target, text, vector),
+            vector=asked,
             vector_field_name=target.field.name,
             return_fields=await self._returned(fields),
             filter_expression=kept,
@@ -87,7 +93,8 @@ class MirrorSearch:
             ef_runtime=ef_runtime,
         )
         query.paging(offset, k)
-        return await self._run(target, query, fields, with_vectors)
+        hits = await self._run(target, query, fields, with_vectors)
+        return await self._with_chunks(target, hits, asked, every=chunks)
 
     async def range(
         self,
@@ -101,6 +108,7 @@ class MirrorSearch:
         limit: int = 100,
         return_fields: Sequence[str] | None = None,
         with_vectors: bool = False,
+        chunks: bool = False,
     ) -> list[Hit]:
         """Every document within `radius` (in the metric's distance), nearest first, at most `limit`."""
         target = target_of(self._config, mirror)
@@ -108,8 +116,9 @@ class MirrorSearch:
         target.check_range(radius, epsilon)
         fields = check_return_fields(target, return_fields)
         kept = check_filter(target, filter)
+        asked = await self._query_vector(target, text, vector)
         query = VectorRangeQuery(
-            vector=await self._query_vector(target, text, vector),
+            vector=asked,
             vector_field_name=target.field.name,
             return_fields=await self._returned(fields),
             filter_expression=kept,
@@ -119,7 +128,8 @@ class MirrorSearch:
             dtype=target.datatype,
             sort_by="vector_distance",
         )
-        return await self._run(target, query, fields, with_vectors)
+        hits = await self._run(target, query, fields, with_vectors)
+        return await self._with_chunks(target, hits, asked, every=chunks)
 
     async def hybrid(
         self,
@@ -132,6 +142,7 @@ class MirrorSearch:
         text_field: str | None = None,
         filter: FilterArg = None,
         return_fields: Sequence[str] | None = None,
+        chunks: bool = False,
     ) -> list[Hit]:
         """Ranks by text_weight·BM25 relevance of `text` + (1 - text_weight)·vector similarity."""
         target = target_of(self._config, mirror)
@@ -141,10 +152,11 @@ class MirrorSearch:
         fields = check_return_fields(target, return_fields)
         text_field_name = target.text_field(text_field)
         kept = check_filter(target, filter)
+        asked = await self._query_vector(target, None if vector is not None else text, vector)
         query = AggregateHybridQuery(
             text=text,
             text_field_name=text_field_name,
-            vector=await self._query_vector(target, None if vector is not None else text, vector),
+            vector=asked,
             vector_field_name=target.field.name,
             filter_expression=kept,
             alpha=1.0 - text_weight,
@@ -165,7 +177,29 @@ class MirrorSearch:
             query.load("@__key")
             return_whole_arrays(query, target.array_paths)
             rows = await _searched(target, index.query(query))
-        return [self._hit(target, row, fields, score=float(row["hybrid_score"])) for row in rows]
+        hits = [self._hit(target, row, fields, score=float(row["hybrid_score"])) for row in rows]
+        return await self._with_chunks(target, hits, asked, every=chunks)
+
+    async def _with_chunks(
+        self, target: Target, hits: list[Hit], asked: Sequence[float], *, every: bool
+    ) -> list[Hit]:
+        """A chunked mirror's hits with their nearest chunk (its text, position and distance), or
+        with every chunk, nearest first: the index ranks a row by its nearest chunk but says not
+        which, so the hits' chunks are read and measured here."""
+        if not target.mirror.chunked or not hits:
+            return hits
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for hit in hits:
+                pipe.execute_command("JSON.GET", hit.id, CHUNKS_PATH)
+            replies = await pipe.execute()
+        # Where the answering index reads them: an online re-embedding moves them (index/rollout.py).
+        served = served_vector(await index_info(self._redis, target.mirror.index.index.name))
+        name = str(served.at if served is not None else target.mirror.vector_at).rsplit(".", 1)[-1]
+        query = np.asarray(asked, dtype=np.float64)
+        return [
+            replace(hit, **nearest_chunks(reply, name, query, target.metric, every=every))
+            for hit, reply in zip(hits, replies, strict=True)
+        ]
 
     async def _query_vector(
         self, target: Target, text: str | None, vector: Sequence[float] | None

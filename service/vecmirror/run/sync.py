@@ -20,7 +20,8 @@ from vecmirror.config import MirrorConfig
 from vecmirror.errors import MirrorError, NotMigratedError, RowError, StartupError
 from vecmirror.index.rollout import IndexPlan, prepare_index, settle
 from vecmirror.pipeline.batch_embed import BatchEmbedder, Keepalive
-from vecmirror.pipeline.documents import Document, DocumentBuilder, RowKey
+from vecmirror.pipeline.chunks import chunker
+from vecmirror.pipeline.documents import Chunk, Document, DocumentBuilder, RowKey
 from vecmirror.pipeline.embedder import Embedder
 from vecmirror.run.batching import BatchSizer
 from vecmirror.run.faults import classify
@@ -123,7 +124,10 @@ class MirrorSync:
         self.sink = sink
         # None: the mirror has no model (its vectors come from a column).
         self._model = BatchEmbedder(embedder, options.embed_batch_size) if embedder is not None else None
-        self._builder = DocumentBuilder(mirror, max_text_length=options.max_text_length)
+        # A chunked mirror's texts are split by its model's tokenizer (pipeline/chunks.py).
+        chunks = mirror.embed.chunks if mirror.embed is not None else None
+        self._split = chunker(embedder, chunks, mirror.name) if chunks is not None else None
+        self._builder = DocumentBuilder(mirror, max_text_length=options.max_text_length, split=self._split)
         self.options = options
         self.batch_sizer = BatchSizer(
             options.batch_size, options.max_batch_size, options.batch_target_seconds
@@ -225,10 +229,14 @@ class MirrorSync:
         self.index_created, self.rebuild_into = plan.created, plan.rebuild_into
         # Where old vectors are copied from for texts that did not change, and their type.
         copied_from, datatype = plan.vectors_left_at, plan.vectors_reusable
-        self._reuse = (copied_from, datatype) if copied_from is not None and datatype is not None else None
+        reusable = copied_from is not None and datatype is not None and not plan.mirror.chunked
+        self._reuse = (copied_from, datatype) if reusable else None  # type: ignore[assignment]
         copied_from = self._reuse[0] if self._reuse is not None else None
         self._builder = DocumentBuilder(
-            plan.mirror, max_text_length=self.options.max_text_length, reuse_from=copied_from
+            plan.mirror,
+            max_text_length=self.options.max_text_length,
+            reuse_from=copied_from,
+            split=self._split,
         )
         self.sink.follow(plan.mirror, plan.dropped_fields, plan.vectors_left_at, plan.keys_left)
         self._resyncs.mirror = plan.mirror
@@ -417,6 +425,9 @@ class MirrorSync:
         reusable = [d for d, h in zip(plan.documents, stored, strict=True) if h and h == d.reusable_hash]
         copied = await self._copy_old_vectors(reusable)
         todo = [d for d in plan.documents if d.key not in plan.keep_vector and d.key not in copied]
+        if self.mirror.chunked:
+            await self._embed_chunks(plan, todo, stats, keepalive)
+            return stats
         stats.embedding_skipped = len(plan.documents) - len(todo)
         stats.embedded = len(todo)
         if todo:
@@ -424,6 +435,48 @@ class MirrorSync:
             vectors = await self._model.embed(texts, keepalive, stats.embed_call_seconds)
             self._attach_vectors(plan, todo, vectors)
         return stats
+
+    async def _embed_chunks(
+        self, plan: _Plan, todo: list[Document], stats: BatchStats, keepalive: Keepalive
+    ) -> None:
+        """A chunked mirror counts chunks: a chunk whose text the document already held keeps its
+        vector, the others are embedded (a document whose whole text is unchanged keeps them all)."""
+        assert self._model is not None
+        stored = await self.sink.stored_chunk_vectors([d.key for d in todo])
+        pending: list[tuple[Document, Chunk]] = []
+        for document, held in zip(todo, stored, strict=True):
+            for chunk in document.chunks or []:
+                chunk.vector = held.get(chunk.text_hash)
+                if chunk.vector is None:
+                    pending.append((document, chunk))
+        stats.embedded = len(pending)
+        every = sum(len(d.chunks or []) for d in plan.documents)
+        stats.embedding_skipped = every - len(pending)
+        if pending:
+            texts = [chunk.text for _, chunk in pending]
+            vectors = await self._model.embed(texts, keepalive, stats.embed_call_seconds)
+            self._attach_chunk_vectors(plan, pending, vectors)
+
+    def _attach_chunk_vectors(
+        self, plan: _Plan, pending: list[tuple[Document, Chunk]], vectors: list[object]
+    ) -> None:
+        assert self.mirror.embed is not None
+        source = self.mirror.embed.field
+        bad: set[RowKey] = set()
+        for (document, chunk), vector in zip(pending, vectors, strict=True):
+            if document.key in bad:
+                continue
+            try:
+                if isinstance(vector, Exception):
+                    problem = (
+                        f"the model failed on a chunk of this row's text: {type(vector).__name__}: {vector}"
+                    )
+                    raise RowError(self.name, document.key, source, problem) from vector
+                chunk.vector = self._builder.vector(document.key, vector, source)
+            except RowError as exc:
+                self._fail(plan, document.key, exc, stage="embed")
+                bad.add(document.key)
+        plan.documents = [d for d in plan.documents if d.key not in bad]
 
     async def _copy_old_vectors(self, documents: list[Document]) -> set[RowKey]:
         """While new vectors are made beside the old ones: a text the same model already embedded

@@ -10,9 +10,11 @@ import numpy.typing as npt
 from redisvl.schema.fields import BaseField
 
 from vecmirror.config import META_HASH_FIELD, META_KEY_FIELD, META_VERSION_FIELD, MirrorConfig
-from vecmirror.pipeline.documents import Document, FieldValue
+from vecmirror.config.model import CHUNKS_PATH
+from vecmirror.pipeline.documents import Chunk, Document, FieldValue
 
 ARRAY_SUFFIX = "[*]"
+CHUNKS_FIELD = CHUNKS_PATH.removeprefix("$.")
 
 
 def tag_separator(field: BaseField) -> str:
@@ -78,6 +80,10 @@ class JsonEncoder:
     def __init__(self, mirror: MirrorConfig) -> None:
         self._fields = {f.name: f for f in mirror.value_fields}
         self._vector_at = mirror.vector_at
+        # In each chunk of a chunked document, the vector's key: `$._vm_chunks[*].<this>`.
+        self._chunk_vector = (
+            mirror.vector_at.rsplit(".", 1)[-1] if mirror.chunked and mirror.vector_at else None
+        )
 
     def document(self, document: Document, *, with_nulls: bool) -> dict[str, Any]:
         """The object to JSON.SET (nulls dropped) or JSON.MERGE (nulls delete fields)."""
@@ -90,7 +96,22 @@ class JsonEncoder:
                 _set_path(body, field.path or f"$.{name}", self._value(field, value))
         if document.vector is not None and self._vector_at is not None:
             _set_path(body, self._vector_at, document.vector.tolist())
+        if document.chunks is not None and self._chunk_vector is not None:
+            self._set_chunks(body, document.chunks, self._chunk_vector)
         return body
+
+    @staticmethod
+    def _set_chunks(body: dict[str, Any], chunks: list[Chunk], vector_name: str) -> None:
+        """Every chunk with its vector; none where the vectors were not read (the text is unchanged:
+        a merge keeps the chunks stored)."""
+        vectors = [chunk.vector for chunk in chunks]
+        if any(vector is None for vector in vectors):
+            return
+        body[CHUNKS_FIELD] = [
+            {"text": c.text, "pos": i, "hash": c.text_hash, vector_name: v.tolist()}
+            for i, (c, v) in enumerate(zip(chunks, vectors, strict=True))
+            if v is not None
+        ]
 
     @staticmethod
     def _value(field: BaseField, value: FieldValue | None) -> Any:

@@ -17,7 +17,7 @@ from vecmirror.config import META_HASH_FIELD, META_KEY_FIELD, MirrorConfig
 from vecmirror.errors import RedisForgotError
 from vecmirror.pipeline.documents import Document, RowKey
 from vecmirror.sink.cluster import keys_the_index_sees
-from vecmirror.sink.encode import HashEncoder, JsonEncoder, vector_from_bytes
+from vecmirror.sink.encode import CHUNKS_FIELD, HashEncoder, JsonEncoder, vector_from_bytes
 from vecmirror.sink.keys import KeyLayout, delete_old_keys, document_key, key_id, key_pattern
 from vecmirror.sink.observe import document_count
 from vecmirror.sink.versioned import (
@@ -128,6 +128,25 @@ class RedisSink:
         replies = await self._own_field([self.key(k) for k in keys], at.removeprefix("$."))
         return [self._decode_vector(reply, datatype) for reply in replies]
 
+    async def stored_chunk_vectors(self, keys: Sequence[RowKey]) -> list[dict[str, npt.NDArray[Any]]]:
+        """A chunked mirror's documents: each chunk's vector by the chunk's content hash (an
+        unchanged chunk keeps its vector), {} where there is no document."""
+        replies = await self._own_field([self.key(k) for k in keys], CHUNKS_FIELD)
+        at = self._mirror.vector_at
+        name = at.rsplit(".", 1)[-1] if at is not None else ""
+        found: list[dict[str, npt.NDArray[Any]]] = []
+        for reply in replies:
+            matches = json.loads(_text(reply)) if reply is not None and reply is not False else []
+            chunks = matches[0] if matches and isinstance(matches[0], list) else []
+            found.append(
+                {
+                    c["hash"]: np.asarray(c[name], dtype=np.float64)
+                    for c in chunks
+                    if "hash" in c and name in c
+                }
+            )
+        return found
+
     def _decode_vector(self, reply: Any, datatype: str) -> npt.NDArray[Any] | None:
         if reply is None or reply is False:
             return None
@@ -188,7 +207,12 @@ class RedisSink:
             body[META_GENERATION_FIELD] = generation
             if partial:  # a merge keeps what it is not given; a full JSON.SET replaces everything
                 body.update(_json_nulls(self.dropped_fields))
-            kept = () if partial or self.vectors_left_at is None else (self.vectors_left_at,)
+            # A chunked document's chunks are rewritten whole: no old vector is kept beside them.
+            kept = (
+                ()
+                if partial or self.vectors_left_at is None or self._mirror.chunked
+                else (self.vectors_left_at,)
+            )
             return self.versioned.json_upsert(
                 key, document.version, json.dumps(body, ensure_ascii=False), merge=partial, kept=kept
             )

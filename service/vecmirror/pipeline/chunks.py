@@ -1,0 +1,51 @@
+"""Long texts split into chunks the model reads whole (a mirror's `embed.chunks`).
+
+The splitting is semantic-text-splitter's (Rust): the largest pieces that fit `max_tokens` of the
+model's own tokenizer, trying paragraphs, then lines, sentences, words and characters, with
+`overlap_tokens` of each chunk repeated at the start of the next. Tokens are counted as the model
+reads them, special tokens included, so a chunk of `max_tokens` is never truncated by the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from semantic_text_splitter import TextSplitter
+from tokenizers import Tokenizer
+
+from vecmirror.config import ChunksConfig
+from vecmirror.errors import StartupError
+
+Split = Callable[[str], list[str]]
+
+
+def chunker(embedder: Any, chunks: ChunksConfig, mirror: str) -> Split:
+    """How the mirror's texts are split: by the model's tokenizer where the embedder has one (a
+    test's fake model has none: its texts are split by characters)."""
+    tokenizer: Tokenizer | None = getattr(embedder, "tokenizer", None)
+    if tokenizer is None:
+        splitter = TextSplitter(capacity=chunks.max_tokens, overlap=chunks.overlap_tokens)
+        return _non_empty(splitter)
+    window = int(getattr(embedder, "max_tokens", chunks.max_tokens))
+    if chunks.max_tokens > window:
+        raise StartupError(
+            f"mirror {mirror!r}: embed.chunks.max_tokens is {chunks.max_tokens}, but the model reads "
+            f"at most {window} tokens: a longer chunk would be cut"
+        )
+    counting = Tokenizer.from_str(tokenizer.to_str())  # a copy: the model's own truncates and pads
+    counting.no_truncation()
+    counting.no_padding()
+    splitter = TextSplitter.from_huggingface_tokenizer(
+        counting, capacity=chunks.max_tokens, overlap=chunks.overlap_tokens
+    )
+    return _non_empty(splitter)
+
+
+def _non_empty(splitter: TextSplitter) -> Split:
+    """A text of only whitespace still has one chunk (the splitter would give none)."""
+
+    def split(text: str) -> list[str]:
+        return list(splitter.chunks(text)) or [text]
+
+    return split
