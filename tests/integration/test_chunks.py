@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 from typing import Any
 
 import asyncpg
@@ -237,3 +238,45 @@ async def test_chunking_switched_on_and_off_online(
     assert "_vm_chunks" not in document
     (drift,) = await verify_command(settings, config, None, repair=False)
     assert drift.clean, drift.lines()
+
+
+async def test_a_reader_never_sees_a_row_with_chunks_of_two_versions_or_none(
+    pg: asyncpg.Connection, redis_url: str, articles: Any, embedder_factory: Any
+) -> None:
+    """Every sentence of version v says `edition-v`: a read of the row's chunks while its text is
+    rewritten (longer, shorter) finds chunks of one edition only, always at least one."""
+    settings, config = articles
+    await sync_once(settings, config, embedder_factory)
+
+    def edition(version: int) -> str:
+        sentences = 20 + 90 * (version % 2)  # long and short editions in turn: chunks come and go
+        return "\n\n".join(
+            " ".join(f"Sentence {s} of edition-{version} about the harbour." for s in range(p, p + 5))
+            for p in range(0, sentences, 5)
+        )
+
+    seen: list[tuple[bool, set[str]]] = []  # (chunks there and in order, the editions they say)
+    stop = threading.Event()
+
+    def read() -> None:
+        client = redis.Redis.from_url(redis_url)
+        while not stop.is_set():
+            stored = json_doc(client, "article:5")
+            chunks = stored.get("_vm_chunks", []) if stored else []
+            editions = {word for c in chunks for word in c["text"].split() if word.startswith("edition-")}
+            in_order = bool(chunks) and [c["pos"] for c in chunks] == list(range(len(chunks)))
+            seen.append((in_order, editions))
+        client.close()
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for version in range(1, 7):
+            await pg.execute("UPDATE articles SET body = $1 WHERE id = 5", edition(version))
+            await sync_once(settings, config, embedder_factory)
+    finally:
+        stop.set()
+        reader.join()
+    assert all(whole for whole, _ in seen), "a read found no chunks, or chunks out of order"
+    assert all(len(editions) <= 1 for _, editions in seen), "a read found chunks of two editions"
+    assert {"edition-1", "edition-6"} <= set().union(*(editions for _, editions in seen))
