@@ -124,7 +124,21 @@ KeyColumns = Annotated[
 KEYS_PARAMETER = re.compile(r"\$1(?![0-9])")
 
 
-class RelatedConfig(BaseModel):
+class _OnATable(BaseModel):
+    """A config entry about one table: `table`, 'schema.table' or 'table'."""
+
+    table: TableName
+
+    @property
+    def schema_name(self) -> str:
+        return split_table_name(self.table)[0]
+
+    @property
+    def table_name(self) -> str:
+        return split_table_name(self.table)[1]
+
+
+class RelatedConfig(_OnATable):
     """A table whose changes change the mirror's documents (read through `documents`): its changed
     rows name the documents to read again, by a column pair (`on`) or by a query (`keys`)."""
 
@@ -168,21 +182,13 @@ class RelatedConfig(BaseModel):
         return self
 
     @property
-    def schema_name(self) -> str:
-        return split_table_name(self.table)[0]
-
-    @property
-    def table_name(self) -> str:
-        return split_table_name(self.table)[1]
-
-    @property
     def relation_id(self) -> str:
         """Names this relation in the queue: what its captured values mean changes with it."""
         described = json.dumps(self.model_dump(mode="json"), sort_keys=True)
         return hashlib.sha256(described.encode()).hexdigest()[:12]
 
 
-class MirrorConfig(BaseModel):
+class MirrorConfig(_OnATable):
     """One table mirrored into one index."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
@@ -242,14 +248,6 @@ class MirrorConfig(BaseModel):
         described["index"] = self.index.to_dict()
         text = json.dumps(described, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-    @property
-    def schema_name(self) -> str:
-        return split_table_name(self.table)[0]
-
-    @property
-    def table_name(self) -> str:
-        return split_table_name(self.table)[1]
 
     @property
     def documents_source(self) -> tuple[str, str]:

@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -460,23 +460,7 @@ class MirrorSync:
     def _attach_chunk_vectors(
         self, plan: _Plan, pending: list[tuple[Document, Chunk]], vectors: list[object]
     ) -> None:
-        assert self.mirror.embed is not None
-        source = self.mirror.embed.field
-        bad: set[RowKey] = set()
-        for (document, chunk), vector in zip(pending, vectors, strict=True):
-            if document.key in bad:
-                continue
-            try:
-                if isinstance(vector, Exception):
-                    problem = (
-                        f"the model failed on a chunk of this row's text: {type(vector).__name__}: {vector}"
-                    )
-                    raise RowError(self.name, document.key, source, problem) from vector
-                chunk.vector = self._builder.vector(document.key, vector, source)
-            except RowError as exc:
-                self._fail(plan, document.key, exc, stage="embed")
-                bad.add(document.key)
-        plan.documents = [d for d in plan.documents if d.key not in bad]
+        self._attach(plan, pending, vectors, "a chunk of this row's text")
 
     async def _copy_old_vectors(self, documents: list[Document]) -> set[RowKey]:
         """While new vectors are made beside the old ones: a text the same model already embedded
@@ -492,15 +476,28 @@ class MirrorSync:
         return copied
 
     def _attach_vectors(self, plan: _Plan, todo: list[Document], vectors: list[object]) -> None:
+        self._attach(plan, [(document, document) for document in todo], vectors, "this row's text")
+
+    def _attach(
+        self,
+        plan: _Plan,
+        targets: Sequence[tuple[Document, Document | Chunk]],
+        vectors: list[object],
+        what: str,
+    ) -> None:
+        """Each vector checked and given to its document (or chunk); a row the model failed on, or
+        whose vector does not fit the field, fails whole."""
         assert self.mirror.embed is not None
         source = self.mirror.embed.field
         bad: set[RowKey] = set()
-        for document, vector in zip(todo, vectors, strict=True):
+        for (document, target), vector in zip(targets, vectors, strict=True):
+            if document.key in bad:
+                continue
             try:
                 if isinstance(vector, Exception):
-                    problem = f"the model failed on this row's text: {type(vector).__name__}: {vector}"
+                    problem = f"the model failed on {what}: {type(vector).__name__}: {vector}"
                     raise RowError(self.name, document.key, source, problem) from vector
-                document.vector = self._builder.vector(document.key, vector, source)
+                target.vector = self._builder.vector(document.key, vector, source)
             except RowError as exc:
                 self._fail(plan, document.key, exc, stage="embed")
                 bad.add(document.key)
