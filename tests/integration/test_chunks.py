@@ -19,6 +19,7 @@ from processes import vecmirror
 from vecmirror.commands import migrate_command, verify_command
 from vecmirror.config import parse_config
 from vecmirror.errors import ConfigError
+from vecmirror.query.checks import target_of
 from vecmirror.query.search import MirrorSearch
 
 ARTICLES = 8
@@ -280,3 +281,77 @@ async def test_a_reader_never_sees_a_row_with_chunks_of_two_versions_or_none(
     assert all(whole for whole, _ in seen), "a read found no chunks, or chunks out of order"
     assert all(len(editions) <= 1 for _, editions in seen), "a read found chunks of two editions"
     assert {"edition-1", "edition-6"} <= set().union(*(editions for _, editions in seen))
+
+
+async def test_a_row_that_repeats_itself_hides_no_other_row(
+    pg: asyncpg.Connection,
+    redis_client: redis.Redis,
+    write_config: Any,
+    settings_for: Any,
+    embedder_factory: Any,
+) -> None:
+    """One row of 15,000 words that are all the same: its repeated chunks hold no vectors of their
+    own, so the HNSW graph is not filled with equal vectors and every row is still found (an
+    adversary's index of that shape missed an exact match)."""
+    await pg.execute(
+        "CREATE TABLE articles "
+        "(id integer PRIMARY KEY, title text NOT NULL, body text NOT NULL, section text)"
+    )
+    await pg.execute("INSERT INTO articles VALUES (1, 'echo', repeat('word ', 15000), 'a')")
+    await pg.executemany(
+        "INSERT INTO articles VALUES ($1, $2, $3, 'b')",
+        [(n, f"Note {n}", FACTS[n - 2]) for n in range(2, 10)],
+    )
+    hnsw = {
+        **MIRROR["index"]["fields"][2],
+        "attrs": {"algorithm": "hnsw", "dims": 384, "distance_metric": "cosine"},
+    }
+    mirror = {**MIRROR, "index": {**MIRROR["index"], "fields": [*MIRROR["index"]["fields"][:2], hnsw]}}
+    path, config = write_config([mirror])
+    settings = settings_for(path)
+    await migrate_command(settings, config)
+    await sync_once(settings, config, embedder_factory)
+    echo = chunks_of(redis_client, 1)
+    assert len(echo) > 100
+    assert sum("embedding" in c for c in echo) == len({c["hash"] for c in echo}) < 4
+    for n in range(2, 10):
+        (first, *_) = await nearest(settings, config, FACTS[n - 2])
+        assert first.id == f"article:{n}" and first.distance < 0.2  # its text, with its title
+    (drift,) = await verify_command(settings, config, None, repair=False)
+    assert drift.clean, drift.lines()
+
+
+async def test_verify_repair_rewrites_drifted_chunks(
+    redis_client: redis.Redis, articles: Any, embedder: Any, embedder_factory: Any
+) -> None:
+    settings, config = articles
+    await sync_once(settings, config, embedder_factory)
+    redis_client.execute_command("JSON.DEL", "article:1", "$._vm_chunks")
+    redis_client.execute_command("JSON.SET", "article:2", "$._vm_chunks[0].pos", "5")
+    redis_client.execute_command("JSON.SET", "article:3", "$._vm_chunks[1].embedding", "[1, 2, 3]")
+    (drift,) = await verify_command(settings, config, None, repair=True)
+    assert sorted(drift.stale) == [("1",), ("2",), ("3",)]
+    calls = embedder.texts_embedded
+    await sync_once(settings, config, embedder_factory)
+    # Only what was lost is embedded again: article 1's chunks, and article 3's broken one.
+    assert embedder.texts_embedded - calls == len(chunks_of(redis_client, 1)) + 1
+    (drift,) = await verify_command(settings, config, None, repair=False)
+    assert drift.clean, drift.lines()
+
+
+async def test_a_hit_shows_fields_and_chunks_of_one_version(
+    redis_client: redis.Redis, articles: Any, embedder_factory: Any
+) -> None:
+    """The hits' chunks are read after the search: the hit's fields are read with them, so both
+    are of one version of the row, and a row deleted in between is no hit."""
+    settings, config = articles
+    await sync_once(settings, config, embedder_factory)
+    async with MirrorSearch.open(settings, config) as search:
+        hits = await search.knn("articles", text=FACTS[4], k=2)
+        assert hits[0].id == "article:4"
+        redis_client.execute_command("JSON.SET", "article:4", "$.title", '"Report 4, revised"')
+        redis_client.delete(hits[1].id)
+        target = target_of(config, "articles")
+        again = await search._with_chunks(target, hits, hits[0].chunk and [1.0] * 384, ["title"], every=False)
+    assert [hit.id for hit in again] == ["article:4"]
+    assert again[0].fields == {"title": "Report 4, revised"}

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+from redisvl.schema.fields import TextField
 from tokenizers import Tokenizer
 
 from vecmirror.config import ChunksConfig
@@ -12,6 +14,7 @@ from vecmirror.errors import StartupError
 from vecmirror.pipeline.chunks import chunker
 from vecmirror.pipeline.embedder import FakeEmbedder, resolve_model
 from vecmirror.pipeline.template import ContentHasher
+from vecmirror.query.results import decode_field, nearest_chunks
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -48,6 +51,16 @@ def test_chunks_fit_the_model_and_keep_paragraphs_whole_where_they_can() -> None
     assert split("A short note.") == ["A short note."]
 
 
+def test_chunks_count_the_models_special_tokens_too() -> None:
+    """The model reads [CLS] chunk [SEP]: a chunk of max_tokens with them is never cut."""
+    split = chunker(TokenizingModel(), ChunksConfig(max_tokens=128, overlap_tokens=16), "docs")
+    counting = Tokenizer.from_file(str(Path(resolve_model(MODEL)) / "tokenizer.json"))
+    counting.no_truncation()
+    texts = ["汉字汉字汉字汉字" * 400, "🙂 שלום world " * 300, paragraphs(6)]
+    sizes = [len(counting.encode(piece).ids) for text in texts for piece in split(text)]
+    assert max(sizes) == 128
+
+
 def test_overlap_repeats_the_end_of_each_chunk() -> None:
     split = chunker(TokenizingModel(), ChunksConfig(max_tokens=64, overlap_tokens=16), "docs")
     pieces = split(paragraphs(4))
@@ -73,3 +86,24 @@ def test_chunk_settings_are_part_of_the_content_hash() -> None:
     assert ContentHasher(MODEL, chunks="chunks:200:0")("text") != ContentHasher(
         MODEL, chunks="chunks:200:32"
     )("text")
+
+
+def test_an_empty_json_text_field_is_the_empty_string() -> None:
+    """'' once passed for JSON text (''[:1] is in any string) and a query crashed decoding it."""
+    title = TextField(name="title")
+    assert decode_field(title, b"", is_json=True) == ""
+    assert decode_field(title, b'["a"]', is_json=True) == ["a"]
+
+
+def test_the_nearest_chunk_of_a_row_whose_text_repeats() -> None:
+    """A repeated chunk holds no vector of its own (equal vectors fill HNSW's neighbour lists): it
+    is measured with the first chunk of its text's."""
+    stored = [
+        {"text": "a", "pos": 0, "hash": "h1", "v": [1.0, 0.0]},
+        {"text": "b", "pos": 1, "hash": "h2", "v": [0.0, 1.0]},
+        {"text": "a", "pos": 2, "hash": "h1"},
+    ]
+    found = nearest_chunks(stored, "v", np.asarray([1.0, 0.1]), "COSINE", every=True)
+    assert found["chunk"]["position"] == 0
+    assert [c["position"] for c in found["chunks"]] == [0, 2, 1]
+    assert found["chunks"][1]["distance"] == found["chunks"][0]["distance"]

@@ -22,11 +22,11 @@ from typing import Any
 import redis.asyncio as redis
 import structlog
 
-from vecmirror.config import META_KEY_FIELD, META_VERSION_FIELD, MirrorConfig
+from vecmirror.config import META_HASH_FIELD, META_KEY_FIELD, META_VERSION_FIELD, MirrorConfig
 from vecmirror.errors import RowError
 from vecmirror.index.manage import index_info
 from vecmirror.index.vectors import served_vector
-from vecmirror.ops.verify_expected import AHEAD, Expected, as_document, is_int
+from vecmirror.ops.verify_expected import AHEAD, CHUNK_REASONS, Expected, as_document, is_int
 from vecmirror.pipeline.documents import DocumentBuilder, RowKey
 from vecmirror.sink.cluster import get_many, scan_pages
 from vecmirror.sink.keys import key_pattern
@@ -183,9 +183,23 @@ class Verifier:
                 reason=f"verify found {len(ahead)} key(s) ahead of Postgres, e.g. {list(ahead[0])}",
             )
         keys = drift.keys()
+        await self._forget_chunk_hashes(drift)
         if keys:
             await changes.enqueue(conn, self._mirror.name, keys)
         return len(keys)
+
+    async def _forget_chunk_hashes(self, drift: Drift) -> None:
+        """A chunked document whose chunks drifted still holds its text's hash, with which the
+        worker keeps its chunks as they are: without it, they are written again, and each chunk's
+        vector made again unless that chunk still holds the right one."""
+        if not self._mirror.chunked:
+            return
+        broken = [key for key, reason in drift.stale.items() if reason.startswith(CHUNK_REASONS)]
+        if broken:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key in broken:
+                    pipe.execute_command("JSON.DEL", self._sink.key(key), f"$.{META_HASH_FIELD}")
+                await pipe.execute()
 
     async def _confirmed_ahead(self, conn: Connection, keys: list[RowKey]) -> list[RowKey]:
         """The keys whose Redis version is newer than Postgres' for them, in the mirror's own

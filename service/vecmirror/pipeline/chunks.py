@@ -36,8 +36,10 @@ def chunker(embedder: Any, chunks: ChunksConfig, mirror: str) -> Split:
     counting = Tokenizer.from_str(tokenizer.to_str())  # a copy: the model's own truncates and pads
     counting.no_truncation()
     counting.no_padding()
+    # The splitter counts a chunk's own tokens; the model reads them between its special ones.
+    own = chunks.max_tokens - len(counting.encode("").ids)
     splitter = TextSplitter.from_huggingface_tokenizer(
-        counting, capacity=chunks.max_tokens, overlap=chunks.overlap_tokens
+        counting, capacity=own, overlap=min(chunks.overlap_tokens, own - 1)
     )
     return _non_empty(splitter)
 

@@ -127,3 +127,28 @@ def _as_returned(matches: list[Any]) -> str | None:
         return None
     value = matches[0]
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+async def fields_and_chunks(
+    client: redis.Redis, target: Target, keys: Sequence[str], fields: Sequence[str], chunks_path: str
+) -> list[tuple[dict[str, Any], list[dict[str, Any]]] | None]:
+    """A chunked mirror's hits read whole, each with one JSON.GET: its `fields` as a search returns
+    them and its chunks, from one state of the document (the search's own fields may be older than
+    the chunks read after it). None where the document is gone."""
+    paths = [_location(target, name) for name in fields]
+    async with client.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.execute_command("JSON.GET", key, *paths, chunks_path)
+        replies = await pipe.execute()
+    read: list[tuple[dict[str, Any], list[dict[str, Any]]] | None] = []
+    for reply in replies:
+        if reply is None:
+            read.append(None)
+            continue
+        parsed = json.loads(reply)  # several paths: {path: [matches]}; one: its [matches]
+        by_path = parsed if paths else {chunks_path: parsed}
+        values = [_as_returned(by_path.get(path) or []) for path in paths]
+        chunks = (by_path.get(chunks_path) or [[]])[0]
+        found = {name: value for name, value in zip(fields, values, strict=True) if value is not None}
+        read.append((found, chunks if isinstance(chunks, list) else []))
+    return read

@@ -62,16 +62,16 @@ DISTANCES: dict[str, Callable[[npt.NDArray[Any], npt.NDArray[Any]], npt.NDArray[
 
 
 def nearest_chunks(
-    reply: Any, vector_name: str, query: npt.NDArray[Any], metric: str, *, every: bool
+    stored: list[dict[str, Any]], vector_name: str, query: npt.NDArray[Any], metric: str, *, every: bool
 ) -> dict[str, Any]:
-    """From a chunked document's `$._vm_chunks` (JSON.GET's reply): its nearest chunk to `query`,
-    and, with `every`, all of them nearest first."""
-    matches = json.loads(reply) if reply is not None else []
-    stored = matches[0] if matches and isinstance(matches[0], list) else []
-    chunks = [c for c in stored if vector_name in c]
+    """From a chunked document's chunks: its nearest chunk to `query`, and, with `every`, all of
+    them nearest first. A repeated chunk holds no vector: it has the first one of its text's."""
+    by_hash = {c["hash"]: c[vector_name] for c in stored if vector_name in c and "hash" in c}
+    chunks = [c for c in stored if c.get("hash") in by_hash]
     if not chunks:
         return {"chunk": None, "chunks": [] if every else None}
-    distances = DISTANCES[metric](np.asarray([c[vector_name] for c in chunks], dtype=np.float64), query)
+    vectors = np.asarray([by_hash[c["hash"]] for c in chunks], dtype=np.float64)
+    distances = DISTANCES[metric](vectors, query)
     ranked = [
         {"text": c["text"], "position": int(c["pos"]), "distance": float(d)}
         for d, c in sorted(zip(distances, chunks, strict=True), key=lambda pair: float(pair[0]))
@@ -83,7 +83,7 @@ def decode_field(definition: BaseField, raw: Any, *, is_json: bool) -> Any:
     """Redis returns every value as text; this gives numbers, tag lists and parsed JSON back."""
     value = raw.decode() if isinstance(raw, bytes) else raw
     kind = field_type(definition)
-    if is_json and isinstance(value, str) and value[:1] in "[{":
+    if is_json and isinstance(value, str) and value[:1] in ("[", "{"):  # not '': "" is in every string
         return json.loads(value)
     if kind == "numeric":
         return _number(value)

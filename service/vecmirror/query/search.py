@@ -27,7 +27,7 @@ from vecmirror.errors import QueryError
 from vecmirror.index.manage import index_info
 from vecmirror.index.vectors import served_vector
 from vecmirror.pipeline.embedder import Embedder, EmbedderFactory, default_embedder_factory
-from vecmirror.query.by_key import TEXT_SCORER, fused_rows, scored_knn, with_fields
+from vecmirror.query.by_key import TEXT_SCORER, fields_and_chunks, fused_rows, scored_knn, with_fields
 from vecmirror.query.checks import Target, check_filter, check_return_fields, check_vector, target_of
 from vecmirror.query.filters import Filter
 from vecmirror.query.results import Hit, decode_field, decode_vector, nearest_chunks, return_whole_arrays
@@ -94,7 +94,7 @@ class MirrorSearch:
         )
         query.paging(offset, k)
         hits = await self._run(target, query, fields, with_vectors)
-        return await self._with_chunks(target, hits, asked, every=chunks)
+        return await self._with_chunks(target, hits, asked, fields, every=chunks)
 
     async def range(
         self,
@@ -129,7 +129,7 @@ class MirrorSearch:
             sort_by="vector_distance",
         )
         hits = await self._run(target, query, fields, with_vectors)
-        return await self._with_chunks(target, hits, asked, every=chunks)
+        return await self._with_chunks(target, hits, asked, fields, every=chunks)
 
     async def hybrid(
         self,
@@ -178,28 +178,35 @@ class MirrorSearch:
             return_whole_arrays(query, target.array_paths)
             rows = await _searched(target, index.query(query))
         hits = [self._hit(target, row, fields, score=float(row["hybrid_score"])) for row in rows]
-        return await self._with_chunks(target, hits, asked, every=chunks)
+        return await self._with_chunks(target, hits, asked, fields, every=chunks)
 
     async def _with_chunks(
-        self, target: Target, hits: list[Hit], asked: Sequence[float], *, every: bool
+        self, target: Target, hits: list[Hit], asked: Sequence[float], fields: list[str], *, every: bool
     ) -> list[Hit]:
         """A chunked mirror's hits with their nearest chunk (its text, position and distance), or
         with every chunk, nearest first: the index ranks a row by its nearest chunk but says not
-        which, so the hits' chunks are read and measured here."""
+        which. Each hit is read again whole, so its fields and chunks are of one version of the
+        row; a hit deleted since the search is dropped, as a later search would not find it."""
         if not target.mirror.chunked or not hits:
             return hits
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for hit in hits:
-                pipe.execute_command("JSON.GET", hit.id, CHUNKS_PATH)
-            replies = await pipe.execute()
+        read = await fields_and_chunks(self._redis, target, [h.id for h in hits], fields, CHUNKS_PATH)
         # Where the answering index reads them: an online re-embedding moves them (index/rollout.py).
         served = served_vector(await index_info(self._redis, target.mirror.index.index.name))
         name = str(served.at if served is not None else target.mirror.vector_at).rsplit(".", 1)[-1]
         query = np.asarray(asked, dtype=np.float64)
-        return [
-            replace(hit, **nearest_chunks(reply, name, query, target.metric, every=every))
-            for hit, reply in zip(hits, replies, strict=True)
-        ]
+        definitions = target.mirror.index.fields
+        found = []
+        for hit, document in zip(hits, read, strict=True):
+            if document is None:
+                continue
+            values, chunks = document
+            decoded = {n: decode_field(definitions[n], v, is_json=True) for n, v in values.items()}
+            found.append(
+                replace(
+                    hit, fields=decoded, **nearest_chunks(chunks, name, query, target.metric, every=every)
+                )
+            )
+        return found
 
     async def _query_vector(
         self, target: Target, text: str | None, vector: Sequence[float] | None

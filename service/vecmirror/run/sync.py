@@ -444,9 +444,12 @@ class MirrorSync:
         assert self._model is not None
         stored = await self.sink.stored_chunk_vectors([d.key for d in todo])
         pending: list[tuple[Document, Chunk]] = []
+        vector = self.mirror.vector_field
+        dims = int(vector.attrs.dims) if vector is not None else 0
         for document, held in zip(todo, stored, strict=True):
             for chunk in document.chunks or []:
-                chunk.vector = held.get(chunk.text_hash)
+                kept = held.get(chunk.text_hash)
+                chunk.vector = kept if kept is not None and kept.shape == (dims,) else None
                 if chunk.vector is None:
                     pending.append((document, chunk))
         stats.embedded = len(pending)

@@ -102,16 +102,21 @@ class JsonEncoder:
 
     @staticmethod
     def _set_chunks(body: dict[str, Any], chunks: list[Chunk], vector_name: str) -> None:
-        """Every chunk with its vector; none where the vectors were not read (the text is unchanged:
-        a merge keeps the chunks stored)."""
-        vectors = [chunk.vector for chunk in chunks]
-        if any(vector is None for vector in vectors):
+        """Every chunk, the first of each text with its vector; none where the vectors were not
+        read (the text is unchanged: a merge keeps the chunks stored). A repeated chunk (a text
+        that repeats itself) holds no vector of its own: many equal vectors in one HNSW graph fill
+        the neighbour lists and hide other documents from KNN, even exact matches."""
+        if any(chunk.vector is None for chunk in chunks):
             return
-        body[CHUNKS_FIELD] = [
-            {"text": c.text, "pos": i, "hash": c.text_hash, vector_name: v.tolist()}
-            for i, (c, v) in enumerate(zip(chunks, vectors, strict=True))
-            if v is not None
-        ]
+        stored: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for position, chunk in enumerate(chunks):
+            entry: dict[str, Any] = {"text": chunk.text, "pos": position, "hash": chunk.text_hash}
+            if chunk.text_hash not in seen and chunk.vector is not None:
+                entry[vector_name] = chunk.vector.tolist()
+                seen.add(chunk.text_hash)
+            stored.append(entry)
+        body[CHUNKS_FIELD] = stored
 
     @staticmethod
     def _value(field: BaseField, value: FieldValue | None) -> Any:
