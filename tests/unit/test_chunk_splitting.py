@@ -107,3 +107,12 @@ def test_the_nearest_chunk_of_a_row_whose_text_repeats() -> None:
     assert found["chunk"]["position"] == 0
     assert [c["position"] for c in found["chunks"]] == [0, 2, 1]
     assert found["chunks"][1]["distance"] == found["chunks"][0]["distance"]
+
+
+def test_a_word_the_tokenizer_does_not_know_is_split_by_characters() -> None:
+    """20,000 letters with no space are one [UNK] token: split by characters instead, so each
+    chunk's vector says something of its text."""
+    split = chunker(TokenizingModel(), ChunksConfig(max_tokens=64), "docs")
+    pieces = split("x" * 20_000)
+    assert len(pieces) > 20 and all(len(piece) <= 62 * 12 for piece in pieces)
+    assert "".join(pieces) == "x" * 20_000

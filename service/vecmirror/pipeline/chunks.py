@@ -41,7 +41,25 @@ def chunker(embedder: Any, chunks: ChunksConfig, mirror: str) -> Split:
     splitter = TextSplitter.from_huggingface_tokenizer(
         counting, capacity=own, overlap=min(chunks.overlap_tokens, own - 1)
     )
-    return _non_empty(splitter)
+    return _bounded(_non_empty(splitter), own * CHARACTERS_PER_TOKEN)
+
+
+# A word the tokenizer does not know is one [UNK] token however long it is (20,000 characters with
+# no space, say): a chunk of few tokens but many characters is split again by characters, or its
+# vector would say nothing of it. Generous: a token of English averages about four characters.
+CHARACTERS_PER_TOKEN = 12
+
+
+def _bounded(split: Split, characters: int) -> Split:
+    by_characters = TextSplitter(capacity=characters)
+
+    def bounded(text: str) -> list[str]:
+        pieces: list[str] = []
+        for piece in split(text):
+            pieces += list(by_characters.chunks(piece)) if len(piece) > characters else [piece]
+        return pieces
+
+    return bounded
 
 
 def _non_empty(splitter: TextSplitter) -> Split:
