@@ -66,6 +66,11 @@ class ModelSpec:
 CHUNKS_PATH = "$._vm_chunks"
 
 
+def chunk_vector_key(at: str | None) -> str:
+    """The key of each chunk's vector, from where the vectors are (`$._vm_chunks[*].<key>`)."""
+    return (at or "").rsplit(".", 1)[-1]
+
+
 class ChunksConfig(BaseModel):
     """Long texts split into chunks of at most `max_tokens` of the model's tokens (paragraphs first,
     then sentences, then words), each embedded; a row stays one document holding every chunk."""

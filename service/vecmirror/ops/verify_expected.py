@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 from vecmirror.config import META_HASH_FIELD, META_KEY_FIELD, META_VERSION_FIELD, MirrorConfig
+from vecmirror.config.model import chunk_vector_key
 from vecmirror.pipeline.documents import Document
 from vecmirror.pipeline.template import ContentHasher
 from vecmirror.sink.encode import CHUNKS_FIELD, HashEncoder, JsonEncoder
@@ -72,7 +73,7 @@ class Expected:
         assert self._chunk_hash is not None
         if not isinstance(chunks, list) or not chunks:
             return "no chunks"
-        name = (self._vector_path or "").rsplit(".", 1)[-1]
+        name = chunk_vector_key(self._vector_path)
         if [c.get("pos") for c in chunks] != list(range(len(chunks))):
             return "chunk positions are not 0..n-1"
         embedded: set[Any] = set()

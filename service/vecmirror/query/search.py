@@ -21,7 +21,7 @@ from redisvl.index import AsyncSearchIndex
 from redisvl.query import AggregateHybridQuery, VectorQuery, VectorRangeQuery
 
 from vecmirror.config import Config, ModelSpec
-from vecmirror.config.model import CHUNKS_PATH
+from vecmirror.config.model import CHUNKS_PATH, chunk_vector_key
 from vecmirror.connections import cluster_enabled, connect_redis
 from vecmirror.errors import QueryError
 from vecmirror.index.manage import index_info
@@ -192,7 +192,7 @@ class MirrorSearch:
         read = await fields_and_chunks(self._redis, target, [h.id for h in hits], fields, CHUNKS_PATH)
         # Where the answering index reads them: an online re-embedding moves them (index/rollout.py).
         served = served_vector(await index_info(self._redis, target.mirror.index.index.name))
-        name = str(served.at if served is not None else target.mirror.vector_at).rsplit(".", 1)[-1]
+        name = chunk_vector_key(served.at if served is not None else target.mirror.vector_at)
         query = np.asarray(asked, dtype=np.float64)
         definitions = target.mirror.index.fields
         found = []

@@ -10,7 +10,7 @@ import numpy.typing as npt
 from redisvl.schema.fields import BaseField
 
 from vecmirror.config import META_HASH_FIELD, META_KEY_FIELD, META_VERSION_FIELD, MirrorConfig
-from vecmirror.config.model import CHUNKS_PATH
+from vecmirror.config.model import CHUNKS_PATH, chunk_vector_key
 from vecmirror.pipeline.documents import Chunk, Document, FieldValue
 
 ARRAY_SUFFIX = "[*]"
@@ -81,9 +81,7 @@ class JsonEncoder:
         self._fields = {f.name: f for f in mirror.value_fields}
         self._vector_at = mirror.vector_at
         # In each chunk of a chunked document, the vector's key: `$._vm_chunks[*].<this>`.
-        self._chunk_vector = (
-            mirror.vector_at.rsplit(".", 1)[-1] if mirror.chunked and mirror.vector_at else None
-        )
+        self._chunk_vector = chunk_vector_key(mirror.vector_at) if mirror.chunked else None
 
     def document(self, document: Document, *, with_nulls: bool) -> dict[str, Any]:
         """The object to JSON.SET (nulls dropped) or JSON.MERGE (nulls delete fields)."""

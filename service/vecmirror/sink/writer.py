@@ -14,6 +14,7 @@ import structlog
 from redis.exceptions import ResponseError
 
 from vecmirror.config import META_HASH_FIELD, META_KEY_FIELD, MirrorConfig
+from vecmirror.config.model import chunk_vector_key
 from vecmirror.errors import RedisForgotError
 from vecmirror.pipeline.documents import Document, RowKey
 from vecmirror.sink.cluster import keys_the_index_sees
@@ -133,7 +134,7 @@ class RedisSink:
         unchanged chunk keeps its vector), {} where there is no document."""
         replies = await self._own_field([self.key(k) for k in keys], CHUNKS_FIELD)
         at = self._mirror.vector_at
-        name = at.rsplit(".", 1)[-1] if at is not None else ""
+        name = chunk_vector_key(at)
         found: list[dict[str, npt.NDArray[Any]]] = []
         for reply in replies:
             matches = json.loads(_text(reply)) if reply is not None and reply is not False else []
