@@ -114,6 +114,14 @@ async def assert_mirrors_view(
     assert drift.rows == len(rows)
 
 
+async def refused_by_migrate(write_config: Any, settings_for: Any, mirror: dict[str, Any]) -> str:
+    """The one line `migrate` refuses the mirror with."""
+    path, config = write_config([mirror])
+    with pytest.raises(StartupError) as raised:
+        await migrate_command(settings_for(path), config)
+    return str(raised.value)
+
+
 def embedding_of(client: redis.Redis, product: int) -> bytes:
     return hash_doc(client, f"product:{product}")["embedding"]
 
@@ -252,18 +260,14 @@ async def test_migrate_names_what_the_view_and_the_relations_lack(
             {"table": "public.nowhere", "on": {"id": "id"}},
         ],
     }
-    path, config = write_config([mirror])
-    with pytest.raises(StartupError) as raised:
-        await migrate_command(settings_for(path), config)
-    message = str(raised.value)
+    message = await refused_by_migrate(write_config, settings_for, mirror)
     assert message.startswith("mirror 'products': ")
     assert "index.fields.category: no column 'category' in public.thin_docs" in message
     assert "embed.template: placeholder {category} is not a column of public.thin_docs" in message
 
-    path, config = write_config([{**mirror, "documents": "public.product_docs"}])
-    with pytest.raises(StartupError) as raised:
-        await migrate_command(settings_for(path), config)
-    message = str(raised.value)
+    message = await refused_by_migrate(
+        write_config, settings_for, {**mirror, "documents": "public.product_docs"}
+    )
     assert "related.0.on: no column 'category' in public.products" in message
     assert "related.1.on.id: no column 'product' in public.product_tags" in message
     assert "related.2.keys: returns 2 column(s); expected the 1 key column(s) of public.products" in message
@@ -357,12 +361,10 @@ async def test_migrate_refuses_an_on_pair_that_cannot_be_compared(
     await pg.execute(SHOP)
     await pg.execute("CREATE TABLE suppliers (code text PRIMARY KEY, name text)")
     mirror = {**SHOP_MIRROR, "related": [{"table": "public.suppliers", "on": {"category_id": "code"}}]}
-    path, config = write_config([mirror])
-    with pytest.raises(StartupError) as raised:
-        await migrate_command(settings_for(path), config)
+    message = await refused_by_migrate(write_config, settings_for, mirror)
     assert (
         "related.0.on: the documents it names cannot be found: "
-        "UndefinedFunctionError: operator does not exist" in str(raised.value)
+        "UndefinedFunctionError: operator does not exist" in message
     )
 
 
@@ -502,10 +504,7 @@ async def test_migrate_refuses_keys_and_views_of_other_types_in_one_line(
             {"table": "public.categories", "on": {"name": "id"}},
         ],
     }
-    path, config = write_config([mirror])
-    with pytest.raises(StartupError) as raised:
-        await migrate_command(settings_for(path), config)
-    message = str(raised.value)
+    message = await refused_by_migrate(write_config, settings_for, mirror)
     assert "\n" not in message
     assert "related.1.keys: $1 takes integer[], which the key column 'code' of public.codes (text)" in message
     assert (
