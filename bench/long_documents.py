@@ -1,14 +1,16 @@
 """Long documents (embed.chunks): recall of a fact in the last paragraph, the chunked sync's rate
 against a raw `model.encode` of the same chunks, and Redis bytes per row, in one run.
 
-    .venv/bin/python bench/long_documents.py --rows 300     # BENCH_MAX_TOKENS=64 for smaller chunks
+    .venv/bin/python bench/long_documents.py --rows 300     # HNSW; chunks of 200 and 128 tokens
+    BENCH_ALGORITHM=flat .venv/bin/python bench/long_documents.py --rows 300
+    # also BENCH_MAX_TOKENS=200,128 and BENCH_EF_RUNTIME=10,200,2000 (HNSW: recall at each width)
 
-Generates `--rows` articles of 1,000-5,000 words of report prose, each ending with one unique fact
-("In 1987 Orlando the lighthouse keeper painted a tin drum at the night market."). The same articles
-are mirrored twice by one model object on its default backend: whole (the model reads the first 256
-tokens) and chunked (`max_tokens` 200, `overlap_tokens` a eighth of it). Prints recall@1 of each
-fact asked as written and said another way ("the lighthouse keeper who painted a tin drum at the
-night market"), the sync's seconds, the memory per row (MEMORY USAGE of the documents, and the
+Generates `--rows` articles of 1,000-5,000 words of report prose whose last paragraph ends with one
+unique fact ("In 1987 Orlando the lighthouse keeper painted a tin drum at the night market."). The
+same articles are mirrored by one model object on its default backend: whole (the model reads the
+first 256 tokens) and chunked at each of BENCH_MAX_TOKENS (`overlap_tokens` an eighth). Prints
+recall@1 of each fact asked as written and said another way ("the lighthouse keeper who painted a
+tin drum at the night market"), the sync's seconds, the memory per row (MEMORY USAGE of the documents, and the
 vector index), and the chunked sync's chunks/s against a raw encode of exactly those chunk texts
 (ratio = raw seconds / sync seconds).
 """
@@ -42,6 +44,13 @@ NAMES = [
     "Bruno",
     "Aiko",
     "Dmitri",
+    "Lena",
+    "Oskar",
+    "Farida",
+    "Hugo",
+    "Noor",
+    "Ewa",
+    "Tariq",
 ]
 JOBS = [
     "lighthouse keeper",
@@ -59,6 +68,10 @@ JOBS = [
     "tailor",
     "diver",
     "falconer",
+    "cartographer",
+    "chimney sweep",
+    "glassblower",
+    "puppeteer",
 ]
 VERBS = [
     "repaired",
@@ -76,6 +89,10 @@ VERBS = [
     "hid",
     "launched",
     "tuned",
+    "engraved",
+    "borrowed",
+    "dismantled",
+    "restored",
 ]
 OBJECTS = [
     "a brass telescope",
@@ -93,6 +110,10 @@ OBJECTS = [
     "a tin drum",
     "a velvet cloak",
     "a bronze bell",
+    "a clockwork parrot",
+    "a cedar harp",
+    "a crystal decanter",
+    "a wool tapestry",
 ]
 PLACES = [
     "the old salt mine",
@@ -108,16 +129,32 @@ PLACES = [
     "the volcano crater",
     "the fishing village",
     "the orchid greenhouse",
+    "the sugar refinery",
+    "the ski jump",
+    "the paper mill",
+    "the lunar crater exhibit",
+    "the mountain monastery",
+    "the tram depot",
 ]
+SIZE = 19  # a prime: the parts' formulas separate any two of the SIZE * SIZE = 361 facts
 TOPICS = ["shipping schedules", "railway maintenance", "municipal budgets", "library renovations"]
-MAX_TOKENS = int(os.environ.get("BENCH_MAX_TOKENS", "200"))
+# The contract's example, and the size that found facts best here (64 cut more facts in two).
+MAX_TOKENS = [int(size) for size in os.environ.get("BENCH_MAX_TOKENS", "200,128").split(",")]
+ALGORITHM = os.environ.get("BENCH_ALGORITHM", "hnsw")
+# HNSW's recall over chunks depends on the search's width: each width is asked (FLAT is exact).
+EF_RUNTIMES: list[int | None] = (
+    [int(ef) for ef in os.environ.get("BENCH_EF_RUNTIME", "10,200,2000").split(",")]
+    if ALGORITHM == "hnsw"
+    else [None]
+)
 TABLE = "CREATE TABLE {table} (id integer PRIMARY KEY, title text NOT NULL, body text NOT NULL)"
 FIELDS = [
     {"name": "title", "type": "text"},
     {
         "name": "embedding",
         "type": "vector",
-        "attrs": {"algorithm": "hnsw", "dims": 384, "distance_metric": "cosine"},
+        "attrs": {"algorithm": ALGORITHM, "dims": 384, "distance_metric": "cosine"}
+        | ({"m": int(os.environ["BENCH_M"]), "ef_construction": 500} if "BENCH_M" in os.environ else {}),
     },
 ]
 
@@ -135,10 +172,14 @@ def mirror(name: str, chunks: dict[str, int] | None) -> dict[str, Any]:
 
 
 def fact_and_question(number: int) -> tuple[str, str]:
-    """A fact made of several rare words, and the same fact said another way."""
-    rng = random.Random(10_000 + number)
-    who, job, verb = rng.choice(NAMES), rng.choice(JOBS), rng.choice(VERBS)
-    what, where, year = rng.choice(OBJECTS), rng.choice(PLACES), rng.randint(1900, 2020)
+    """A fact of five parts that shares at most one part with any other article's fact (the parts are
+    a, b, a+b, a+2b and a+3b modulo a prime, so two facts that agreed on two would be one article),
+    and the same fact said another way. Drawn at random, 300 facts shared three or four parts often
+    enough that a fact was no longer unique."""
+    a, b = divmod(number, SIZE)
+    who, job, verb = NAMES[(a + 3 * b) % SIZE], JOBS[a % SIZE], VERBS[(a + 2 * b) % SIZE]
+    what, where = OBJECTS[b], PLACES[(a + b) % SIZE]
+    year = random.Random(10_000 + number).randint(1900, 2020)
     fact = f"In {year} {who} the {job} {verb} {what} at {where}."
     return fact, f"the {job} who {verb} {what} at {where}"
 
@@ -159,8 +200,9 @@ def article(number: int) -> str:
                 ]
             )
         )
+    sentences.append(fact_and_question(number)[0])  # the last paragraph's last sentence
     paragraphs = [" ".join(sentences[i : i + 6]) for i in range(0, len(sentences), 6)]
-    return "\n\n".join([*paragraphs, fact_and_question(number)[0]])
+    return "\n\n".join(paragraphs)
 
 
 async def measure(urls: StackUrls, rows: int) -> None:
@@ -170,30 +212,34 @@ async def measure(urls: StackUrls, rows: int) -> None:
     async def load(conn: asyncpg.Connection) -> None:
         await conn.executemany("INSERT INTO articles VALUES ($1, $2, $3)", articles)
 
-    chunks = {"max_tokens": MAX_TOKENS, "overlap_tokens": MAX_TOKENS // 8}
+    layouts: list[tuple[str, dict[str, int] | None]] = [("whole", None)]
+    layouts += [(f"chunks{size}", {"max_tokens": size, "overlap_tokens": size // 8}) for size in MAX_TOKENS]
     print(f"{rows} articles, {sum(len(a[2].split()) for a in articles) / rows:.0f} words on average")
-    print(f"{'layout':10} {'recall@1 fact':>14} {'paraphrase':>11} {'sync s':>8} {'bytes/row':>10}")
-    for name, chunking in (("whole", None), ("chunked", chunks)):
+    print(f"{ALGORITHM} index")
+    print(f"{'layout':10} {'ef':>5} {'recall@1 fact':>14} {'paraphrase':>11} {'sync s':>8} {'bytes/row':>10}")
+    for name, chunking in layouts:
         async with phase(urls, name, {"articles": TABLE}, [mirror(name, chunking)], load) as p:
             started = time.perf_counter()
             await run_command(p.settings, p.config, once=True, embedder_factory=lambda _spec: embedder)
             seconds = time.perf_counter() - started
-            recall = await _recall(p.settings, p.config, name, rows, embedder)
             size = await _bytes_per_row(p.redis, name, rows)
-            print(f"{name:10} {recall[0]:14.3f} {recall[1]:11.3f} {seconds:8.1f} {size:10.0f}")
-            if chunking is not None:
+            for ef in EF_RUNTIMES:
+                recall = await _recall(p.settings, p.config, name, rows, embedder, ef)
+                found = f"{recall[0]:14.3f} {recall[1]:11.3f}"
+                print(f"{name:10} {ef or '-':>5} {found} {seconds:8.1f} {size:10.0f}")
+            if chunking is not None:  # each size's sync against a raw encode of its own chunks
                 await _against_raw(embedder, p.config.mirrors[0], articles, seconds)
 
 
 async def _recall(
-    settings: Any, config: Any, name: str, rows: int, embedder: Embedder
+    settings: Any, config: Any, name: str, rows: int, embedder: Embedder, ef_runtime: int | None
 ) -> tuple[float, float]:
     """recall@1 of the facts asked as they are written, and said another way."""
     found = [0, 0]
     async with MirrorSearch.open(settings, config, lambda _spec: embedder) as search:
         for number in range(rows):
             for way, asked in enumerate(fact_and_question(number)):
-                hits = await search.knn(name, text=asked, k=1, ef_runtime=200)
+                hits = await search.knn(name, text=asked, k=1, ef_runtime=ef_runtime)
                 found[way] += bool(hits) and hits[0].id == f"{name}:{number}"
     return found[0] / rows, found[1] / rows
 
