@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE ?= 1
 # `make bench`'s backfill and R2 size; 100k rows embed for hours on a 2-core CPU, minutes on a GPU.
 BENCH_ROWS ?= 100000
 
-.PHONY: help install lint typecheck test test-fast bench bench-quick bench-profile bench-rollout bench-slots bench-cluster demo stack-down clean
+.PHONY: help install lint typecheck test test-fast bench bench-quick bench-profile bench-rollout bench-slots bench-cluster bench-embedding demo stack-down clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ bench-rollout: install ## A template change online (vecmirror) against drop, cre
 
 bench-slots: install ## Versioned writes by hash slot vs before slots and raw HSETs -> bench/SLOT_WRITES.md
 	$(BIN)/python bench/slot_writes.py --documents 5000
+
+bench-embedding: install ## Embedding end to end vs plain sentence-transformers on three corpora (a few minutes)
+	$(BIN)/python bench/embedding_speed.py
 
 bench-cluster: install ## One shard's memory per document and HNSW insert rate -> bench/CLUSTER_SIZING.md
 	$(BIN)/python bench/cluster_sizing.py --docs 20000

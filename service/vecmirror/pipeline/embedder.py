@@ -202,7 +202,6 @@ def load_embedder(spec: ModelSpec, settings: Settings) -> Embedder:
         quantized=backend == "onnx-int8",
         cache=settings.model_cache,
         device=settings.device,
-        batch_size=settings.embed_batch_size,
     )
 
 

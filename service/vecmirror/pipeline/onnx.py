@@ -68,6 +68,7 @@ class OnnxRunner:
     def __init__(self, exported: ExportedModel, *, quantized: bool, providers: Sequence[Any]) -> None:
         import onnxruntime
         import torch  # loaded by transformers anyway
+        from tokenizers import Tokenizer
         from transformers import AutoTokenizer
 
         options = onnxruntime.SessionOptions()
@@ -81,7 +82,13 @@ class OnnxRunner:
         self._session = onnxruntime.InferenceSession(
             str(exported.graph(quantized=quantized)), options, providers=list(providers)
         )
-        self._tokenizer = AutoTokenizer.from_pretrained(str(exported.directory))
+        # The model's own fast tokenizer, called directly: it tokenizes a whole call's texts at
+        # once in Rust (releasing the GIL), where the transformers wrapper costs a Python round per
+        # call. It truncates as sentence-transformers does, at the model's maximum sequence length.
+        backend = AutoTokenizer.from_pretrained(str(exported.directory)).backend_tokenizer
+        self._tokenizer: Tokenizer = Tokenizer.from_str(backend.to_str())
+        self._tokenizer.enable_truncation(exported.max_seq_length)
+        self._tokenizer.no_padding()
         self._exported = exported
 
     @property
@@ -90,23 +97,55 @@ class OnnxRunner:
 
     @property
     def tokenizer(self) -> Any:
-        return self._tokenizer.backend_tokenizer
+        return self._tokenizer
 
     @property
     def max_tokens(self) -> int:
         return self._exported.max_seq_length
 
-    def run(self, texts: list[str]) -> Vectors:
-        tokens = self._tokenizer(
-            texts,
-            padding=True,
-            truncation="longest_first",
-            max_length=self._exported.max_seq_length,
-            return_tensors="np",
-        )
-        feeds = {name: np.asarray(tokens[name], dtype=np.int64) for name in self._exported.input_names}
-        (vectors,) = self._session.run([OUTPUT_NAME], feeds)
+    def tokenize(self, texts: list[str]) -> list[Any]:
+        """Each text's tokens (a `tokenizers.Encoding`), special tokens included."""
+        return list(self._tokenizer.encode_batch(texts))
+
+    def run(self, encodings: Sequence[Any]) -> Vectors:
+        """One session run over tokenized texts, padded to the longest of them."""
+        longest = max(len(encoding.ids) for encoding in encodings)
+        feeds = {name: np.zeros((len(encodings), longest), dtype=np.int64) for name in INPUT_FIELDS}
+        for row, encoding in enumerate(encodings):
+            for name, field in INPUT_FIELDS.items():
+                values = getattr(encoding, field)
+                feeds[name][row, : len(values)] = values
+        inputs = {name: feeds[name] for name in self._exported.input_names}
+        (vectors,) = self._session.run([OUTPUT_NAME], inputs)
         return np.asarray(vectors, dtype=np.float32)
+
+    def embed_texts(self, texts: list[str]) -> Vectors:
+        """The texts in one run (the export's own check against torch)."""
+        return self.run(self.tokenize(texts))
+
+
+# The graph's inputs, from each text's Encoding: padding is token 0, mask 0, segment 0.
+INPUT_FIELDS = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
+
+
+def plan_runs(lengths: Sequence[int], *, tokens_per_run: int, texts_per_run: int) -> list[list[int]]:
+    """Texts (by their token counts) grouped into session runs, longest first: a run takes texts
+    while its padded size (texts x longest) stays within `tokens_per_run` and it holds at most
+    `texts_per_run`. Sorted by length, a run's texts are of nearly one length, so it pads little
+    however the texts arrived; the budget keeps a run's activations in the caches whatever that
+    length is: 16 texts of 256 tokens, or 200 titles."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    runs: list[list[int]] = []
+    for index in order:
+        if (
+            runs
+            and len(runs[-1]) < texts_per_run
+            and (len(runs[-1]) + 1) * lengths[runs[-1][0]] <= tokens_per_run
+        ):
+            runs[-1].append(index)
+        else:
+            runs.append([index])
+    return runs
 
 
 class OnnxEmbedder(SerialEmbedder):
@@ -119,14 +158,18 @@ class OnnxEmbedder(SerialEmbedder):
         quantized: bool,
         cache: Path,
         device: str | None = None,
-        batch_size: int = 64,
         texts_per_run: int | None = None,
+        tokens_per_run: int | None = None,
     ) -> None:
         exported = ensure_exported(model, resolve_model(model), cache, quantized=quantized)
         self._runner = OnnxRunner(exported, quantized=quantized, providers=providers_for(device))
         super().__init__(model)
         self._dimension = exported.dimension
-        self._texts_per_run = texts_per_run or self._default_texts_per_run(quantized, batch_size)
+        # int8 runs each text alone: its activations are scaled over the whole input, so in a
+        # shared run a text's vector would depend on the other texts (and their padding).
+        self._texts_per_run = 1 if quantized else (texts_per_run or TEXTS_PER_RUN)
+        on_gpu = CUDA in self.providers
+        self._tokens_per_run = tokens_per_run or (GPU_TOKENS_PER_RUN if on_gpu else CPU_TOKENS_PER_RUN)
 
     @property
     def dimension(self) -> int:
@@ -145,21 +188,25 @@ class OnnxEmbedder(SerialEmbedder):
     def max_tokens(self) -> int:
         return self._runner.max_tokens
 
-    def _default_texts_per_run(self, quantized: bool, batch_size: int) -> int:
-        """One text per run on a CPU: with no padding, and attention small enough to stay in the
-        caches, that is 1.3x-1.9x the rows/s of runs of 64 (bench/onnx_accuracy.py). int8 always: its
-        activations are scaled over the whole input, so in a batch a text's vector would depend on
-        the other texts. A GPU wants batches."""
-        return batch_size if not quantized and CUDA in self.providers else 1
-
     def _encode(self, texts: list[str]) -> Vectors:
-        # Longest first, as sentence-transformers batches: similar lengths pad less.
-        order = np.argsort([-len(text) for text in texts], kind="stable")
-        vectors = np.empty((len(texts), self._dimension), dtype=np.float32)
-        for start in range(0, len(texts), self._texts_per_run):
-            chosen = order[start : start + self._texts_per_run]
-            vectors[chosen] = self._runner.run([texts[i] for i in chosen])
-        return vectors
+        # A text that comes twice in a call (a default value, a repeated title) is run once.
+        unique = list(dict.fromkeys(texts))
+        encodings = self._runner.tokenize(unique)
+        lengths = [len(encoding.ids) for encoding in encodings]
+        vectors = np.empty((len(unique), self._dimension), dtype=np.float32)
+        for run in plan_runs(lengths, tokens_per_run=self._tokens_per_run, texts_per_run=self._texts_per_run):
+            vectors[run] = self._runner.run([encodings[i] for i in run])
+        if len(unique) == len(texts):
+            return vectors
+        position = {text: i for i, text in enumerate(unique)}
+        return vectors[[position[text] for text in texts]]
+
+
+# Measured on all-MiniLM-L6-v2 over three corpora (bench/embedding_speed.py, 2 cores): see README,
+# "Embedding speed". A run's padded tokens: its texts x the longest of them.
+CPU_TOKENS_PER_RUN = 1024
+GPU_TOKENS_PER_RUN = 65_536
+TEXTS_PER_RUN = 64
 
 
 def providers_for(device: str | None) -> list[Any]:

@@ -106,7 +106,7 @@ def _trace(transformer: SentenceTransformer, exported: ExportedModel) -> None:
 
 def _check_against_torch(source: str, transformer: SentenceTransformer, exported: ExportedModel) -> None:
     expected = np.asarray(transformer.encode(list(PROBES), show_progress_bar=False), dtype=np.float32)
-    got = OnnxRunner(exported, quantized=False, providers=["CPUExecutionProvider"]).run(list(PROBES))
+    got = OnnxRunner(exported, quantized=False, providers=["CPUExecutionProvider"]).embed_texts(list(PROBES))
     cosines = (expected * got).sum(axis=1) / (np.linalg.norm(expected, axis=1) * np.linalg.norm(got, axis=1))
     if float(cosines.min()) < MIN_PROBE_COSINE:
         raise StartupError(
