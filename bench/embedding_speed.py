@@ -23,6 +23,7 @@ import os
 import random
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,8 +52,12 @@ class Speed:
     recall: float
     limit_share: float
 
+    @property
+    def ratio(self) -> float:
+        return self.ours / self.plain
+
     def row(self) -> str:
-        rates = f"{self.plain:.1f} | {self.ours:.1f} | {self.ours / self.plain:.2f}x"
+        rates = f"{self.plain:.1f} | {self.ours:.1f} | {self.ratio:.2f}x"
         accuracy = f"{self.mean_cosine:.6f} | {self.least_cosine:.6f} | {self.recall:.3f}"
         return f"| {self.corpus} | {self.texts} | {rates} | {accuracy} | {self.limit_share:.0%} |"
 
@@ -90,11 +95,18 @@ def flops_per_token(model: torch.nn.Module, mean_length: float) -> float:
     return 2.0 * dense + attention
 
 
-async def measure(urls: StackUrls, scale: float) -> list[Speed]:
+def plain_model() -> Any:
+    """What a user would otherwise load: sentence-transformers on torch."""
     from sentence_transformers import SentenceTransformer
 
-    plain = SentenceTransformer(resolve_model(DEFAULT_MODEL), device="cpu")
-    ours = default_embedder()
+    return SentenceTransformer(resolve_model(DEFAULT_MODEL), device="cpu")
+
+
+async def measure(
+    urls: StackUrls, scale: float, plain: Any = None, ours: Embedder | None = None
+) -> list[Speed]:
+    plain = plain or plain_model()
+    ours = ours or default_embedder()
     limit = gemm_flops()
     results = []
     for corpus in CORPORA:

@@ -25,6 +25,8 @@ from backfill import measure_backfill
 from backfill import summary as backfill_summary
 from common import default_embedder, temporary_stack
 from corpus import make_rows
+from embedding_speed import measure as measure_embedding
+from embedding_speed import plain_model
 from environment import describe
 from live_load import measure_live
 from live_load import summary as live_summary
@@ -47,6 +49,7 @@ class Sizes:
     backfill_rows: int
     bulk_rows: int  # the subprocess worker's capacity run
     load_seconds: float  # its steady load
+    embedding_scale: float  # of bench/embedding_speed.py's three corpora (1,500, 600, 150 texts)
 
 
 QUICK = Sizes(
@@ -57,6 +60,7 @@ QUICK = Sizes(
     backfill_rows=96,
     bulk_rows=96,
     load_seconds=8,
+    embedding_scale=0.2,
 )
 FULL = Sizes(
     insert_rows=10_000,
@@ -66,6 +70,7 @@ FULL = Sizes(
     backfill_rows=100_000,
     bulk_rows=2000,
     load_seconds=120,
+    embedding_scale=1.0,
 )
 
 
@@ -80,8 +85,18 @@ async def run_all(urls: StackUrls, sizes: Sizes) -> Results:
     clock = _Clock()
     embedder = default_embedder()
     embedder.embed([row.text for row in make_rows(10_000_000, 16)])  # warm-up: first calls are slow
-    clock.lap("model loaded")
-    inserts = await measure_inserts(urls, sizes.insert_rows, embedder, sizes.round_rows)
+    plain = plain_model()  # R1's baseline and the embedding table's: what a user would otherwise run
+    plain.encode([row.text for row in make_rows(10_000_000, 16)])
+    clock.lap("models loaded")
+    embedding = await measure_embedding(urls, sizes.embedding_scale, plain, embedder)
+    clock.lap(
+        f"embedding vs plain sentence-transformers: {[f'{r.corpus} {r.ratio:.2f}x' for r in embedding]}"
+    )
+
+    def baseline(texts: list[str]) -> object:
+        return plain.encode(texts, batch_size=64, show_progress_bar=False)
+
+    inserts = await measure_inserts(urls, sizes.insert_rows, embedder, sizes.round_rows, baseline)
     clock.lap(sync_summary(inserts))
     updates = []
     for algorithm in ("flat", "hnsw"):
@@ -100,6 +115,7 @@ async def run_all(urls: StackUrls, sizes: Sizes) -> Results:
         updates=updates,
         backfill=backfill,
         live=live,
+        embedding=embedding,
     )
 
 

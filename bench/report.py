@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from backfill import BackfillResult
+from embedding_speed import Speed
+from embedding_speed import table as embedding_table
 from live_load import LiveResult, Usage
 from sync_throughput import SyncResult
 
@@ -22,6 +24,7 @@ class Results:
     updates: list[SyncResult]
     backfill: BackfillResult
     live: LiveResult
+    embedding: list[Speed]
 
 
 def markdown(results: Results) -> str:
@@ -32,6 +35,8 @@ def markdown(results: Results) -> str:
         _table(["", ""], results.environment, "--|--"),
         "## Sync rate against its limit (R1, R2) and backfill against RedisVL\n",
         _ratios(results),
+        "## Embedding end to end against plain sentence-transformers (bench/embedding_speed.py)\n",
+        embedding_table(results.embedding) + "\n",
         "## Commit-to-searchable latency under steady load\n",
         _latency(results.live),
         "## The worker's resources (`vecmirror run` as a subprocess, read from /proc)\n",
@@ -45,7 +50,7 @@ def markdown(results: Results) -> str:
 
 
 def _ratios(results: Results) -> str:
-    rows = [_sync_row(results.inserts, "raw model calls", R1_TARGET)]
+    rows = [_sync_row(results.inserts, "plain sentence-transformers `encode` (torch, batch 64)", R1_TARGET)]
     rows += [_sync_row(r, "raw pipelined HSET of the 2 fields", R2_TARGET) for r in results.updates]
     b = results.backfill
     rows.append(
@@ -139,9 +144,9 @@ METHOD = """\
   `rating`, `stock`. Embedded text: `{title}\\n\\n{body}`. All-MiniLM-L6-v2, 384 dims, HNSW or FLAT,
   cosine.
 - **R1**: per round, the rows are inserted (not timed), then the in-process worker's drain of them
-  and raw calls of the model on the same texts (the same model object on its default backend,
-  ONNX on a CPU, with `embed_batch_size` texts a call, sorted by length, in the same process) are
-  timed, in alternating order. Ratio = the median over rounds of raw seconds / sync seconds (a
+  and what a user would otherwise run on the same texts (plain sentence-transformers,
+  `SentenceTransformer.encode(texts, batch_size=64)` with torch, in the same process) are timed,
+  in alternating order. Ratio = the median over rounds of raw seconds / sync seconds (a
   neighbour's burst of CPU on one side of one round hardly moves it); rows/s are from the totals.
 - **R2**: the table is loaded first (with a hash-based fake model: an update that leaves the text
   alone never calls the model); per round one UPDATE of `price` and `stock` on 2,048 rows (quick)

@@ -136,7 +136,11 @@ async def interleaved(rows: int, rounds: Sequence[Round]) -> RateRatio:
 
 
 async def measure_inserts(
-    urls: StackUrls, rows: int, embedder: Embedder, round_rows: int | None = None
+    urls: StackUrls,
+    rows: int,
+    embedder: Embedder,
+    round_rows: int | None = None,
+    baseline: Callable[[list[str]], object] | None = None,
 ) -> SyncResult:
     """R1 over rows 0..rows-1 of the corpus, after a warm-up batch of other rows. A round inserts
     `round_rows` rows (default: one claim, `batch_size`), so the worker's claims and the raw calls
@@ -154,15 +158,18 @@ async def measure_inserts(
         split = TimeSplit()
         worker = app.worker(on_batch=split.add)
         groups = chunks(make_rows(0, rows), min(batch, round_rows or batch))
-        rounds = [_insert_round(env, worker, embedder, group) for group in groups]
+        encode = baseline or embedder.embed
+        rounds = [_insert_round(env, worker, encode, group) for group in groups]
         return SyncResult("R1 inserts", await interleaved(rows, rounds), split)
 
 
-def _insert_round(env: Phase, worker: Worker, embedder: Embedder, rows: Sequence[Row]) -> Round:
+def _insert_round(
+    env: Phase, worker: Worker, encode: Callable[[list[str]], object], rows: Sequence[Row]
+) -> Round:
     texts = [row.text for row in rows]
 
     async def raw_encode() -> None:
-        embedder.embed(texts)  # SentenceTransformer.encode(texts, batch_size=embed_batch_size)
+        encode(texts)  # the harness: plain SentenceTransformer.encode(texts, batch_size=64), torch
 
     return Round(
         setup=lambda: _insert(env, rows), ours=lambda: _drained(worker, len(rows)), baseline=raw_encode
