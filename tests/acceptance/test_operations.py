@@ -8,10 +8,7 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import asyncpg
@@ -19,31 +16,15 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from helpers import DOCS_MIRROR, DOCS_TABLE
-from processes import start_worker, vecmirror, wait_for
+from processes import free_port, http_get, start_worker, vecmirror, wait_for
 from vecmirror import __version__
 from vecmirror.stack import StackUrls, start_redis, stop_redis
 
 Sample = tuple[str, tuple[tuple[str, str], ...]]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-    except OSError:  # not listening yet
-        return 0, ""
-
-
 def scrape(port: int) -> dict[Sample, float]:
-    status, text = _get(port, "/metrics")
+    status, text = http_get(port, "/metrics")
     assert status == 200
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
@@ -103,13 +84,13 @@ async def test_run_exports_metrics_health_status_and_json_logs(
     )
     config_path = tmp_path / "mirrors.yaml"
     config_path.write_text(yaml.safe_dump({"mirrors": [DOCS_MIRROR]}, sort_keys=False))
-    port = _free_port()
+    port = free_port()
     env = _env(urls, port)
     assert vecmirror(env, "migrate", "--config", str(config_path)).returncode == 0
     worker = start_worker(env, config_path)
     try:
-        wait_for(lambda: _get(port, "/healthz")[0] == 200, 60, "/healthz while the model loads")
-        wait_for(lambda: _get(port, "/readyz")[0] == 200, 120, "/readyz once started")
+        wait_for(lambda: http_get(port, "/healthz")[0] == 200, 60, "/healthz while the model loads")
+        wait_for(lambda: http_get(port, "/readyz")[0] == 200, 120, "/readyz once started")
         upserts = ("vecmirror_rows_synced_total", {"mirror": "docs", "operation": "upsert"})
         wait_for(lambda: metric(port, upserts[0], **upserts[1]) == 2, 60, "the backfill of two rows")
         before = scrape(port)
@@ -191,15 +172,15 @@ async def _check_redis_outage(directory: Path, port: int, env: dict[str, str], c
     """/readyz fails while Redis is away and passes again once it is back; the process stays alive,
     and `status` says which server it cannot read."""
     await asyncio.to_thread(stop_redis, directory)
-    wait_for(lambda: _get(port, "/readyz")[0] == 503, 30, "/readyz to fail without Redis")
-    status, body = _get(port, "/readyz")
+    wait_for(lambda: http_get(port, "/readyz")[0] == 503, 30, "/readyz to fail without Redis")
+    status, body = http_get(port, "/readyz")
     assert status == 503 and json.loads(body)["problems"][0].startswith("redis unreachable")
-    assert _get(port, "/healthz")[0] == 200  # alive: only Redis is gone
+    assert http_get(port, "/healthz")[0] == 200  # alive: only Redis is gone
     down = vecmirror(env, "status", "--config", str(config_path))
     assert down.returncode == 2 and down.stderr.startswith("vecmirror: Redis unreachable"), down.stderr
     await asyncio.to_thread(start_redis, directory)
     # Redis comes back empty: ready once the worker has resynced the mirror (its index is back).
-    wait_for(lambda: _get(port, "/readyz")[0] == 200, 90, "/readyz once Redis is back")
+    wait_for(lambda: http_get(port, "/readyz")[0] == 200, 90, "/readyz once Redis is back")
 
 
 def _check_logs(err: str, urls: StackUrls) -> None:

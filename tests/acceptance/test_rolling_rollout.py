@@ -14,7 +14,6 @@ import asyncio
 import json
 import random
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -33,7 +32,7 @@ import redis
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from processes import DrainedProcess, start_worker, until, vecmirror
+from processes import DrainedProcess, free_port, start_worker, until, vecmirror
 from vecmirror.sink.writer import search_result_ids
 
 ROWS = 300
@@ -105,12 +104,6 @@ def _body(row: int, revision: int) -> str:
 
 def _render(template: str, title: str, body: str) -> str:
     return template.format(title=title, body=body)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _worker_env(cli_env: dict[str, str], port: int) -> dict[str, str]:
@@ -401,7 +394,7 @@ async def _rollout(servers: Servers, old: Path, new: Path, *, changes_text: bool
     await pg.copy_records_to_table("docs", records=rows)
     migrated = vecmirror(cli_env, "migrate", "--config", str(old))
     assert migrated.returncode == 0, migrated.stderr
-    port_a, port_b = _free_port(), _free_port()
+    port_a, port_b = free_port(), free_port()
     started_a = start_worker(_worker_env(cli_env, port_a), old)
     worker_a: DrainedProcess | None = started_a
     worker_b: DrainedProcess | None = None

@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import importlib.util
 import signal
-import socket
-import urllib.error
-import urllib.request
 from pathlib import Path
 from types import ModuleType
 
@@ -18,7 +15,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from helpers import DOCS_MIRROR, DOCS_TABLE
-from processes import start_worker, vecmirror, wait_for
+from processes import free_port, http_get, start_worker, vecmirror, wait_for
 
 MANIFEST_TESTS = Path(__file__).resolve().parents[1] / "unit" / "test_monitoring_manifests.py"
 
@@ -32,24 +29,8 @@ def manifest_queries() -> ModuleType:
     return module
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-    except OSError:  # not listening yet
-        return 0, ""
-
-
 def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    status, text = get(port, "/metrics")
+    status, text = http_get(port, "/metrics")
     assert status == 200
     return {
         (sample.name, frozenset(sample.labels.items())): sample.value
@@ -91,7 +72,7 @@ async def test_every_metric_the_manifests_read_is_exported_by_a_running_worker(
     assert vecmirror(env, "migrate", "--config", str(config)).returncode == 0
     worker = start_worker(env, config)
     try:
-        wait_for(lambda: get(port, "/readyz")[0] == 200, 120, "/readyz once the model is loaded")
+        wait_for(lambda: http_get(port, "/readyz")[0] == 200, 120, "/readyz once the model is loaded")
         await pg.execute("INSERT INTO docs VALUES (3, 'Birds', 'Birds sing at dawn', 'pets')")  # a user write
         wait_for(lambda: synced_and_sampled(port), 60, "the user write synced, the queue and table sampled")
         assert used - {name for name, _ in scrape(port)} == set()
