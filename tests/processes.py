@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -99,3 +100,17 @@ def http_get(port: int, path: str) -> tuple[int, str]:
         return error.code, error.read().decode()
     except OSError:  # not listening yet
         return 0, ""
+
+
+@contextlib.asynccontextmanager
+async def running_worker(worker: Any, database_url: str, poll: float) -> AsyncIterator[None]:
+    """The in-process worker's run loop, listening, for the block's duration; stopped after it."""
+    from vecmirror.source.listener import ChangeListener
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run_forever(ChangeListener(database_url), stop, poll, 3600.0))
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)

@@ -310,6 +310,31 @@ def status(config_path: Path | None, as_json: bool) -> None:
     print_status(run_async(status_command(settings, _config(settings))), as_json=as_json)
 
 
+@main.command()
+@config_option
+@click.argument("mirror")
+@click.option("--reason", default=None, help="Why: shown by `vecmirror status`.")
+@handles_errors
+def pause(config_path: Path | None, mirror: str, reason: str | None) -> None:
+    """Stop every worker syncing MIRROR until `resume`; its changes keep being queued."""
+    from vecmirror.commands import pause_command
+
+    settings = _settings(config_path)
+    click.echo(run_async(pause_command(settings, _config(settings), mirror, reason)).line("pause"))
+
+
+@main.command()
+@config_option
+@click.argument("mirror")
+@handles_errors
+def resume(config_path: Path | None, mirror: str) -> None:
+    """End an operator's pause of MIRROR: the workers sync its queued changes."""
+    from vecmirror.commands import resume_command
+
+    settings = _settings(config_path)
+    click.echo(run_async(resume_command(settings, _config(settings), mirror)).line("resume"))
+
+
 @main.group()
 def failed() -> None:
     """Rows that could not become indexed documents (vecmirror.failed_v1)."""

@@ -5,9 +5,7 @@ by an idle worker within a poll interval and refilled."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -16,10 +14,10 @@ import redis
 
 from helpers import PRODUCTS_MIRROR, PRODUCTS_TABLE, keys
 from invariant import assert_invariant
+from processes import running_worker
 from vecmirror.app import open_app
 from vecmirror.commands import migrate_command
-from vecmirror.run.worker import MirrorsPausedError, Worker
-from vecmirror.source.listener import ChangeListener
+from vecmirror.run.worker import MirrorsPausedError
 
 PARTS_MIRROR: dict[str, Any] = {
     **PRODUCTS_MIRROR,
@@ -41,17 +39,6 @@ async def _two_mirrors(pg: asyncpg.Connection, write_config: Any, settings_for: 
     settings = settings_for(path, error_backoff=0.05, poll_interval=0.2)
     await migrate_command(settings, config)
     return settings, config
-
-
-@contextlib.asynccontextmanager
-async def _running(worker: Worker, database_url: str, poll: float = 0.2) -> AsyncIterator[None]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run_forever(ChangeListener(database_url), stop, poll, 3600.0))
-    try:
-        yield
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
 
 
 async def _eventually(condition: Any, what: str, timeout: float = 10.0) -> None:
@@ -81,7 +68,7 @@ async def test_a_lost_column_pauses_its_mirror_only_and_it_resumes_when_the_colu
     settings, config = await _two_mirrors(pg, write_config, settings_for)
     async with open_app(settings, config) as app:
         worker = app.worker()
-        async with _running(worker, database_url):
+        async with running_worker(worker, database_url, 0.2):
             await _eventually(lambda: _has(redis_client, {"product:a", "part:a"}), "the first sync")
             await pg.execute("ALTER TABLE parts RENAME COLUMN price TO cost")
             await pg.execute("INSERT INTO parts (sku, name, cost, vec) VALUES ('b', 'B', 2, '{1,1,1,1}')")
@@ -166,7 +153,7 @@ async def test_an_idle_worker_refills_a_flushed_redis_and_a_dropped_index_within
     settings_for: Any,
 ) -> None:
     settings, config = await _two_mirrors(pg, write_config, settings_for)
-    async with open_app(settings, config) as app, _running(app.worker(), database_url, poll=0.5):
+    async with open_app(settings, config) as app, running_worker(app.worker(), database_url, 0.5):
         await _eventually(lambda: _has(redis_client, {"product:a", "part:a"}), "the first sync")
         redis_client.flushall()
         await _eventually(lambda: _has(redis_client, {"product:a", "part:a"}), "a refill", 5)

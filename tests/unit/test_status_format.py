@@ -80,6 +80,7 @@ def test_the_json_names_every_field() -> None:
         "state": "ok",
         "error": None,
         "error_since": None,
+        "operator_pause": None,
         "pending": 12,
         "oldest_pending_age_seconds": 75.5,
         "dead_letters": 2,

@@ -1,5 +1,6 @@
 """What each CLI command does, as coroutines the CLI runs and the tests can call directly."""
 
+from vecmirror.commands.pauses import PauseResult, pause_command, resume_command
 from vecmirror.commands.schema import (
     AmbiguousIndexError,
     Removal,
@@ -24,6 +25,7 @@ from vecmirror.commands.views import (
 
 __all__ = [
     "AmbiguousIndexError",
+    "PauseResult",
     "QueryRequest",
     "Removal",
     "backfill_command",
@@ -33,6 +35,7 @@ __all__ = [
     "migrate_and_remove",
     "migrate_command",
     "mirrors_named",
+    "pause_command",
     "plan_command",
     "print_drift",
     "print_failed",
@@ -40,6 +43,7 @@ __all__ = [
     "print_plan",
     "print_status",
     "query_command",
+    "resume_command",
     "run_command",
     "status_command",
     "verify_command",

@@ -118,6 +118,13 @@ class Metrics:
             ["mirror"],
             registry=r,
         )
+        self.mirror_operator_paused = Gauge(
+            "vecmirror_mirror_operator_paused",
+            "1 while an operator has paused the mirror (`vecmirror pause`): capture keeps queueing, "
+            "no worker syncs it until `vecmirror resume`",
+            ["mirror"],
+            registry=r,
+        )
         self.mirror_errors = Counter(
             "vecmirror_mirror_errors",
             "Attempts of a paused mirror that failed on its own trouble (a missing column, a type "
@@ -190,6 +197,7 @@ class Metrics:
             self.related_changes.labels(mirror)
             self.related_documents.labels(mirror)
             self.mirror_paused.labels(mirror).set(0)
+            self.mirror_operator_paused.labels(mirror).set(0)
             self.mirror_errors.labels(mirror)
 
     def batch_synced(self, stats: BatchStats) -> None:

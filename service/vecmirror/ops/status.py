@@ -4,6 +4,8 @@ worker, so it answers with any number of workers, or none).
 A mirror a worker paused on trouble of its own (a dropped column, a missing privilege, foreign keys
 under its prefix) shows as `paused`, with the error and since when; status still answers for it,
 so it reads the table's row count without the start-up checks of the table (None: unreadable).
+A mirror an operator paused (`vecmirror pause`) shows as `paused`, by the operator, with the reason,
+since when, and the changes waiting for `vecmirror resume`.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ class MirrorStatus:
 
     @property
     def state(self) -> str:
-        if self.queue.paused:
+        if self.queue.paused or self.queue.operator_paused:
             return "paused"
         return "uncaptured" if self.capture_error is not None else "ok"
 
@@ -63,6 +65,12 @@ class MirrorStatus:
             "error_since": None
             if self.queue.error_since is None
             else _iso(self.queue.error_since.timestamp()),
+            "operator_pause": None
+            if self.queue.operator_paused_at is None
+            else {
+                "since": _iso(self.queue.operator_paused_at.timestamp()),
+                "reason": self.queue.operator_pause_reason,
+            },
             "pending": self.queue.pending,
             "oldest_pending_age_seconds": self.queue.oldest_age,
             "dead_letters": self.queue.dead_letters,
@@ -136,6 +144,13 @@ def format_status(statuses: Sequence[MirrorStatus], now: float) -> str:
 def _problems(status: MirrorStatus, now: float) -> list[str]:
     lines = []
     queue = status.queue
+    if queue.operator_paused_at is not None:
+        reason = queue.operator_pause_reason
+        lines.append(
+            f"{status.mirror}: paused by the operator since {_ago(queue.operator_paused_at.timestamp(), now)}"
+            f"{'' if not reason else ': ' + _one_line(reason)}; {queue.pending} changes pending "
+            f"(`vecmirror resume {status.mirror}` syncs them)"
+        )
     if queue.error is not None:
         since = "" if queue.error_since is None else f" since {_ago(queue.error_since.timestamp(), now)}"
         lines.append(f"{status.mirror}: paused{since}: {_one_line(queue.error)}")

@@ -51,6 +51,7 @@ _T = TypeVar("_T")
 MAX_ERROR_BACKOFF = 60.0  # seconds: a long outage is retried at least once a minute
 STUCK_CHECKS_PER_TIMEOUT = 0.25  # of the claim timeout, between two looks for stuck claims
 UNCLAIMABLE_RECHECK = 0.1  # seconds: `run --once` waits this long for a change it cannot claim yet
+OPERATOR_PAUSE_RECHECK = 1.0  # seconds: a long drain looks this often for mirrors an operator paused
 
 
 @dataclass
@@ -95,11 +96,32 @@ class Worker:
         self.metrics = metrics if metrics is not None else Metrics()
         self.metrics.declare_mirrors(sync.name for sync in self._syncs)
         self.pauses = MirrorPauses(self.metrics, error_backoff)
+        # Mirrors an operator paused (`vecmirror pause`, mirrors_v1.operator_paused_at): left alone.
+        self.operator_paused: set[str] = set()
+        self._next_operator_check = 0.0
+
+    async def refresh_operator_pauses(self, *, force: bool = True) -> None:
+        """Reads which mirrors an operator paused: on every wake-up and drain, and every
+        OPERATOR_PAUSE_RECHECK seconds during a long drain (`pause` also wakes the workers)."""
+        if not force and time.monotonic() < self._next_operator_check:
+            return
+        async with pooled(self._pool) as conn:
+            paused = await changes.operator_paused_mirrors(conn)
+        self._next_operator_check = time.monotonic() + OPERATOR_PAUSE_RECHECK
+        for sync in self._syncs:
+            now, before = sync.name in paused, sync.name in self.operator_paused
+            if now and not before:
+                log.warning("mirror_operator_paused", mirror=sync.name)
+            elif before and not now:
+                log.info("mirror_operator_resumed", mirror=sync.name)
+            self.metrics.mirror_operator_paused.labels(sync.name).set(1 if now else 0)
+        self.operator_paused = {sync.name for sync in self._syncs if sync.name in paused}
 
     async def prepare(self) -> None:
         """Before draining, on every wake-up of `run`, and after server trouble (cheap: a few
         reads a mirror): resync every mirror Redis forgot (restarted empty, flushed, its index
-        dropped), then queue the rows of new mirrors."""
+        dropped), then queue the rows of new mirrors. A mirror an operator paused is left alone."""
+        await self.refresh_operator_pauses()
         for sync in self._syncs:
             await self._for_mirror(sync, sync.take_config)
             await self._for_mirror(sync, sync.resync_if_forgotten)
@@ -160,8 +182,9 @@ class Worker:
     ) -> _T | None:
         """Runs one mirror's step, skipped while the mirror is paused and its next attempt not due.
         Trouble of the mirror's own pauses it (None); server trouble is raised for the caller to
-        retry. A step that `proves_health` (a batch) and succeeds resumes a paused mirror."""
-        if not self.pauses.take_attempt(sync.name):
+        retry. A step that `proves_health` (a batch) and succeeds resumes a paused mirror. Nothing
+        is done for a mirror an operator paused (its queue is left alone until `resume`)."""
+        if sync.name in self.operator_paused or not self.pauses.take_attempt(sync.name):
             return None
         try:
             return await self._attempt(sync, step, proves_health=proves_health)
@@ -213,6 +236,7 @@ class Worker:
         (each on its own connection; claims never share a key, as between workers)."""
         stop = stop or asyncio.Event()
         totals = DrainStats()
+        await self._retrying(stop, self.refresh_operator_pauses)
         if time.monotonic() >= self._next_stuck_check:
             await self._retrying(stop, self._end_stuck_claims)
         async with asyncio.TaskGroup() as lanes:  # one failing lane cancels the others
@@ -225,6 +249,7 @@ class Worker:
         retried on its own through server trouble, so the backoff starts small again after every
         batch that got through."""
         while not stop.is_set():
+            await self._retrying(stop, functools.partial(self.refresh_operator_pauses, force=False))
             progressed = False
             for sync in self._syncs:
                 stats = await self._retrying(stop, functools.partial(self._sync_one, sync))
@@ -309,6 +334,8 @@ class Worker:
                         continue
                     if self.pauses.errors():
                         raise MirrorsPausedError(self.pauses.errors())
+                    if self.operator_paused:  # their queues wait for `vecmirror resume`
+                        log.warning("operator_paused_mirrors_left", mirrors=sorted(self.operator_paused))
                     return totals
                 # Queued yet not claimable: another worker's key, or an attempt that came due
                 # between this batch's start (its now()) and its claim. Look again shortly.
@@ -316,8 +343,13 @@ class Worker:
             await asyncio.sleep(delay)
 
     def _unpaused(self) -> list[MirrorSync]:
-        """`run --once` leaves a paused mirror alone to the end: it reports it instead of waiting."""
-        return [sync for sync in self._syncs if sync.name not in self.pauses]
+        """`run --once` leaves a paused mirror alone to the end: it reports it instead of waiting.
+        A mirror an operator paused is left alone too (its changes wait for `resume`)."""
+        return [
+            sync
+            for sync in self._syncs
+            if sync.name not in self.pauses and sync.name not in self.operator_paused
+        ]
 
     async def _anything_queued(self) -> bool:
         async with pooled(self._pool) as conn:

@@ -145,3 +145,20 @@ async def is_first_sync(conn: Connection, mirror: str) -> bool:
 
 async def requeue_all_rows(conn: Connection, mirror: str) -> None:
     await conn.execute(QUERIES["requeue_all_rows"], mirror)
+
+
+async def pause_mirror(conn: Connection, mirror: str, reason: str | None) -> datetime | None:
+    """An operator's pause (0008): since when the mirror is paused; None when it is not installed."""
+    row = await conn.fetchrow(QUERIES["pause_mirror"], mirror, reason)
+    return None if row is None else row["operator_paused_at"]
+
+
+async def resume_mirror(conn: Connection, mirror: str) -> bool | None:
+    """Ends an operator's pause: whether the mirror was paused; None when it is not installed."""
+    row = await conn.fetchrow(QUERIES["resume_mirror"], mirror)
+    return None if row is None else bool(row["was_paused"])
+
+
+async def operator_paused_mirrors(conn: Connection) -> set[str]:
+    """The mirrors an operator paused: every worker leaves their queue alone."""
+    return {r["name"] for r in await conn.fetch(QUERIES["operator_paused_mirrors"])}

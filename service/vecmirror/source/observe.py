@@ -21,6 +21,9 @@ class QueueState:
     backfill_state: str  # pending, running or done
     error: str | None = None  # why a worker paused the mirror (mirrors_v1.error); None: it syncs
     error_since: datetime | None = None
+    # An operator's pause (`vecmirror pause`, migration 0008): no worker syncs the mirror meanwhile.
+    operator_paused_at: datetime | None = None
+    operator_pause_reason: str | None = None
 
     @property
     def backfill_running(self) -> bool:
@@ -29,6 +32,10 @@ class QueueState:
     @property
     def paused(self) -> bool:
         return self.error is not None
+
+    @property
+    def operator_paused(self) -> bool:
+        return self.operator_paused_at is not None
 
 
 async def queue_state(conn: Connection, mirror: str) -> QueueState:
@@ -42,4 +49,6 @@ async def queue_state(conn: Connection, mirror: str) -> QueueState:
         backfill_state=row["backfill_state"] or "not installed",
         error=row["error"],
         error_since=row["error_since"],
+        operator_paused_at=row["operator_paused_at"],
+        operator_pause_reason=row["operator_pause_reason"],
     )

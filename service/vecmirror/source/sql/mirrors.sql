@@ -82,3 +82,27 @@ UNION ALL
 SELECT name, index_name, key_prefixes, key_separator, storage_type, true AS removed
 FROM vecmirror.removed_mirrors_v1
 ORDER BY name;
+
+-- name: pause_mirror
+-- An operator paused the mirror (0008): workers leave its queue alone until `resume`. A pause
+-- again keeps the first time and takes the new reason. Wakes the workers, so running ones notice
+-- at once. No row: the mirror is not installed.
+WITH paused AS (
+    UPDATE vecmirror.mirrors_v1
+    SET operator_paused_at = coalesce(operator_paused_at, now()), operator_pause_reason = $2
+    WHERE name = $1
+    RETURNING operator_paused_at
+)
+SELECT operator_paused_at, pg_notify('vecmirror_changes_v1', '') IS NULL AS notified FROM paused;
+
+-- name: resume_mirror
+-- An operator resumed the mirror: its queue drains again; the workers are woken to drain it now.
+-- Returns whether it was paused; no row: the mirror is not installed.
+UPDATE vecmirror.mirrors_v1 m SET operator_paused_at = NULL, operator_pause_reason = NULL
+FROM (SELECT operator_paused_at IS NOT NULL AS was_paused FROM vecmirror.mirrors_v1 WHERE name = $1) old
+WHERE m.name = $1
+RETURNING old.was_paused, pg_notify('vecmirror_changes_v1', '') IS NULL AS notified;
+
+-- name: operator_paused_mirrors
+-- The mirrors an operator paused, which a worker leaves alone (checked on every wake-up and drain).
+SELECT name FROM vecmirror.mirrors_v1 WHERE operator_paused_at IS NOT NULL;

@@ -6,6 +6,7 @@
 -- now (a failing row's delayed retry waits by design), from when it became claimable. error and
 -- error_since: the trouble a worker paused the mirror on (migration 0004), NULL while it syncs.
 -- Changes of related tables (0007) wait in the queue too, until fanned out into the mirror's.
+-- operator_paused_at and operator_pause_reason: an operator's pause (`vecmirror pause`, 0008).
 SELECT
     (SELECT count(*) FROM vecmirror.changes_v1 WHERE mirror = $1)
     + (SELECT count(*) FROM vecmirror.related_changes_v1 WHERE mirror = $1) AS pending,
@@ -16,6 +17,6 @@ SELECT
      ))::float8) AS oldest_age,
     (SELECT count(*) FROM vecmirror.failed_v1 WHERE mirror = $1 AND retry_at IS NULL) AS dead_letters,
     (SELECT count(*) FROM vecmirror.failed_v1 WHERE mirror = $1) AS failed_rows,
-    m.backfill_state, m.error, m.error_since
+    m.backfill_state, m.error, m.error_since, m.operator_paused_at, m.operator_pause_reason
 FROM (SELECT $1::text AS name) AS asked
 LEFT JOIN vecmirror.mirrors_v1 m ON m.name = asked.name;
