@@ -175,3 +175,29 @@ async def shape_problem(conn: Any, mirror: Any) -> str | None:
     except StartupError as exc:
         return str(exc)
     return None
+
+
+PARTS_MIRROR: dict[str, Any] = {
+    **PRODUCTS_MIRROR,
+    "name": "parts",
+    "table": "parts",
+    "index": {
+        **PRODUCTS_MIRROR["index"],
+        "index": {"name": "parts_idx", "prefix": "part", "storage_type": "hash"},
+    },
+}
+
+
+async def two_mirrors(pg: Any, write_config: Any, settings_for: Any, poll: float) -> Any:
+    """Mirrors `products` and `parts` of one row each, migrated: one to trouble, one that goes on.
+    Returns the config's path, the settings (quick retries, `poll` seconds between polls) and config."""
+    from vecmirror.commands import migrate_command
+
+    await pg.execute(PRODUCTS_TABLE)
+    await pg.execute(PRODUCTS_TABLE.replace("products", "parts"))
+    for table in ("products", "parts"):
+        await pg.execute(f"INSERT INTO {table} VALUES ('a', 'A', 1, '{{1,2,3,4}}')")
+    path, config = write_config([PRODUCTS_MIRROR, PARTS_MIRROR])
+    settings = settings_for(path, error_backoff=0.05, poll_interval=poll)
+    await migrate_command(settings, config)
+    return path, settings, config

@@ -12,33 +12,12 @@ import asyncpg
 import pytest
 import redis
 
-from helpers import PRODUCTS_MIRROR, PRODUCTS_TABLE, keys
+from helpers import PARTS_MIRROR, PRODUCTS_MIRROR, PRODUCTS_TABLE, keys, two_mirrors
 from invariant import assert_invariant
 from processes import running_worker
 from vecmirror.app import open_app
 from vecmirror.commands import migrate_command
 from vecmirror.run.worker import MirrorsPausedError
-
-PARTS_MIRROR: dict[str, Any] = {
-    **PRODUCTS_MIRROR,
-    "name": "parts",
-    "table": "parts",
-    "index": {
-        **PRODUCTS_MIRROR["index"],
-        "index": {"name": "parts_idx", "prefix": "part", "storage_type": "hash"},
-    },
-}
-
-
-async def _two_mirrors(pg: asyncpg.Connection, write_config: Any, settings_for: Any) -> Any:
-    await pg.execute(PRODUCTS_TABLE)
-    await pg.execute(PRODUCTS_TABLE.replace("products", "parts"))
-    for table in ("products", "parts"):
-        await pg.execute(f"INSERT INTO {table} VALUES ('a', 'A', 1, '{{1,2,3,4}}')")
-    path, config = write_config([PRODUCTS_MIRROR, PARTS_MIRROR])
-    settings = settings_for(path, error_backoff=0.05, poll_interval=0.2)
-    await migrate_command(settings, config)
-    return settings, config
 
 
 async def _eventually(condition: Any, what: str, timeout: float = 10.0) -> None:
@@ -65,7 +44,7 @@ async def test_a_lost_column_pauses_its_mirror_only_and_it_resumes_when_the_colu
     write_config: Any,
     settings_for: Any,
 ) -> None:
-    settings, config = await _two_mirrors(pg, write_config, settings_for)
+    _, settings, config = await two_mirrors(pg, write_config, settings_for, 0.2)
     async with open_app(settings, config) as app:
         worker = app.worker()
         async with running_worker(worker, database_url, 0.2):
@@ -115,7 +94,7 @@ async def test_a_key_column_of_a_new_type_is_picked_up_after_the_pause(
 async def test_run_once_drains_the_others_and_names_the_broken_mirror(
     pg: asyncpg.Connection, redis_client: redis.Redis, write_config: Any, settings_for: Any
 ) -> None:
-    settings, config = await _two_mirrors(pg, write_config, settings_for)
+    _, settings, config = await two_mirrors(pg, write_config, settings_for, 0.2)
     await pg.execute("ALTER TABLE parts DROP COLUMN name")  # broken before the worker starts
     await pg.execute("INSERT INTO products VALUES ('b', 'B', 1, '{1,2,3,4}')")
     async with open_app(settings, config) as app:  # start-up does not stop for one mirror
@@ -130,7 +109,7 @@ async def test_run_once_drains_the_others_and_names_the_broken_mirror(
 async def test_foreign_keys_under_the_prefix_pause_the_mirror_naming_them(
     pg: asyncpg.Connection, redis_client: redis.Redis, write_config: Any, settings_for: Any
 ) -> None:
-    settings, config = await _two_mirrors(pg, write_config, settings_for)
+    _, settings, config = await two_mirrors(pg, write_config, settings_for, 0.2)
     redis_client.set("part:b", "not a hash")  # someone else's key, under the mirror's prefix
     await pg.execute("INSERT INTO parts VALUES ('b', 'B', 1, '{1,2,3,4}')")
     await pg.execute("INSERT INTO products VALUES ('b', 'B', 1, '{1,2,3,4}')")
@@ -152,7 +131,7 @@ async def test_an_idle_worker_refills_a_flushed_redis_and_a_dropped_index_within
     write_config: Any,
     settings_for: Any,
 ) -> None:
-    settings, config = await _two_mirrors(pg, write_config, settings_for)
+    _, settings, config = await two_mirrors(pg, write_config, settings_for, 0.2)
     async with open_app(settings, config) as app, running_worker(app.worker(), database_url, 0.5):
         await _eventually(lambda: _has(redis_client, {"product:a", "part:a"}), "the first sync")
         redis_client.flushall()
@@ -166,7 +145,7 @@ async def test_an_idle_worker_refills_a_flushed_redis_and_a_dropped_index_within
 async def test_run_once_refills_an_index_dropped_by_hand(
     pg: asyncpg.Connection, redis_client: redis.Redis, redis_url: str, write_config: Any, settings_for: Any
 ) -> None:
-    settings, config = await _two_mirrors(pg, write_config, settings_for)
+    _, settings, config = await two_mirrors(pg, write_config, settings_for, 0.2)
     async with open_app(settings, config) as app:
         await app.worker().run_once()
     redis_client.execute_command("FT.DROPINDEX", "parts_idx", "DD")
@@ -202,7 +181,7 @@ async def test_ddl_that_rewrites_values_without_touching_rows_has_every_row_read
 ) -> None:
     """ALTER COLUMN TYPE ... USING rewrites values and fires no trigger; a column dropped and added
     again loses its values the same way. The worker's table check reads every row again."""
-    settings, config = await _two_mirrors(pg, write_config, settings_for)
+    _, settings, config = await two_mirrors(pg, write_config, settings_for, 0.2)
     await pg.execute("UPDATE parts SET price = 1.5")
     async with open_app(settings, config) as app:
         worker = app.worker()
@@ -225,7 +204,7 @@ async def test_ddl_that_rewrites_values_without_touching_rows_has_every_row_read
 async def test_a_table_dropped_and_created_again_pauses_until_migrate_then_nothing_is_lost(
     pg: asyncpg.Connection, redis_client: redis.Redis, redis_url: str, write_config: Any, settings_for: Any
 ) -> None:
-    settings, config = await _two_mirrors(pg, write_config, settings_for)
+    _, settings, config = await two_mirrors(pg, write_config, settings_for, 0.2)
     async with open_app(settings, config) as app:
         await app.worker().run_once()
     await pg.execute("DROP TABLE parts")

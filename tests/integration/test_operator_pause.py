@@ -12,32 +12,12 @@ from typing import Any
 import asyncpg
 import redis
 
-from helpers import PRODUCTS_MIRROR, PRODUCTS_TABLE, keys, sync_once
+from helpers import keys, sync_once, two_mirrors
 from processes import running_worker, vecmirror
 from vecmirror.app import open_app
-from vecmirror.commands import migrate_command, pause_command, resume_command, status_command
+from vecmirror.commands import pause_command, resume_command, status_command
 
-PARTS_MIRROR: dict[str, Any] = {
-    **PRODUCTS_MIRROR,
-    "name": "parts",
-    "table": "parts",
-    "index": {
-        **PRODUCTS_MIRROR["index"],
-        "index": {"name": "parts_idx", "prefix": "part", "storage_type": "hash"},
-    },
-}
 POLL = 0.2
-
-
-async def _two_mirrors(pg: asyncpg.Connection, write_config: Any, settings_for: Any) -> Any:
-    await pg.execute(PRODUCTS_TABLE)
-    await pg.execute(PRODUCTS_TABLE.replace("products", "parts"))
-    for table in ("products", "parts"):
-        await pg.execute(f"INSERT INTO {table} VALUES ('a', 'A', 1, '{{1,2,3,4}}')")
-    path, config = write_config([PRODUCTS_MIRROR, PARTS_MIRROR])
-    settings = settings_for(path, error_backoff=0.05, poll_interval=POLL)
-    await migrate_command(settings, config)
-    return path, settings, config
 
 
 async def _eventually(condition: Any, what: str, timeout: float = 10.0) -> None:
@@ -60,7 +40,7 @@ async def test_a_running_worker_leaves_a_paused_mirror_alone_until_resume(
     settings_for: Any,
     cli_env: dict[str, str],
 ) -> None:
-    path, settings, config = await _two_mirrors(pg, write_config, settings_for)
+    path, settings, config = await two_mirrors(pg, write_config, settings_for, POLL)
     async with open_app(settings, config) as app:
         worker = app.worker()
         paused_metric = worker.metrics.mirror_operator_paused
@@ -124,7 +104,7 @@ async def test_a_running_worker_leaves_a_paused_mirror_alone_until_resume(
 async def test_run_once_leaves_a_paused_mirror_queued(
     pg: asyncpg.Connection, redis_client: redis.Redis, write_config: Any, settings_for: Any
 ) -> None:
-    _, settings, config = await _two_mirrors(pg, write_config, settings_for)
+    _, settings, config = await two_mirrors(pg, write_config, settings_for, POLL)
     await pause_command(settings, config, "parts", None)
     await pause_command(settings, config, "parts", "again")  # the first time stays, the reason changes
     await pg.execute("INSERT INTO parts VALUES ('b', 'B', 2, '{1,0,0,0}')")  # captured, queued
@@ -144,7 +124,7 @@ async def test_run_once_leaves_a_paused_mirror_queued(
 async def test_the_cli_pauses_resumes_and_refuses_in_one_line(
     pg: asyncpg.Connection, write_config: Any, settings_for: Any, cli_env: dict[str, str]
 ) -> None:
-    path, _, _ = await _two_mirrors(pg, write_config, settings_for)
+    path, _, _ = await two_mirrors(pg, write_config, settings_for, POLL)
     args = ["--config", str(path)]
 
     paused = vecmirror(cli_env, "pause", "products", "--reason", "load test", *args)
