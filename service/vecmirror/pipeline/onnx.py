@@ -3,7 +3,7 @@
 The first use of a model exports it into the model cache (VECMIRROR_MODEL_CACHE; see
 onnx_export.py for how and why); later processes read the export in under a second. Texts are
 tokenized by the model's own tokenizer with its own maximum sequence length, as sentence-transformers
-does, so both backends see the same tokens; on a CPU each text runs alone (see OnnxEmbedder).
+does, so both backends see the same tokens; runs group texts of similar length (see plan_runs).
 """
 
 from __future__ import annotations
