@@ -176,7 +176,7 @@ async def test_switching_to_int8_re_embeds_unchanged_text_and_exact_backends_kee
     onnx_int8: OnnxEmbedder,
 ) -> None:
     await pg.execute(DOCS_TABLE)
-    path, config = write_config([DOCS_MIRROR])  # no backend: onnx on this CPU
+    path, config = write_config([DOCS_MIRROR])  # no backend: this CPU's default, torch-bf16 or onnx
     settings = settings_for(path, model_cache=model_cache)
     await migrate_command(settings, config)
     await pg.execute(
@@ -195,7 +195,7 @@ async def test_switching_to_int8_re_embeds_unchanged_text_and_exact_backends_kee
         await sync_once(settings_for(path, model_cache=model_cache), config)
         return config
 
-    # torch gives onnx's vectors: the stored one is kept, under the same hash.
+    # torch and the default are exact backends: the stored vector is kept, under the same hash.
     await switch("torch", "cats")
     after = hash_doc(redis_client, "doc:1")
     assert after["genre"] == b"cats"
@@ -212,7 +212,7 @@ async def test_switching_to_int8_re_embeds_unchanged_text_and_exact_backends_kee
     assert moved_to.startswith("embedding__") and "embedding" not in after
     np.testing.assert_allclose(vector_of(after, moved_to), expected[0], atol=1e-5)
     # The row that did not change is read again too (the backend changed: index/rollout.py's
-    # embedding digest), so no document keeps onnx's vector.
+    # embedding digest), so no document keeps the default backend's vector.
     np.testing.assert_allclose(vector_of(hash_doc(redis_client, "doc:2"), moved_to), expected[1], atol=1e-5)
     [drift] = await verify_command(settings, config, None, repair=False)
     assert drift.clean, drift.lines()

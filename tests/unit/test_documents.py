@@ -12,6 +12,7 @@ import pytest
 
 from vecmirror.config import (
     BACKENDS,
+    BF16_CPU_BACKEND,
     CPU_BACKEND,
     CUDA_BACKEND,
     DEFAULT_MODEL,
@@ -135,11 +136,11 @@ def test_an_approximate_backend_changes_the_hash() -> None:
 
 def test_every_backend_but_onnx_int8_is_exact_and_so_are_the_device_defaults() -> None:
     # An unset backend hashes as exact because each device's default is.
-    assert {CPU_BACKEND, CUDA_BACKEND} <= EXACT_BACKENDS
+    assert {CPU_BACKEND, BF16_CPU_BACKEND, CUDA_BACKEND} <= EXACT_BACKENDS
     assert set(BACKENDS) - EXACT_BACKENDS == {"onnx-int8"}
 
 
-@pytest.mark.parametrize("backend", [None, "torch", "onnx", "onnx-int8"])
+@pytest.mark.parametrize("backend", [None, "torch", "torch-bf16", "onnx", "onnx-int8"])
 def test_the_builder_hashes_with_the_mirrors_backend(backend: Backend | None) -> None:
     config = mirror(embed=True, backend=backend)
     assert build(ROW, config).text_hash == content_hash("fake", "Lamp: a lamp", backend)

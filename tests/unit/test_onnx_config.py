@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import onnxruntime
@@ -11,7 +12,8 @@ from structlog.testing import capture_logs
 from vecmirror.app import load_embedders
 from vecmirror.config import BACKENDS, DEFAULT_MODEL, ModelSpec, parse_config
 from vecmirror.errors import ConfigError
-from vecmirror.pipeline.embedder import Embedder, FakeEmbedder, backend_for
+from vecmirror.pipeline import embedder as embedder_module
+from vecmirror.pipeline.embedder import Embedder, FakeEmbedder, backend_for, cpu_has_fast_bf16
 from vecmirror.pipeline.onnx import providers_for
 
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
@@ -36,16 +38,38 @@ def test_every_backend_is_accepted_and_unset_means_the_devices_default() -> None
         assert embed is not None and embed.spec == ModelSpec(DEFAULT_MODEL, backend)
 
 
-def test_the_default_backend_is_onnx_on_a_cpu_and_torch_on_cuda() -> None:
+@pytest.mark.parametrize(("fast_bf16", "cpu_default"), [(False, "onnx"), (True, "torch-bf16")])
+def test_the_default_backend_follows_the_cpu_and_is_torch_on_cuda(
+    monkeypatch: pytest.MonkeyPatch, fast_bf16: bool, cpu_default: str
+) -> None:
+    monkeypatch.setattr(embedder_module, "cpu_has_fast_bf16", lambda: fast_bf16)
     default = ModelSpec(DEFAULT_MODEL)
     assert [backend_for(default, device) for device in (None, "cpu", "cuda", "cuda:1")] == [
-        "onnx",
-        "onnx",
+        cpu_default,
+        cpu_default,
         "torch",
         "torch",
     ]
     assert backend_for(ModelSpec(DEFAULT_MODEL, "onnx-int8"), "cuda") == "onnx-int8"
     assert backend_for(ModelSpec(DEFAULT_MODEL, "torch"), "cpu") == "torch"
+    assert backend_for(ModelSpec(DEFAULT_MODEL, "onnx"), "cpu") == "onnx"
+
+
+CPUINFO = "processor\t: 0\nmodel name\t: a CPU\nflags\t\t: fpu sse avx512f {extra}\n\nprocessor\t: 1\n"
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [("amx_bf16 amx_tile", True), ("avx512_bf16", True), ("amx_tile", False), ("avx512f", False)],
+)
+def test_fast_bf16_is_read_from_the_cpu_flags(tmp_path: Path, extra: str, expected: bool) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(CPUINFO.format(extra=extra))
+    assert cpu_has_fast_bf16(cpuinfo) is expected
+
+
+def test_no_cpu_flags_file_means_no_fast_bf16(tmp_path: Path) -> None:
+    assert cpu_has_fast_bf16(tmp_path / "absent") is False
 
 
 def test_an_unknown_backend_names_the_mirror_key_and_the_choices() -> None:
@@ -53,8 +77,8 @@ def test_an_unknown_backend_names_the_mirror_key_and_the_choices() -> None:
     with pytest.raises(ConfigError) as refused:
         parse_config(raw)
     assert refused.value.problems == [
-        "mirror 'a': embed.backend: Input should be 'torch', 'onnx' or 'onnx-int8'",
-        "mirror 'b': embed.backend: Input should be 'torch', 'onnx' or 'onnx-int8'",
+        "mirror 'a': embed.backend: Input should be 'torch', 'torch-bf16', 'onnx' or 'onnx-int8'",
+        "mirror 'b': embed.backend: Input should be 'torch', 'torch-bf16', 'onnx' or 'onnx-int8'",
     ]
 
 

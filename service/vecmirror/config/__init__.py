@@ -8,6 +8,7 @@ from vecmirror.config.checks import index_prefix
 from vecmirror.config.load import load_config, parse_config
 from vecmirror.config.model import (
     BACKENDS,
+    BF16_CPU_BACKEND,
     CPU_BACKEND,
     CUDA_BACKEND,
     DEFAULT_MODEL,
@@ -30,6 +31,7 @@ from vecmirror.config.model import (
 
 __all__ = [
     "BACKENDS",
+    "BF16_CPU_BACKEND",
     "CPU_BACKEND",
     "CUDA_BACKEND",
     "DEFAULT_MODEL",

@@ -27,12 +27,15 @@ from redisvl.schema.fields import BaseField
 from vecmirror.errors import ConfigError
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-# How the model runs: sentence-transformers on torch, or an ONNX export of the same pipeline run by
-# onnxruntime, in float32 or with int8 weights. Unset, it depends on the device (pipeline/embedder.py):
-# onnx on a CPU, where bench/onnx_accuracy.py found the same vectors faster, torch on a CUDA device.
-Backend = Literal["torch", "onnx", "onnx-int8"]
+# How the model runs: sentence-transformers on torch, in float32 or with its matrix products in
+# bfloat16 (torch's autocast), or an ONNX export of the same pipeline run by onnxruntime, in float32
+# or with int8 weights. Unset, it depends on the device (pipeline/embedder.py): torch-bf16 on a CPU
+# with bfloat16 products in hardware (AMX or AVX512-BF16), onnx on any other CPU, torch on a CUDA
+# device; the fastest that bench/embedding_speed.py found there within the accuracy bar.
+Backend = Literal["torch", "torch-bf16", "onnx", "onnx-int8"]
 BACKENDS: tuple[Backend, ...] = get_args(Backend)
 CPU_BACKEND: Backend = "onnx"
+BF16_CPU_BACKEND: Backend = "torch-bf16"
 CUDA_BACKEND: Backend = "torch"
 # Fields vecmirror keeps in every document next to the user's fields.
 META_KEY_FIELD = "_vm_key"

@@ -3,6 +3,8 @@ the backend (torch here, ONNX in onnx.py), and a fake."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import os
 import threading
@@ -13,7 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from vecmirror.config import CPU_BACKEND, CUDA_BACKEND, DEFAULT_MODEL, Backend, ModelSpec
+from vecmirror.config import BF16_CPU_BACKEND, CPU_BACKEND, CUDA_BACKEND, DEFAULT_MODEL, Backend, ModelSpec
 from vecmirror.errors import StartupError
 from vecmirror.logging import redact
 from vecmirror.settings import Settings
@@ -24,6 +26,11 @@ Vectors = npt.NDArray[np.float32]
 MODEL_FILES = ("modules.json", "config.json")
 # sentence-transformers' own prefix for a bare name ("all-MiniLM-L6-v2").
 HUB_ORGANIZATION = "sentence-transformers"
+# CPU flags of bfloat16 matrix products in hardware: Intel's AMX (Sapphire Rapids on) and AVX512-BF16
+# (AMD Zen 4 on, Intel Cooper Lake). There torch's bfloat16 products ran 6.8x (AMX) and 4.4x (Zen)
+# as fast as float32 ones (bench/embedding_speed.py's GEMM line), and vecmirror's torch-bf16 beat
+# its onnx on all three corpora on both.
+BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 
 
 class ModelNotFoundError(StartupError):
@@ -136,9 +143,13 @@ class SerialEmbedder:
 
 
 class SentenceTransformerEmbedder(SerialEmbedder):
-    """Counts its calls so tests can prove the model was (or was not) used."""
+    """sentence-transformers on torch. With `bfloat16`, the matrix products run in bfloat16 under
+    torch's autocast, which keeps softmax, LayerNorm and pooling in float32: casting the whole model
+    instead was faster still but moved neighbours (recall@10 0.987 against float32's)."""
 
-    def __init__(self, model: str, *, device: str | None = None, batch_size: int = 64) -> None:
+    def __init__(
+        self, model: str, *, device: str | None = None, batch_size: int = 64, bfloat16: bool = False
+    ) -> None:
         source = resolve_model(model)
         check_model_source(model, source)  # before seconds of importing torch
         from sentence_transformers import SentenceTransformer
@@ -152,6 +163,7 @@ class SentenceTransformerEmbedder(SerialEmbedder):
         except OSError as exc:
             raise model_load_error(model, exc) from exc
         self._batch_size = batch_size
+        self._bfloat16 = bfloat16
 
     @property
     def tokenizer(self) -> Any:
@@ -171,10 +183,18 @@ class SentenceTransformerEmbedder(SerialEmbedder):
         return int(dimension)
 
     def _encode(self, texts: list[str]) -> Vectors:
-        vectors = self._model.encode(
-            texts, batch_size=self._batch_size, convert_to_numpy=True, show_progress_bar=False
-        )
-        return np.asarray(vectors, dtype=np.float32)
+        with self._precision():
+            vectors = self._model.encode(
+                texts, batch_size=self._batch_size, convert_to_tensor=True, show_progress_bar=False
+            )
+        return np.asarray(vectors.float().cpu().numpy(), dtype=np.float32)
+
+    def _precision(self) -> contextlib.AbstractContextManager[object]:
+        if not self._bfloat16:
+            return contextlib.nullcontext()
+        import torch
+
+        return torch.autocast(self._model.device.type, dtype=torch.bfloat16)
 
 
 EmbedderFactory = Callable[[ModelSpec], Embedder]
@@ -191,9 +211,12 @@ def default_embedder_factory(settings: Settings) -> EmbedderFactory:
 
 def load_embedder(spec: ModelSpec, settings: Settings) -> Embedder:
     backend = backend_for(spec, settings.device)
-    if backend == "torch":
+    if backend in ("torch", "torch-bf16"):
         return SentenceTransformerEmbedder(
-            spec.model, device=settings.device, batch_size=settings.embed_batch_size
+            spec.model,
+            device=settings.device,
+            batch_size=settings.embed_batch_size,
+            bfloat16=backend == "torch-bf16",
         )
     from vecmirror.pipeline.onnx import OnnxEmbedder  # onnxruntime is loaded only when asked for
 
@@ -206,11 +229,26 @@ def load_embedder(spec: ModelSpec, settings: Settings) -> Embedder:
 
 
 def backend_for(spec: ModelSpec, device: str | None) -> Backend:
-    """The mirror's backend, or the default for the device: on a CPU the ONNX export gives torch's
-    vectors faster (bench/onnx_accuracy.py); on a CUDA device torch, which needs no other package."""
+    """The mirror's backend, or the default for the device: on a CUDA device torch, which needs no
+    other package; on a CPU that computes bfloat16 products in hardware torch in bfloat16, on any
+    other the ONNX export: the fastest within the accuracy bar there (bench/embedding_speed.py)."""
     if spec.backend is not None:
         return spec.backend
-    return CUDA_BACKEND if device is not None and device.startswith("cuda") else CPU_BACKEND
+    if device is not None and device.startswith("cuda"):
+        return CUDA_BACKEND
+    return BF16_CPU_BACKEND if cpu_has_fast_bf16() else CPU_BACKEND
+
+
+@functools.cache
+def cpu_has_fast_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Read from the kernel's CPU flags, not by importing torch: the ONNX backend never loads it.
+    Without the file (not Linux) or either flag: no."""
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return False
+    flags = (line.partition(":")[2].split() for line in text.splitlines() if line.startswith("flags"))
+    return any(BF16_CPU_FLAGS.intersection(line) for line in flags)
 
 
 class FakeEmbedder:
