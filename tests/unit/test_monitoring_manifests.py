@@ -518,7 +518,7 @@ def alert_name(readme_name: str) -> str:
 @both
 def test_the_rules_are_the_readmes_alert_table(variant: str) -> None:
     table = readme_alerts()
-    assert len(table) == 9
+    assert len(table) == 10
     shipped = [(r["alert"], r["expr"], r["for"], r["annotations"]["description"]) for r in rules(variant)]
     assert shipped == [(alert_name(name), expr, for_, meaning) for name, expr, for_, meaning in table]
     assert {rule["labels"]["severity"] for rule in rules(variant)} == {"warning", "critical"}
@@ -617,7 +617,8 @@ def test_keda_scales_on_the_queue_of_its_own_namespace() -> None:
     metadata = trigger["metadata"]
     assert KEDA_PROMETHEUS_REQUIRED <= set(metadata) <= KEDA_PROMETHEUS_KEYS
     assert all(isinstance(value, str) for value in metadata.values())
-    assert metric_names(metadata["query"]) == {"vecmirror_changes_pending", "vecmirror_mirror_paused"}
+    paused = {"vecmirror_mirror_paused", "vecmirror_mirror_operator_paused"}
+    assert metric_names(metadata["query"]) == {"vecmirror_changes_pending", *paused}
     namespaces = set(re.findall(r'namespace="([^"]*)"', metadata["query"]))
     assert namespaces == {scaled_object["metadata"]["namespace"]}
     # An empty answer (no worker scraped) must not read as an empty queue: fall back, never below now.
