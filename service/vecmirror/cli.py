@@ -335,6 +335,31 @@ def resume(config_path: Path | None, mirror: str) -> None:
     click.echo(run_async(resume_command(settings, _config(settings), mirror)).line("resume"))
 
 
+@main.command("wait-synced")
+@config_option
+@click.argument("mirror")
+@click.argument("keys", nargs=-1, required=True)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait, at most.",
+)
+@handles_errors
+def wait_synced(config_path: Path | None, mirror: str, keys: tuple[str, ...], timeout: float) -> None:
+    """Wait until every change of KEYS (a value, or a JSON array for a composite key) committed
+    before now is in Redis. Exits 0 once synced, 1 after --timeout (saying why, where known)."""
+    from vecmirror.commands import wait_synced_command
+
+    settings = _settings(config_path)
+    command = wait_synced_command(settings, _config(settings), mirror, _row_keys(keys) or [], timeout)
+    outcome = run_async(command)
+    click.echo(outcome.line(timeout))
+    if not outcome.synced:
+        sys.exit(1)
+
+
 @main.group()
 def failed() -> None:
     """Rows that could not become indexed documents (vecmirror.failed_v1)."""

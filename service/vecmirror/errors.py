@@ -80,3 +80,18 @@ class MirrorError(VecmirrorError):
 
 class ArgumentError(VecmirrorError):
     """A command-line argument cannot be read (one line, exit 2, like every other failure)."""
+
+
+class FailedRowError(VecmirrorError):
+    """`wait_synced`: a row of the keys waited for failed to become a document (vecmirror.failed_v1),
+    so its change will not be searchable by waiting; the recorded error says why."""
+
+    def __init__(self, mirror: str, key: Sequence[str], field: str, error: str, state: str) -> None:
+        self.mirror = mirror
+        self.key = list(key)
+        self.field = field
+        self.error = error
+        super().__init__(
+            f"mirror {mirror!r}, row key {self.key}: the row failed ({state}), field {field!r}: {error}; "
+            f"`vecmirror failed list --mirror {mirror}` lists it"
+        )

@@ -22,6 +22,7 @@ from vecmirror.commands.views import (
     status_command,
     verify_command,
 )
+from vecmirror.commands.waits import wait_synced_command
 
 __all__ = [
     "AmbiguousIndexError",
@@ -47,4 +48,5 @@ __all__ = [
     "run_command",
     "status_command",
     "verify_command",
+    "wait_synced_command",
 ]

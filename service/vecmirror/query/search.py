@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any, TypeVar
 
+import asyncpg
 import numpy as np
 import redis.asyncio as redis
 from redis.exceptions import RedisError, ResponseError
@@ -23,14 +24,16 @@ from redisvl.query import AggregateHybridQuery, VectorQuery, VectorRangeQuery
 from vecmirror.config import Config, ModelSpec
 from vecmirror.config.model import CHUNKS_PATH, chunk_vector_key
 from vecmirror.connections import cluster_enabled, connect_redis
-from vecmirror.errors import QueryError
+from vecmirror.errors import ConfigError, QueryError
 from vecmirror.index.manage import index_info
 from vecmirror.index.vectors import served_vector
 from vecmirror.pipeline.embedder import Embedder, EmbedderFactory, default_embedder_factory
 from vecmirror.query.by_key import TEXT_SCORER, fields_and_chunks, fused_rows, scored_knn, with_fields
 from vecmirror.query.checks import Target, check_filter, check_return_fields, check_vector, target_of
 from vecmirror.query.filters import Filter
+from vecmirror.query.postgres import LazyPool
 from vecmirror.query.results import Hit, decode_field, decode_vector, nearest_chunks, return_whole_arrays
+from vecmirror.query.synced import SyncWait, wait_synced
 from vecmirror.settings import Settings
 from vecmirror.sink.cluster import is_cluster, refuse_partial_search
 
@@ -39,12 +42,20 @@ T = TypeVar("T")
 
 
 class MirrorSearch:
-    """Async search over one config's mirrors; models are loaded once, on first use."""
+    """Async search over one config's mirrors; models are loaded once, on first use. `postgres` (a
+    pool, or a LazyPool opening one on first use) is read by `wait_synced` alone."""
 
-    def __init__(self, config: Config, client: redis.Redis, embedder_factory: EmbedderFactory) -> None:
+    def __init__(
+        self,
+        config: Config,
+        client: redis.Redis,
+        embedder_factory: EmbedderFactory,
+        postgres: asyncpg.Pool | LazyPool | None = None,
+    ) -> None:
         self._config = config
         self._redis = client
         self._factory = embedder_factory
+        self._postgres = postgres
         self._embedders: dict[ModelSpec, Embedder] = {}
         # Whether the search cannot return fields (by_key.py): known on a cluster client, asked of
         # the server on first use otherwise, as a plain client may reach a cluster node (?cluster=false).
@@ -56,10 +67,33 @@ class MirrorSearch:
         cls, settings: Settings, config: Config, embedder_factory: EmbedderFactory | None = None
     ) -> AsyncIterator[MirrorSearch]:
         client = await connect_redis(settings)
+        postgres = LazyPool(settings)
         try:
-            yield cls(config, client, embedder_factory or default_embedder_factory(settings))
+            yield cls(config, client, embedder_factory or default_embedder_factory(settings), postgres)
         finally:
+            await postgres.close()
             await client.aclose()
+
+    async def wait_synced(self, mirror: str, keys: Sequence[object], timeout: float) -> bool:
+        """Read-your-writes: True once every change of these rows committed before the call is in
+        Redis (a search then sees it), False when `timeout` seconds passed first. A key is a value of
+        the mirror's key column, or a tuple in key order for a composite key. Raises FailedRowError
+        when one of the rows failed to become a document. Reads Postgres only (query/synced.py)."""
+        return (await self.wait_synced_outcome(mirror, keys, timeout)).synced
+
+    async def wait_synced_outcome(self, mirror: str, keys: Sequence[object], timeout: float) -> SyncWait:
+        """`wait_synced`, telling how many keys still wait and why, where Postgres knows."""
+        try:
+            self._config.mirror(mirror)
+        except ConfigError as exc:
+            raise QueryError(str(exc.problems[0])) from exc
+        if self._postgres is None:
+            raise QueryError(
+                "wait_synced reads Postgres: open the search with MirrorSearch.open(settings, ...), "
+                "or pass it `postgres=` (an asyncpg pool)"
+            )
+        pool = await self._postgres.get() if isinstance(self._postgres, LazyPool) else self._postgres
+        return await wait_synced(pool, mirror, keys, timeout)
 
     async def knn(
         self,
