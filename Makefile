@@ -6,23 +6,55 @@ BIN := $(VENV)/bin
 # Elsewhere, point pip at a CPU wheel, e.g. TORCH_PIP_ARGS="--index-url <your CPU wheel index>".
 TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
+# pip itself, pinned like the rest (deploy/Dockerfile pins the same release).
+PIP_SPEC ?= pip==26.3
 export HF_HUB_OFFLINE ?= 1
+# The locks, pinned with hashes by `make lock` (pip-tools, for Python 3.11 on Linux): requirements.txt
+# holds the runtime dependencies (what the image installs), requirements-dev.txt those plus the stack
+# and dev extras (what `make install` installs), with the same pins. torch stays out of both (its wheel
+# differs by variant: CPU, CUDA) but its own dependencies are in; it is installed first, by TORCH_SPEC.
+RUNTIME_LOCK := requirements.txt
+DEV_LOCK := requirements-dev.txt
+# `make lock`'s own tools, in a virtualenv of their own; LOCK_ARGS=--upgrade (or
+# --upgrade-package NAME) takes newer releases, else every pin that still fits pyproject.toml stays.
+# LOCK_PIP_ARGS: where pip-compile must see torch's CPU wheel, e.g. "--extra-index-url <CPU index>".
+LOCK_VENV ?= $(VENV)/lock-tools
+LOCK_TOOLS ?= $(PIP_SPEC) pip-tools==7.7.0
+LOCK_ARGS ?=
+LOCK_PIP_ARGS ?=
+PIP_COMPILE = CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_VENV)/bin/pip-compile --quiet --generate-hashes \
+	--strip-extras --no-emit-index-url --no-emit-find-links --no-emit-trusted-host --unsafe-package torch \
+	--constraint $(LOCK_VENV)/torch.txt $(if $(LOCK_PIP_ARGS),--pip-args "$(LOCK_PIP_ARGS)") $(LOCK_ARGS)
 # `make bench`'s backfill and R2 size; 100k rows embed for hours on a 2-core CPU, minutes on a GPU.
 BENCH_ROWS ?= 100000
 
-.PHONY: help install lint typecheck test test-fast bench bench-quick bench-profile bench-rollout bench-slots bench-cluster bench-embedding demo stack-down clean
+.PHONY: help install lock lint typecheck test test-fast bench bench-quick bench-profile bench-rollout bench-slots bench-cluster bench-embedding demo stack-down clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-install: $(VENV)/.installed ## Create .venv with everything (torch CPU first)
+install: $(VENV)/.installed ## Create .venv with everything (torch CPU first, then requirements-dev.txt)
 
-$(VENV)/.installed: pyproject.toml
+# Every package but torch comes from the lock, hash-checked; vecmirror itself is built with the
+# lock's setuptools (no build isolation) and installed without dependencies; pip check proves the set.
+$(VENV)/.installed: pyproject.toml $(DEV_LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(PIP_SPEC)"
 	$(BIN)/pip install --quiet $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet -e '.[stack,dev]'
+	$(BIN)/pip install --quiet --require-hashes --requirement $(DEV_LOCK)
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/pip check
 	touch $@
+
+lock: ## Refresh requirements.txt and requirements-dev.txt from pyproject.toml (LOCK_ARGS=--upgrade: newest)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install --quiet $(LOCK_TOOLS)
+	printf '%s\n' "$(TORCH_SPEC)" > $(LOCK_VENV)/torch.txt
+	$(PIP_COMPILE) --extra stack --extra dev --output-file $(DEV_LOCK) pyproject.toml
+	$(PIP_COMPILE) --constraint $(DEV_LOCK) --output-file $(RUNTIME_LOCK) pyproject.toml
+	@if grep -E '^(nvidia-|triton)' $(RUNTIME_LOCK) $(DEV_LOCK); then \
+		echo "CUDA packages above: point pip-compile at torch's CPU wheel (LOCK_PIP_ARGS)" >&2; exit 1; fi
+	@echo "torch is left out of the locks on purpose: make install and the image put it in first."
 
 lint: install ## ruff (lint + format check)
 	$(BIN)/ruff check service tests bench
