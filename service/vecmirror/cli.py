@@ -446,7 +446,10 @@ def _composite_key(text: str) -> tuple[str, ...]:
         ) from None
     if not isinstance(values, list) or not values:
         raise ArgumentError(f"key {text!r}: expected a non-empty JSON array of the key's columns")
-    return tuple(str(v) for v in values)
+    if any(v is None or isinstance(v, list | dict) for v in values):
+        raise ArgumentError(f"key {text!r}: a key's values are strings, numbers or booleans, never null")
+    # JSON's own spelling of a value (true, 1.5), as Postgres reads it; str() would give True.
+    return tuple(v if isinstance(v, str) else json.dumps(v) for v in values)
 
 
 @main.group()

@@ -12,6 +12,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from vecmirror.errors import ConfigError
 
+# What asyncpg takes; anything else it refuses with an error that names no setting.
+POSTGRES_SCHEMES = frozenset({"postgresql", "postgres"})
+
 
 class Settings(BaseSettings):
     """Everything a vecmirror process is told by its environment.
@@ -111,7 +114,10 @@ class Settings(BaseSettings):
     def require_database_url(self) -> str:
         if self.database_url is None:
             raise ConfigError(["VECMIRROR_DATABASE_URL is not set"])
-        return _parsable(self.database_url.get_secret_value(), "VECMIRROR_DATABASE_URL")
+        url = self.database_url.get_secret_value()
+        if urlsplit(url).scheme not in POSTGRES_SCHEMES:
+            raise ConfigError(["VECMIRROR_DATABASE_URL is not a postgresql:// (or postgres://) URL"])
+        return _parsable(url, "VECMIRROR_DATABASE_URL")
 
     def require_redis_url(self) -> str:
         if self.redis_url is None:

@@ -21,7 +21,8 @@ from vecmirror.config import ModelSpec
 from vecmirror.errors import FailedRowError, QueryError
 from vecmirror.pipeline.embedder import Embedder
 from vecmirror.query import MirrorSearch, SyncMirrorSearch, num, tag
-from vecmirror.query.synced import canonical_keys
+from vecmirror.query.synced import ANSWER_GRACE, NO_ANSWER, canonical_keys
+from vecmirror.run.worker import MirrorsPausedError
 
 POLL = 0.2
 ROUNDS = 100
@@ -261,3 +262,71 @@ async def test_keys_are_read_as_the_capture_writes_them(
         assert not await search.wait_synced("slots", [("2024-01-01 12:00:00+00", 7)], 0)
         await sync_once(settings, config)
         assert await search.wait_synced("slots", [("2024-01-01 12:00:00+00", 7)], 0)
+
+
+# ---- found by trying to break it: each of these said "synced" or overstayed its timeout before
+
+
+async def test_a_replaced_table_is_not_synced_until_a_worker_takes_it_in(
+    pg: asyncpg.Connection, products: Any
+) -> None:
+    """Dropped and created again, the table has no capture triggers: its writes are never queued,
+    so no queued change of the key can say it is synced. Once the worker has paused the mirror on
+    that, its error keeps the wait closed too; after `migrate` and a sync it is synced."""
+    settings, config = products
+    await pg.execute("INSERT INTO products VALUES ('a', 'A', 1, '{1,2,3,4}')")
+    await sync_once(settings, config)
+    await pg.execute("DROP TABLE products")
+    await pg.execute(PRODUCTS_TABLE)
+    await pg.execute("INSERT INTO products VALUES ('a', 'new', 2, '{1,2,3,4}')")
+    async with MirrorSearch.open(settings, config, _no_model) as search:
+        outcome = await search.wait_synced_outcome("products", ["a"], 0.2)
+        assert (outcome.synced, outcome.waiting) == (False, 1)
+        assert outcome.reason is not None and "capture triggers are missing" in outcome.reason
+        with pytest.raises(MirrorsPausedError, match="capture triggers are missing"):
+            await sync_once(settings, config)  # the worker pauses the mirror on its trouble
+        outcome = await search.wait_synced_outcome("products", ["a"], 0.2)
+        assert not outcome.synced and (outcome.reason or "").startswith("the mirror is paused on an error")
+        await migrate_command(settings, config)
+        await sync_once(settings, config)
+        assert await search.wait_synced("products", ["a"], 5)
+        assert await _sees(search, 2, "new")
+
+
+async def test_a_key_equal_in_value_but_written_otherwise_waits_for_its_row(
+    pg: asyncpg.Connection, write_config: Any, settings_for: Any
+) -> None:
+    """numeric 1 = 1.00, but the capture writes the row's own text, '1.00': the given key is
+    looked up in the table too, so its queued change is found."""
+    await pg.execute("CREATE TABLE prices (id numeric PRIMARY KEY, name text, price int, vec real[])")
+    mirror = {**PRODUCTS_MIRROR, "name": "prices", "table": "prices"}
+    mirror["index"] = {**PRODUCTS_MIRROR["index"], "index": {"name": "prices_idx", "prefix": "price"}}
+    path, config = write_config([mirror])
+    settings = settings_for(path)
+    await migrate_command(settings, config)
+    await pg.execute("INSERT INTO prices VALUES (1.00, 'A', 1, '{1,2,3,4}')")
+    await sync_once(settings, config)
+    await pause_command(settings, config, "prices", None)
+    await pg.execute("UPDATE prices SET name = 'B' WHERE id = 1")
+    async with MirrorSearch.open(settings, config, _no_model) as search:
+        for spelling in (1, "1", "1.0", "1.00"):
+            outcome = await search.wait_synced_outcome("prices", [spelling], 0)
+            assert (outcome.synced, outcome.waiting) == (False, 1), spelling
+        assert await search.wait_synced("prices", [2], 0)  # no such row, nothing queued
+
+
+async def test_a_lock_on_the_queue_ends_the_wait_near_its_timeout(database_url: str, products: Any) -> None:
+    """A query Postgres does not answer (here: a lock held on the queue) is cancelled at the
+    timeout and a grace second; the wait ends unsynced, saying so."""
+    settings, config = products
+    locker = await asyncpg.connect(database_url)
+    try:
+        async with locker.transaction():
+            await locker.execute("LOCK TABLE vecmirror.changes_v1 IN ACCESS EXCLUSIVE MODE")
+            async with MirrorSearch.open(settings, config, _no_model) as search:
+                started = time.monotonic()
+                outcome = await search.wait_synced_outcome("products", ["a"], 0.5)
+                assert time.monotonic() - started < 0.5 + ANSWER_GRACE + 1
+        assert (outcome.synced, outcome.reason) == (False, NO_ANSWER)
+    finally:
+        await locker.close()

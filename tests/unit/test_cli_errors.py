@@ -127,13 +127,19 @@ def test_a_reader_gone_away_is_no_error_of_ours(capfd: pytest.CaptureFixture[str
 
 @pytest.mark.parametrize(
     ("argument", "key"),
-    [("42", ("42",)), ('["acme", 42]', ("acme", "42")), ('["[abc"]', ("[abc",))],
+    [
+        ("42", ("42",)),
+        ('["acme", 42]', ("acme", "42")),
+        ('["[abc"]', ("[abc",)),
+        # JSON's spelling, as Postgres reads it: str() gave 'True' (found trying wait-synced).
+        ("[true, 1.5, false]", ("true", "1.5", "false")),
+    ],
 )
 def test_keys_on_the_command_line(argument: str, key: tuple[str, ...]) -> None:
     assert _row_keys((argument,)) == [key]
 
 
-@pytest.mark.parametrize("argument", ['["2"', "[abc", "[]", '[{"a": 1}'])
+@pytest.mark.parametrize("argument", ['["2"', "[abc", "[]", '[{"a": 1}', "[null]", '["a", [1]]'])
 def test_a_key_that_is_no_json_array_is_one_line_and_exit_2(
     argument: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -161,3 +167,18 @@ def test_a_wrong_setting_is_one_line_naming_it_and_exit_2(
     assert result.exit_code == 2, result.output
     assert result.stderr.startswith(f"vecmirror: invalid settings: {says}")
     assert result.stderr.count("\n") == 1 and SECRET not in result.stderr and value not in result.stderr
+
+
+@pytest.mark.parametrize("url", ["notaurl", "mysql://u@db/app", "host=db dbname=app"])
+def test_a_database_url_of_another_kind_is_named_not_an_internal_error(
+    url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """asyncpg refused these with an error naming no setting, reported as an internal error."""
+    monkeypatch.setenv("VECMIRROR_DATABASE_URL", url)
+    command = handles_errors(lambda: Settings().require_database_url())
+    with pytest.raises(SystemExit) as exited:
+        command()
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "VECMIRROR_DATABASE_URL is not a postgresql:// (or postgres://) URL" in err
+    assert "internal error" not in err and url not in err

@@ -11,14 +11,20 @@ from vecmirror.source.session import SESSION_SETTINGS
 
 # Not "vecmirror": peers end stuck sessions of that name (queries.sql, end_stuck_claims).
 APPLICATION_NAME = "vecmirror_wait_synced"
+CONNECT_TIMEOUT = 10.0  # seconds; asyncpg's own default (60) would outlast most waits
 POOL_SIZE = 4  # a wait holds a connection only for one poll's query, so a few serve many waits
 
 
-async def open_pool(settings: Settings, *, max_size: int = POOL_SIZE) -> asyncpg.Pool:
+async def open_pool(
+    settings: Settings, *, max_size: int = POOL_SIZE, connect_timeout: float = CONNECT_TIMEOUT
+) -> asyncpg.Pool:
+    """min_size 0: no connection is kept up in the background, whose reconnection attempts, with
+    Postgres down, asyncpg logs with a traceback; each wait connects as it needs."""
     return await asyncpg.create_pool(
         settings.require_database_url(),
-        min_size=1,
+        min_size=0,
         max_size=max_size,
+        timeout=connect_timeout,
         server_settings={**SESSION_SETTINGS, "application_name": APPLICATION_NAME},
     )
 

@@ -84,7 +84,7 @@ class MirrorSearch:
     async def wait_synced_outcome(self, mirror: str, keys: Sequence[object], timeout: float) -> SyncWait:
         """`wait_synced`, telling how many keys still wait and why, where Postgres knows."""
         try:
-            self._config.mirror(mirror)
+            config = self._config.mirror(mirror)
         except ConfigError as exc:
             raise QueryError(str(exc.problems[0])) from exc
         if self._postgres is None:
@@ -93,7 +93,7 @@ class MirrorSearch:
                 "or pass it `postgres=` (an asyncpg pool)"
             )
         pool = await self._postgres.get() if isinstance(self._postgres, LazyPool) else self._postgres
-        return await wait_synced(pool, mirror, keys, timeout)
+        return await wait_synced(pool, config, keys, timeout)
 
     async def knn(
         self,

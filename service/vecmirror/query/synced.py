@@ -10,6 +10,10 @@ a related table's change (the worker fans it out), a TRUNCATE (its marker, once 
 every key Redis holds) and the backfill walk (rows never captured: the first sync, a resync). So the
 wait first lets those that existed at its start happen (the gates), then lists the keys' queued
 changes, then polls until they are gone. Only Postgres is read: one indexed query per poll.
+
+A change that was never queued cannot be waited for, so the gates also stay closed while capture
+is broken: the mirror's triggers missing (its table dropped and created again, or restored) or the
+table not the one the mirror registered, and while the mirror is paused on an error of its own.
 """
 
 from __future__ import annotations
@@ -26,10 +30,13 @@ from typing import Any
 
 import asyncpg
 
+from vecmirror.config import MirrorConfig
 from vecmirror.errors import FailedRowError, MirrorError, NotMigratedError, QueryError
 from vecmirror.query.synced_sql import QUERIES
 from vecmirror.source import Connection, pooled
+from vecmirror.source.migrate import capture_problem
 from vecmirror.source.session import SESSION_SETTINGS
+from vecmirror.source.statements import qualified, quote_ident
 
 RowKey = tuple[str, ...]
 # Polls start quick (a worker that is idle syncs one change in tens of milliseconds) and slow down
@@ -37,6 +44,10 @@ RowKey = tuple[str, ...]
 POLL_FIRST = 0.02
 POLL_GROWTH = 1.5
 POLL_CAP = 0.2
+# How long past its timeout a wait may take to give up on a query Postgres does not answer (a lock
+# held on the queue, a server gone silent): the query is cancelled and the wait ends unsynced.
+ANSWER_GRACE = 1.0
+NO_ANSWER = "Postgres did not answer in time (a lock held on vecmirror's tables, or a silent server)"
 
 
 @dataclass(frozen=True)
@@ -69,22 +80,41 @@ class _Poll:
     wait: SyncWait
 
 
-async def wait_synced(pool: asyncpg.Pool, mirror: str, keys: Sequence[object], timeout: float) -> SyncWait:
-    """Waits at most `timeout` seconds; raises FailedRowError when a key's row failed."""
+async def wait_synced(
+    pool: asyncpg.Pool, mirror: MirrorConfig, keys: Sequence[object], timeout: float
+) -> SyncWait:
+    """Waits at most `timeout` seconds (and ANSWER_GRACE for a query in flight); raises
+    FailedRowError when a key's row failed."""
     deadline = time.monotonic() + _checked_timeout(timeout)
+    limit = None if math.isinf(timeout) else timeout + ANSWER_GRACE
+    answer = asyncio.timeout(limit)
+    try:
+        async with answer:
+            return await _wait(pool, mirror, keys, deadline)
+    except TimeoutError:
+        if not answer.expired():  # a TimeoutError of its own (asyncpg's connect timeout)
+            raise
+    count = len(keys)
+    return SyncWait(mirror.name, count, count, NO_ANSWER)
+
+
+async def _wait(
+    pool: asyncpg.Pool, mirror: MirrorConfig, keys: Sequence[object], deadline: float
+) -> SyncWait:
+    name = mirror.name
     async with pooled(pool) as conn:
-        wanted = await canonical_keys(conn, mirror, keys)
-        marks = await conn.fetchrow(QUERIES["wait_marks"], mirror)
+        wanted = await canonical_keys(conn, name, keys)
+        marks = await conn.fetchrow(QUERIES["wait_marks"], name)
     assert marks is not None  # two subqueries: always one row
     if not wanted:
-        return SyncWait(mirror, 0, 0)
-    gates = (mirror, marks["changes_mark"] or 0, marks["related_mark"] or 0)
-    poll = await _until(deadline, lambda: _gates(pool, gates, len(wanted)))
+        return SyncWait(name, 0, 0)
+    gates = (name, marks["changes_mark"] or 0, marks["related_mark"] or 0)
+    poll = await _until(deadline, lambda: _gates(pool, mirror, gates, len(wanted)))
     if not poll.done:
         return poll.wait
     async with pooled(pool) as conn:
-        ids = await conn.fetchval(QUERIES["key_changes"], mirror, _as_json(wanted))
-    return (await _until(deadline, lambda: _progress(pool, mirror, ids, wanted))).wait
+        ids = await conn.fetchval(QUERIES["key_changes"], name, _as_json(wanted))
+    return (await _until(deadline, lambda: _progress(pool, name, ids, wanted))).wait
 
 
 def _checked_timeout(timeout: float) -> float:
@@ -106,17 +136,24 @@ async def _until(deadline: float, check: Callable[[], Awaitable[_Poll]]) -> _Pol
         interval = min(interval * POLL_GROWTH, POLL_CAP)
 
 
-async def _gates(pool: asyncpg.Pool, gates: tuple[str, int, int], count: int) -> _Poll:
+async def _gates(pool: asyncpg.Pool, config: MirrorConfig, gates: tuple[str, int, int], count: int) -> _Poll:
     async with pooled(pool) as conn:
         row = await conn.fetchrow(QUERIES["wait_gates"], *gates)
+        uncaptured = None if row is None else await capture_problem(conn, config)
     mirror = gates[0]
     if row is None:
         raise _not_installed(mirror)
-    closed = _closed_gate(row)
+    closed = _closed_gate(row, uncaptured)
     return _Poll(closed is None, SyncWait(mirror, count, count, _pause(mirror, row) or closed))
 
 
-def _closed_gate(row: Any) -> str | None:
+def _closed_gate(row: Any, uncaptured: str | None) -> str | None:
+    if row["error"]:  # its trouble may be that changes are not captured: nothing it says is sure
+        return f"the mirror is paused on an error: {row['error']}"
+    if uncaptured is not None:
+        return uncaptured
+    if row["replaced"]:
+        return "its table was dropped and created again (or restored) and no worker has taken it in yet"
     if row["related_pending"]:
         return "changes of its related tables are not fanned out yet"
     if row["truncate_pending"]:
@@ -136,7 +173,10 @@ async def _progress(pool: asyncpg.Pool, mirror: str, ids: list[int], wanted: lis
     failed = [f for f in json.loads(row["failed"]) if tuple(f["key"]) not in pending]
     if failed:
         raise _failed(mirror, failed[0])
-    return _Poll(not pending, SyncWait(mirror, len(wanted), len(pending), _pause(mirror, row)))
+    # A mirror paused on an error of its own may have missed the change (a replaced table): not yet.
+    done = not pending and not row["error"]
+    waiting = len(pending) or (0 if done else len(wanted))
+    return _Poll(done, SyncWait(mirror, len(wanted), waiting, _pause(mirror, row)))
 
 
 def _pause(mirror: str, row: Any) -> str | None:
@@ -174,20 +214,30 @@ async def canonical_keys(conn: Connection, mirror: str, keys: Sequence[object]) 
     async with conn.transaction():
         settings = (list(SESSION_SETTINGS), list(SESSION_SETTINGS.values()))
         await conn.fetchval(QUERIES["session_settings"], *settings)
-        columns = await _key_columns(conn, mirror)
-        given = [key_texts(mirror, list(columns), key) for key in keys]
+        key = await _key_columns(conn, mirror)
+        given = [key_texts(mirror, list(key.types), k) for k in keys]
         if not given:
             return []
         by_column = [list(texts) for texts in zip(*given, strict=True)]
         try:
-            rows = await conn.fetch(canonical_sql(list(columns.values())), *by_column)
+            rows = await conn.fetch(canonical_sql(list(key.types.values())), *by_column)
+            equal = await conn.fetch(equal_rows_sql(key), *by_column)
         except asyncpg.DataError as exc:  # '12x' for an integer, a date that is none...
             raise QueryError(f"mirror {mirror!r}: a key is not a value of its column's type: {exc}") from None
-    return list(dict.fromkeys(tuple(r["row_key"]) for r in rows))
+    return list(dict.fromkeys(tuple(r["row_key"]) for r in [*rows, *equal]))
 
 
-async def _key_columns(conn: Connection, mirror: str) -> dict[str, str]:
-    """The mirror's key columns, in key order, with their SQL types."""
+@dataclass(frozen=True)
+class _Key:
+    """The mirror's table and key columns, in key order, with their SQL types (and without their
+    modifiers, `base_types`)."""
+
+    table: str  # quoted
+    types: dict[str, str]
+    base_types: dict[str, str]
+
+
+async def _key_columns(conn: Connection, mirror: str) -> _Key:
     columns = await conn.fetch(QUERIES["key_types"], mirror)
     if not columns:
         raise _not_installed(mirror)
@@ -195,7 +245,23 @@ async def _key_columns(conn: Connection, mirror: str) -> dict[str, str]:
     if lost:
         problem = f"its table lacks the key column(s) {', '.join(lost)}: run `vecmirror migrate`"
         raise MirrorError(mirror, problem)
-    return {c["name"]: c["sql_type"] for c in columns}
+    table = qualified(columns[0]["table_schema"], columns[0]["table_name"])
+    types = {c["name"]: c["sql_type"] for c in columns}
+    return _Key(table, types, {c["name"]: c["base_type"] for c in columns})
+
+
+def equal_rows_sql(key: _Key) -> str:
+    """The key texts of the table's rows equal to the given keys: an equal value may be written
+    otherwise (numeric 1 and 1.00, intervals, citext), and the capture writes the row's own text."""
+    names = list(key.types)
+    arrays = ", ".join(f"${i + 1}::text[]" for i in range(len(names)))
+    texts = ", ".join(f"t.{quote_ident(name)}::text" for name in names)
+    match = " AND ".join(
+        f"t.{quote_ident(name)} = k.c{i}::{key.base_types[name]}" for i, name in enumerate(names)
+    )
+    given = ", ".join(f"c{i}" for i in range(len(names)))
+    rows = f"{key.table} t JOIN unnest({arrays}) AS k({given}) ON {match}"
+    return f"SELECT ARRAY[{texts}] AS row_key FROM {rows}"
 
 
 def canonical_sql(types: Sequence[str]) -> str:

@@ -18,8 +18,10 @@ SELECT count(set_config(s.name, s.value, true)) FROM unnest($1::text[], $2::text
 -- name: key_types
 -- The SQL type of each key column, in key order, so that a key given as text is read as the capture
 -- function writes it (the column's own text under the session settings); NULL for a column the
--- table lacks now. No row: the mirror is not installed.
-SELECT k.name, format_type(a.atttypid, a.atttypmod) AS sql_type
+-- table lacks now. base_type leaves out the modifier (varchar(3) would cut 'abcd' to a key that
+-- exists): the rows equal to a given key are looked up by it. No row: the mirror is not installed.
+SELECT k.name, format_type(a.atttypid, a.atttypmod) AS sql_type, format_type(a.atttypid, NULL) AS base_type,
+       m.table_schema, m.table_name
 FROM vecmirror.mirrors_v1 m
 CROSS JOIN LATERAL unnest(m.key_columns) WITH ORDINALITY AS k(name, position)
 LEFT JOIN pg_attribute a
@@ -39,7 +41,12 @@ SELECT (SELECT max(id) FROM vecmirror.changes_v1 WHERE mirror = $1) AS changes_m
 -- the related changes up to $3 fanned out, the TRUNCATE markers up to $2 handled (each re-queues
 -- every key Redis holds), and the backfill walk done (it queues rows never captured). Three index
 -- probes: the primary keys' first entry, the partial index of 0003, mirrors_v1's primary key.
+-- replaced: the table its name gives is not the one the mirror registered (dropped and created
+-- again, or restored) and no worker or `migrate` has taken the new one in yet.
 SELECT m.backfill_state = 'done' AS walked,
+       m.table_oid IS NOT NULL
+           AND m.table_oid IS DISTINCT FROM to_regclass(format('%I.%I', m.table_schema, m.table_name))::oid
+           AS replaced,
        EXISTS (SELECT 1 FROM vecmirror.related_changes_v1 r WHERE r.mirror = $1 AND r.id <= $3)
            AS related_pending,
        EXISTS (SELECT 1 FROM vecmirror.changes_v1 c
