@@ -201,3 +201,26 @@ async def two_mirrors(pg: Any, write_config: Any, settings_for: Any, poll: float
     settings = settings_for(path, error_backoff=0.05, poll_interval=poll)
     await migrate_command(settings, config)
     return path, settings, config
+
+
+async def three_docs_on(
+    backend: str, pg: Any, write_config: Any, settings_for: Any, **settings: Any
+) -> tuple[Path, Settings, Config]:
+    """The docs mirror on `backend`, migrated, with three rows synced once by the default factory
+    (which takes the backend from the mirrors file). Returns the config's path, settings and config."""
+    import copy
+
+    from vecmirror.commands import migrate_command
+
+    mirror = copy.deepcopy(DOCS_MIRROR)
+    mirror["embed"]["backend"] = backend
+    path, config = write_config([mirror])
+    vm_settings = settings_for(path, **settings)
+    await pg.execute(DOCS_TABLE)
+    await migrate_command(vm_settings, config)
+    await pg.execute(
+        "INSERT INTO docs VALUES (1, 'Kittens', 'Young cats play with yarn', 'pets'), "
+        "(2, 'Rockets', 'Rockets reach orbit', 'space'), (3, 'Mice', 'Pet mice need small cages', 'pets')"
+    )
+    await sync_once(vm_settings, config)
+    return path, vm_settings, config

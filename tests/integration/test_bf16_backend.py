@@ -7,7 +7,6 @@ tests hold there too."""
 
 from __future__ import annotations
 
-import copy
 import random
 from typing import Any
 
@@ -16,8 +15,7 @@ import numpy as np
 import pytest
 import redis
 
-from helpers import DOCS_MIRROR, DOCS_TABLE, hash_doc, sync_once, vector_of
-from vecmirror.commands import migrate_command
+from helpers import hash_doc, three_docs_on, vector_of
 from vecmirror.config import DEFAULT_MODEL, ModelSpec
 from vecmirror.pipeline.embedder import SentenceTransformerEmbedder, load_embedder
 from vecmirror.query import MirrorSearch
@@ -98,18 +96,7 @@ async def test_a_mirror_on_torch_bf16_syncs_and_answers_queries(
     settings_for: Any,
     bf16: SentenceTransformerEmbedder,
 ) -> None:
-    mirror = copy.deepcopy(DOCS_MIRROR)
-    mirror["embed"]["backend"] = "torch-bf16"
-    path, config = write_config([mirror])
-    settings = settings_for(path)
-    await pg.execute(DOCS_TABLE)
-    await migrate_command(settings, config)
-    await pg.execute(
-        "INSERT INTO docs VALUES (1, 'Kittens', 'Young cats play with yarn', 'pets'), "
-        "(2, 'Rockets', 'Rockets reach orbit', 'space'), (3, 'Mice', 'Pet mice need small cages', 'pets')"
-    )
-    await sync_once(settings, config)  # the default factory: the backend comes from the mirrors file
-
+    _, settings, config = await three_docs_on("torch-bf16", pg, write_config, settings_for)
     stored = vector_of(hash_doc(redis_client, "doc:2"))
     assert cosines(stored[None, :], bf16.embed(["Rockets: Rockets reach orbit"]))[0] >= 0.9999
     async with MirrorSearch.open(settings, config) as search:

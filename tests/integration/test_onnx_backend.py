@@ -14,7 +14,7 @@ import pytest
 import redis
 from structlog.testing import capture_logs
 
-from helpers import DOCS_MIRROR, DOCS_TABLE, hash_doc, sync_once, vector_at, vector_of
+from helpers import DOCS_MIRROR, DOCS_TABLE, hash_doc, sync_once, three_docs_on, vector_at, vector_of
 from processes import vecmirror
 from vecmirror.commands import migrate_command, verify_command
 from vecmirror.config import DEFAULT_MODEL, Backend, ModelSpec
@@ -140,18 +140,9 @@ async def test_a_mirror_on_an_onnx_backend_syncs_and_answers_queries(
     onnx_int8: OnnxEmbedder,
     tmp_path: Path,
 ) -> None:
-    mirror = copy.deepcopy(DOCS_MIRROR)
-    mirror["embed"]["backend"] = backend
-    path, config = write_config([mirror])
-    settings = settings_for(path, model_cache=model_cache)
-    await pg.execute(DOCS_TABLE)
-    await migrate_command(settings, config)
-    await pg.execute(
-        "INSERT INTO docs VALUES (1, 'Kittens', 'Young cats play with yarn', 'pets'), "
-        "(2, 'Rockets', 'Rockets reach orbit', 'space'), (3, 'Mice', 'Pet mice need small cages', 'pets')"
+    path, settings, config = await three_docs_on(
+        backend, pg, write_config, settings_for, model_cache=model_cache
     )
-    await sync_once(settings, config)  # the default factory: the backend comes from the mirrors file
-
     stored = vector_of(hash_doc(redis_client, "doc:2"))
     same_backend = onnx if backend == "onnx" else onnx_int8
     np.testing.assert_allclose(stored, same_backend.embed(["Rockets: Rockets reach orbit"])[0], atol=1e-5)
