@@ -48,6 +48,17 @@ DOCS_MIRROR: dict[str, Any] = {
     },
 }
 
+# Texts every embedding backend must handle: empty, one word, unicode and emoji, and one far past
+# the model's 256 tokens.
+ODD_TEXTS = [
+    "",
+    "cat",
+    "Young cats play with yarn",
+    "Rockets reach orbit after a long countdown; the crew waves from the capsule.",
+    "Ünïcödé, emoji 🙂 and numbers 12345",
+    " ".join(f"word{i}" for i in range(600)),
+]
+
 PRODUCTS_TABLE = """
 CREATE TABLE products (
     sku text PRIMARY KEY,

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import redis
 
-from helpers import hash_doc, three_docs_on, vector_of
+from helpers import ODD_TEXTS, hash_doc, three_docs_on, vector_of
 from vecmirror.config import DEFAULT_MODEL, ModelSpec
 from vecmirror.pipeline.embedder import SentenceTransformerEmbedder, load_embedder
 from vecmirror.query import MirrorSearch
@@ -26,14 +26,7 @@ VOCABULARY = (
     "cheese market train station ticket violin concert storm harbour lighthouse engine repair "
     "winter summer festival lantern library novel poem teacher student exam chess painting"
 )
-TEXTS = [
-    "",
-    "cat",
-    "Young cats play with yarn",
-    "Rockets reach orbit after a long countdown; the crew waves from the capsule.",
-    "Ünïcödé, emoji 🙂 and numbers 12345",
-    " ".join(f"word{i}" for i in range(600)),  # far past the model's 256 tokens
-]
+TEXTS = ODD_TEXTS
 
 
 def corpus(count: int = 400) -> list[str]:

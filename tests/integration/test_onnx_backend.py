@@ -14,7 +14,16 @@ import pytest
 import redis
 from structlog.testing import capture_logs
 
-from helpers import DOCS_MIRROR, DOCS_TABLE, hash_doc, sync_once, three_docs_on, vector_at, vector_of
+from helpers import (
+    DOCS_MIRROR,
+    DOCS_TABLE,
+    ODD_TEXTS,
+    hash_doc,
+    sync_once,
+    three_docs_on,
+    vector_at,
+    vector_of,
+)
 from processes import vecmirror
 from vecmirror.commands import migrate_command, verify_command
 from vecmirror.config import DEFAULT_MODEL, Backend, ModelSpec
@@ -23,15 +32,7 @@ from vecmirror.pipeline.onnx import OnnxEmbedder
 from vecmirror.query import MirrorSearch
 from vecmirror.settings import Settings
 
-TEXTS = [
-    "",
-    "cat",
-    "Young cats play with yarn",
-    "Rockets reach orbit after a long countdown; the crew waves from the capsule.",
-    "Ünïcödé, emoji 🙂 and numbers 12345",
-    " ".join(f"word{i}" for i in range(600)),  # far past the model's 256 tokens
-    "Pet mice need small cages and fresh water every day.",
-]
+TEXTS = [*ODD_TEXTS, "Pet mice need small cages and fresh water every day."]
 CORPUS = [
     f"{animal} {verb} {place}"
     for animal in ("cats", "dogs", "mice", "horses", "parrots")
