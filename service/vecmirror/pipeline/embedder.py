@@ -186,9 +186,9 @@ class SentenceTransformerEmbedder(SerialEmbedder):
 
     def _encode(self, texts: list[str]) -> Vectors:
         vectors = self._model.encode(
-            texts, batch_size=self._batch_size, convert_to_tensor=True, show_progress_bar=False
+            texts, batch_size=self._batch_size, convert_to_numpy=True, show_progress_bar=False
         )
-        return np.asarray(vectors.float().cpu().numpy(), dtype=np.float32)
+        return np.asarray(vectors, dtype=np.float32)
 
 
 def _encode_in_bfloat16(encoder: Any, device_type: str) -> None:
