@@ -144,12 +144,11 @@ async def _gates(pool: asyncpg.Pool, config: MirrorConfig, gates: tuple[str, int
     if row is None:
         raise _not_installed(mirror)
     closed = _closed_gate(row, uncaptured)
-    return _Poll(closed is None, SyncWait(mirror, count, count, _pause(mirror, row) or closed))
+    done = closed is None and not row["error"]  # (see _progress)
+    return _Poll(done, SyncWait(mirror, count, count, _pause(mirror, row) or closed))
 
 
 def _closed_gate(row: Any, uncaptured: str | None) -> str | None:
-    if row["error"]:  # its trouble may be that changes are not captured: nothing it says is sure
-        return f"the mirror is paused on an error: {row['error']}"
     if uncaptured is not None:
         return uncaptured
     if row["replaced"]:
@@ -254,25 +253,29 @@ def equal_rows_sql(key: _Key) -> str:
     """The key texts of the table's rows equal to the given keys: an equal value may be written
     otherwise (numeric 1 and 1.00, intervals, citext), and the capture writes the row's own text."""
     names = list(key.types)
-    arrays = ", ".join(f"${i + 1}::text[]" for i in range(len(names)))
+    arrays, given = _given_keys(len(names))
     texts = ", ".join(f"t.{quote_ident(name)}::text" for name in names)
     match = " AND ".join(
-        f"t.{quote_ident(name)} = k.c{i}::{key.base_types[name]}" for i, name in enumerate(names)
+        f"t.{quote_ident(name)} = k.{c}::{key.base_types[name]}" for c, name in zip(given, names, strict=True)
     )
-    given = ", ".join(f"c{i}" for i in range(len(names)))
-    rows = f"{key.table} t JOIN unnest({arrays}) AS k({given}) ON {match}"
+    rows = f"{key.table} t JOIN unnest({arrays}) AS k({', '.join(given)}) ON {match}"
     return f"SELECT ARRAY[{texts}] AS row_key FROM {rows}"
 
 
 def canonical_sql(types: Sequence[str]) -> str:
     """Every key's texts ($1: the first column's of each key...) cast to the columns' types and back."""
-    names = [f"c{i}" for i in range(len(types))]
-    arrays = ", ".join(f"${i + 1}::text[]" for i in range(len(types)))
+    arrays, names = _given_keys(len(types))
     texts = ", ".join(f"k.{name}::{sql_type}::text" for name, sql_type in zip(names, types, strict=True))
     return (
         f"SELECT ARRAY[{texts}] AS row_key FROM unnest({arrays}) "
         f"WITH ORDINALITY AS k({', '.join(names)}, position) ORDER BY position"
     )
+
+
+def _given_keys(columns: int) -> tuple[str, list[str]]:
+    """The parameters holding the given keys ($1: every key's first column as text...) and the
+    names of their columns once unnested."""
+    return ", ".join(f"${i + 1}::text[]" for i in range(columns)), [f"c{i}" for i in range(columns)]
 
 
 def key_texts(mirror: str, columns: Sequence[str], key: object) -> RowKey:
